@@ -1,0 +1,149 @@
+"""Common interface of the architecture adapters.
+
+An adapter knows where a family keeps its weights and exposes them as plain tensors
+(q/k/v/o, gate/up/down, residual-stream norms), so trimming and scoring are written once.
+Fused layouts (Phi-3 ``qkv_proj`` / ``gate_up_proj``) are split on read and fused on write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class AttentionWeights:
+    """Attention projections of one layer, unfused. Weights are ``[out, in]`` like nn.Linear."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    o: torch.Tensor
+    q_bias: torch.Tensor | None = None
+    k_bias: torch.Tensor | None = None
+    v_bias: torch.Tensor | None = None
+    o_bias: torch.Tensor | None = None
+
+
+@dataclass
+class MLPWeights:
+    """MLP projections of one layer; ``gate`` is None for non-gated MLPs (Nemotron)."""
+
+    up: torch.Tensor
+    down: torch.Tensor
+    gate: torch.Tensor | None = None
+    up_bias: torch.Tensor | None = None
+    down_bias: torch.Tensor | None = None
+    gate_bias: torch.Tensor | None = None
+
+
+def new_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """An nn.Linear holding exactly ``weight`` (and ``bias``), same dtype and device."""
+    out_features, in_features = weight.shape
+    linear = nn.Linear(in_features, out_features, bias=bias is not None, device="meta")
+    linear.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+    return linear
+
+
+def _bias(linear: nn.Linear) -> torch.Tensor | None:
+    return None if linear.bias is None else linear.bias.data
+
+
+class DecoderAdapter:
+    """Llama-style decoder: ``model.model.layers[i].self_attn.{q,k,v,o}_proj``,
+    ``mlp.{gate,up,down}_proj``, ``input_layernorm``/``post_attention_layernorm``, ``model.norm``.
+
+    Families that differ override only the accessors that differ.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    #: "rms" norms only rescale; "layer" norms also subtract the mean (matters when trimming hidden).
+    norm_kind: ClassVar[str] = "rms"
+
+    # --- structure ---------------------------------------------------------------------------
+    def decoder(self, model: nn.Module) -> nn.Module:
+        return model.model
+
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        return self.decoder(model).layers
+
+    def embed_tokens(self, model: nn.Module) -> nn.Embedding:
+        return self.decoder(model).embed_tokens
+
+    def lm_head(self, model: nn.Module) -> nn.Linear:
+        return model.lm_head
+
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        return self.decoder(model).norm
+
+    def layer_norms(self, layer: nn.Module) -> list[nn.Module]:
+        """Norms of one layer that read the residual stream (not per-head q/k norms)."""
+        return [layer.input_layernorm, layer.post_attention_layernorm]
+
+    def residual_norms(self, model: nn.Module) -> list[nn.Module]:
+        """Every norm whose width is the hidden size, in forward order."""
+        norms = [n for layer in self.layers(model) for n in self.layer_norms(layer)]
+        return norms + [self.final_norm(model)]
+
+    def attention_output_proj(self, layer: nn.Module) -> nn.Linear:
+        """The projection whose input is the concatenated per-head attention output."""
+        return layer.self_attn.o_proj
+
+    def mlp_output_proj(self, layer: nn.Module) -> nn.Linear:
+        """The projection whose input is the MLP's intermediate activation."""
+        return layer.mlp.down_proj
+
+    # --- attention ---------------------------------------------------------------------------
+    def get_attention(self, layer: nn.Module) -> AttentionWeights:
+        attn = layer.self_attn
+        return AttentionWeights(
+            q=attn.q_proj.weight.data, k=attn.k_proj.weight.data, v=attn.v_proj.weight.data,
+            o=attn.o_proj.weight.data, q_bias=_bias(attn.q_proj), k_bias=_bias(attn.k_proj),
+            v_bias=_bias(attn.v_proj), o_bias=_bias(attn.o_proj),
+        )
+
+    def set_attention(self, layer: nn.Module, w: AttentionWeights, num_heads: int,
+                      num_kv_heads: int) -> None:
+        attn = layer.self_attn
+        attn.q_proj = new_linear(w.q, w.q_bias)
+        attn.k_proj = new_linear(w.k, w.k_bias)
+        attn.v_proj = new_linear(w.v, w.v_bias)
+        attn.o_proj = new_linear(w.o, w.o_bias)
+        self._set_head_counts(attn, num_heads, num_kv_heads)
+
+    @staticmethod
+    def _set_head_counts(attn: nn.Module, num_heads: int, num_kv_heads: int) -> None:
+        """Keep the attention module's cached counts in step with the new shape."""
+        for name, value in (("num_heads", num_heads), ("num_key_value_heads", num_kv_heads),
+                            ("num_key_value_groups", num_heads // num_kv_heads)):
+            if hasattr(attn, name):
+                setattr(attn, name, value)
+
+    # --- MLP ---------------------------------------------------------------------------------
+    def get_mlp(self, layer: nn.Module) -> MLPWeights:
+        mlp = layer.mlp
+        return MLPWeights(
+            gate=mlp.gate_proj.weight.data, up=mlp.up_proj.weight.data,
+            down=mlp.down_proj.weight.data, gate_bias=_bias(mlp.gate_proj),
+            up_bias=_bias(mlp.up_proj), down_bias=_bias(mlp.down_proj),
+        )
+
+    def set_mlp(self, layer: nn.Module, w: MLPWeights) -> None:
+        mlp = layer.mlp
+        mlp.gate_proj = new_linear(w.gate, w.gate_bias)
+        mlp.up_proj = new_linear(w.up, w.up_bias)
+        mlp.down_proj = new_linear(w.down, w.down_bias)
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = w.up.shape[0]
+
+    # --- config ------------------------------------------------------------------------------
+    def update_config(self, config, kept_layers: list[int]) -> None:
+        """Family-specific config fields that depend on which layers remain."""
+        layer_types = getattr(config, "layer_types", None)
+        if layer_types is not None:
+            config.layer_types = [layer_types[i] for i in kept_layers]

@@ -1,0 +1,7 @@
+"""Llama 2 / 3.x (rope scaling lives in the config and is untouched), SmolLM2."""
+
+from .base import DecoderAdapter
+
+
+class LlamaAdapter(DecoderAdapter):
+    model_types = ("llama",)

@@ -1,0 +1,1 @@
+"""Evaluation: multiple-choice tasks scored by log-likelihood."""

@@ -1,0 +1,101 @@
+"""Width importance from one calibration pass: MLP neurons, attention heads, KV groups and
+embedding channels, all collected by forward hooks at once (activation-based, forward only).
+
+- MLP neurons: the input of ``down_proj`` (the intermediate activation).
+- Attention heads: the L2 norm over ``head_dim`` of each head's output, i.e. the input of
+  ``o_proj`` split per head. A KV group scores the L2 norm of its query heads' scores.
+- Embedding channels: the output of every residual-stream norm, aggregated per norm and summed
+  over all norms (layers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..arch import get_adapter
+from ..errors import MinitronError
+from .aggregate import BatchAccumulator, reduce_sequence
+
+
+class WidthCollector:
+    """Owns the hooks and accumulators of one width-importance pass."""
+
+    def __init__(self, model: nn.Module, seq_agg: str = "mean", batch_agg: str = "l2") -> None:
+        self.model = model
+        self.adapter = get_adapter(model.config)
+        self.seq_agg, self.batch_agg = seq_agg, batch_agg
+        cfg = model.config
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.num_heads
+        layers = self.adapter.layers(model)
+        self.mlp = [BatchAccumulator(batch_agg) for _ in layers]
+        self.heads = [BatchAccumulator(batch_agg) for _ in layers]
+        self.norms = [BatchAccumulator(batch_agg) for _ in self.adapter.residual_norms(model)]
+        self._handles: list = []
+
+    def _stat(self, x: torch.Tensor) -> torch.Tensor:
+        stat = reduce_sequence(x.detach(), self.seq_agg)
+        if not torch.isfinite(stat).all():
+            raise MinitronError("non-finite activations during calibration (NaN/Inf): check the "
+                                "checkpoint and try --dtype fp32")
+        return stat
+
+    def _input_hook(self, acc: BatchAccumulator, per_head: bool) -> Callable:
+        def hook(module, args, output):
+            x = args[0]
+            if per_head:  # [B, S, H*D] -> per-head L2 norm [B, S, H]
+                x = x.float().unflatten(-1, (-1, self.head_dim)).norm(dim=-1)
+            acc.add(self._stat(x))
+        return hook
+
+    def _output_hook(self, acc: BatchAccumulator) -> Callable:
+        def hook(module, args, output):
+            acc.add(self._stat(output))
+        return hook
+
+    @contextmanager
+    def attached(self):
+        """Register every hook for the duration of the block."""
+        adapter = self.adapter
+        try:
+            for layer, mlp_acc, head_acc in zip(adapter.layers(self.model), self.mlp, self.heads):
+                self._handles.append(adapter.mlp_output_proj(layer).register_forward_hook(
+                    self._input_hook(mlp_acc, per_head=False)))
+                self._handles.append(adapter.attention_output_proj(layer).register_forward_hook(
+                    self._input_hook(head_acc, per_head=True)))
+            for norm, acc in zip(adapter.residual_norms(self.model), self.norms):
+                self._handles.append(norm.register_forward_hook(self._output_hook(acc)))
+            yield self
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+
+    def scores(self) -> dict[str, torch.Tensor]:
+        """``mlp.{i}``, ``heads.{i}``, ``kv_heads.{i}`` per layer and ``hidden``, on CPU."""
+        try:
+            out: dict[str, torch.Tensor] = {}
+            group = self.num_heads // self.num_kv_heads
+            for i, (mlp, heads) in enumerate(zip(self.mlp, self.heads)):
+                out[f"mlp.{i}"] = mlp.result().cpu()
+                head_scores = heads.result().cpu()
+                out[f"heads.{i}"] = head_scores
+                out[f"kv_heads.{i}"] = head_scores.view(self.num_kv_heads, group).norm(dim=1)
+            out["hidden"] = torch.stack([n.result() for n in self.norms]).sum(0).cpu()
+        except RuntimeError:
+            raise MinitronError("the calibration pass saw no data: the forward loop ran no batch")
+        return out
+
+
+def width_importance(model: nn.Module, forward_loop: Callable[[nn.Module], None],
+                     seq_agg: str = "mean", batch_agg: str = "l2") -> dict[str, torch.Tensor]:
+    """Score every width axis from one run of ``forward_loop(model)``."""
+    collector = WidthCollector(model, seq_agg, batch_agg)
+    with collector.attached(), torch.no_grad():
+        forward_loop(model)
+    return collector.scores()

@@ -1,0 +1,94 @@
+"""Loading checkpoints safely and writing pruned ones atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from .arch import get_adapter
+from .errors import MinitronError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: Non-weight files copied from the source checkpoint (tokenizer, generation config, templates).
+_COPIED = ("tokenizer*", "special_tokens_map.json", "vocab.*", "merges.txt", "*.model",
+           "generation_config.json", "chat_template*", "added_tokens.json")
+
+
+def load_config(model_dir: str | Path):
+    """The config of a local checkpoint; refuses missing dirs and unsupported families."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise MinitronError(f"model directory {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise MinitronError(f"{path} is not a Hugging Face checkpoint (no config.json)")
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except (ValueError, OSError, json.JSONDecodeError) as exc:
+        raise MinitronError(f"cannot read {path / 'config.json'}: {str(exc).splitlines()[0]}")
+    get_adapter(config)
+    return config
+
+
+def load_model(model_dir: str | Path, dtype: str = "fp32", device: str = "cpu"):
+    """Model (eval mode) and tokenizer (or None) from a local dir, without remote code."""
+    load_config(model_dir)
+    if dtype not in DTYPES:
+        raise MinitronError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=DTYPES[dtype],
+                                                     trust_remote_code=False)
+    except Exception as exc:  # safetensors/torch raise many types for corrupt or missing weights
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise MinitronError(f"cannot load weights from {model_dir}: {type(exc).__name__}: {first}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError, TypeError):
+        tokenizer = None
+    return model.to(device).eval(), tokenizer
+
+
+def check_output_dir(out_dir: str | Path, model_dir: str | Path | None = None) -> Path:
+    """Refuse writing over the input model or over an existing non-empty directory."""
+    out = Path(out_dir).resolve()
+    if model_dir is not None and out == Path(model_dir).resolve():
+        raise MinitronError("the output directory is the input model; refusing to overwrite it")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MinitronError(f"output {out} already exists and is not empty")
+    if not os.access(out.parent if out.parent.exists() else Path.cwd(), os.W_OK):
+        raise MinitronError(f"cannot write to {out.parent}")
+    return out
+
+
+def save_checkpoint_atomic(model, out_dir: str | Path, source_dir: str | Path | None = None,
+                           extra_json: dict[str, dict] | None = None,
+                           write_extra: Callable[[Path], object] | None = None) -> Path:
+    """``save_pretrained`` into a temp dir beside ``out_dir``, copy tokenizer files, run
+    ``write_extra(tmp_dir)`` for further artifacts, then rename: all or nothing."""
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if source_dir is not None:
+            for pattern in _COPIED:
+                for f in Path(source_dir).glob(pattern):
+                    if f.is_file():
+                        shutil.copy2(f, tmp / f.name)
+        for name, data in (extra_json or {}).items():
+            (tmp / name).write_text(json.dumps(data, indent=2) + "\n")
+        if write_extra is not None:
+            write_extra(tmp)
+        if out.exists():
+            out.rmdir()  # check_output_dir guaranteed it is empty
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,94 @@
+"""Compute the full importance artifact for a model from calibration batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import MinitronError
+from .eval.multiple_choice import MCItem, accuracy
+from .importance.depth import (DEPTH_METRICS, BlockImportanceCollector, accuracy_scores,
+                               loss_scores)
+from .importance.scores import ImportanceScores
+from .importance.width import WidthCollector
+from .shape import ModelShape
+
+
+@dataclass
+class ScoringSettings:
+    """How importance is measured. Defaults follow the paper (batch L2 of sequence-mean |a|)."""
+
+    seq_agg: str = "mean"
+    batch_agg: str = "l2"
+    depth_metric: str = "loss"
+    depth_samples: int = 128
+
+
+def forward_loop_over(batches: Sequence[torch.Tensor], desc: str = "calibration"
+                      ) -> Callable[[nn.Module], None]:
+    """A ModelOpt-style ``forward_loop(model)`` running every batch once, with a progress bar."""
+    def loop(model: nn.Module) -> None:
+        device = next(model.parameters()).device
+        for ids in tqdm(batches, desc=desc, unit="batch"):
+            model(input_ids=ids.to(device), use_cache=False)
+    return loop
+
+
+def score_activations(model: nn.Module, forward_loop: Callable[[nn.Module], None],
+                      settings: ScoringSettings = ScoringSettings(),
+                      block_sizes: Sequence[int] = (1,)) -> ImportanceScores:
+    """Width scores and Block Importance from one run of ``forward_loop`` (hooks only)."""
+    width = WidthCollector(model, settings.seq_agg, settings.batch_agg)
+    blocks = BlockImportanceCollector(model, block_sizes)
+    with width.attached(), blocks.attached(), torch.no_grad():
+        forward_loop(model)
+    tensors = width.scores()
+    tensors.update({f"depth.bi.block{k}": s for k, s in blocks.scores().items()})
+    meta = {"model_type": model.config.model_type,
+            "shape": ModelShape.from_config(model.config).as_dict(),
+            "criterion": "activation", "seq_agg": settings.seq_agg,
+            "batch_agg": settings.batch_agg}
+    return ImportanceScores(tensors, meta)
+
+
+def score_model(model: nn.Module, batches: Sequence[torch.Tensor],
+                settings: ScoringSettings = ScoringSettings(), block_sizes: Sequence[int] = (1,),
+                tokenizer=None, task_items: list[MCItem] | None = None,
+                depth_block_sizes: Sequence[int] | None = None) -> ImportanceScores:
+    """The full artifact: one hooked pass for width + BI (``block_sizes``), then the chosen
+    depth metric for ``depth_block_sizes`` (default: the same sizes; each costs a forward
+    pass per block start, so pass ``()`` when no depth choice is needed)."""
+    if not batches:
+        raise MinitronError("the calibration set is empty")
+    if settings.depth_metric not in DEPTH_METRICS:
+        raise MinitronError(f"unknown depth metric {settings.depth_metric!r}; "
+                            f"choose from {', '.join(DEPTH_METRICS)}")
+    scores = score_activations(model, forward_loop_over(batches), settings, block_sizes)
+    n_layers = scores.meta["shape"]["num_layers"]
+    sizes = [k for k in (depth_block_sizes if depth_block_sizes is not None else block_sizes)
+             if 1 <= k < n_layers]
+    if settings.depth_metric == "loss":
+        depth_batches, seen = [], 0
+        for b in batches:
+            if seen >= settings.depth_samples:
+                break
+            depth_batches.append(b)
+            seen += len(b)
+        for k in sizes:
+            scores.tensors[f"depth.loss.block{k}"] = loss_scores(model, depth_batches, k)
+        scores.meta["depth_samples"] = seen
+    elif settings.depth_metric == "accuracy":
+        if tokenizer is None or not task_items:
+            raise MinitronError("--depth-metric accuracy needs a tokenizer and a task (--task)")
+        for k in sizes:
+            scores.tensors[f"depth.accuracy.block{k}"] = accuracy_scores(
+                model, lambda m: accuracy(m, tokenizer, task_items), k)
+        scores.meta["task_items"] = len(task_items)
+    scores.meta.update(depth_metric=settings.depth_metric,
+                       calib_samples=sum(len(b) for b in batches),
+                       seq_len=int(batches[0].shape[1]))
+    return scores

@@ -1,0 +1,61 @@
+"""Rank units by importance and pick the kept indices for a resolved target shape."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import MinitronError
+from .importance.scores import ImportanceScores
+from .shape import ModelShape
+from .target import ResolvedTarget
+from .trim import KeepPlan
+
+
+def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` highest scores, in ascending index order (ties: lower index wins)."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    return order[:k].sort().values
+
+
+def choose_dropped_block(scores: ImportanceScores, metric: str, block_size: int) -> list[int]:
+    """The contiguous block of ``block_size`` layers whose removal matters least."""
+    block = scores.depth(metric, block_size)
+    if block is None:
+        raise MinitronError(f"the scores hold no '{metric}' depth scores for blocks of "
+                            f"{block_size} layers; rescore with --depth-metric {metric} or pass "
+                            "--drop-layers")
+    start = int(torch.argmin(block))
+    return list(range(start, start + block_size))
+
+
+def build_plan(scores: ImportanceScores, source: ModelShape, target: ResolvedTarget,
+               depth_metric: str = "loss") -> KeepPlan:
+    """Kept indices on every axis for ``target`` (uniform across layers, GQA-aware)."""
+    shape = target.shape
+    if target.drop_layers is not None:
+        dropped = target.drop_layers
+    elif shape.num_layers < source.num_layers:
+        dropped = choose_dropped_block(scores, depth_metric, source.num_layers - shape.num_layers)
+    else:
+        dropped = []
+    layers = [i for i in range(source.num_layers) if i not in set(dropped)]
+    needs_width = (shape.hidden_size, shape.ffn_hidden_size, shape.num_heads, shape.num_kv_heads) \
+        != (source.hidden_size, source.ffn_hidden_size, source.num_heads, source.num_kv_heads)
+    if needs_width and not scores.has_width():
+        raise MinitronError("width pruning needs width scores; the scores file has none")
+    if not needs_width:
+        return KeepPlan(layers=layers, hidden=torch.arange(source.hidden_size),
+                        mlp={i: torch.arange(source.ffn_hidden_size) for i in layers},
+                        heads={i: torch.arange(source.num_heads) for i in layers},
+                        kv_heads={i: torch.arange(source.num_kv_heads) for i in layers})
+
+    group = source.num_heads // source.num_kv_heads
+    per_group = shape.num_heads // shape.num_kv_heads
+    mlp, heads, kv_heads = {}, {}, {}
+    for i in layers:
+        mlp[i] = top_k(scores.tensors[f"mlp.{i}"], shape.ffn_hidden_size)
+        kv_heads[i] = top_k(scores.tensors[f"kv_heads.{i}"], shape.num_kv_heads)
+        head_scores = scores.tensors[f"heads.{i}"].view(source.num_kv_heads, group)
+        heads[i] = torch.cat([g * group + top_k(head_scores[g], per_group) for g in kv_heads[i]])
+    return KeepPlan(layers=layers, hidden=top_k(scores.tensors["hidden"], shape.hidden_size),
+                    mlp=mlp, heads=heads, kv_heads=kv_heads)

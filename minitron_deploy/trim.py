@@ -1,0 +1,172 @@
+"""Slice a model's weights down to the kept units and rewrite its config (in place).
+
+A :class:`KeepPlan` lists, per axis, the original indices that survive. Trimming is exact:
+keeping every unit reproduces the model bit for bit, and trimming units equals zeroing them
+in the source (for the hidden axis, with the norms taken over the kept channels).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .arch import AttentionWeights, DecoderAdapter, MLPWeights, get_adapter
+from .errors import MinitronError
+from .shape import ModelShape
+
+
+@dataclass
+class KeepPlan:
+    """Original indices kept on every axis; per-layer entries are keyed by original layer index."""
+
+    layers: list[int]
+    hidden: torch.Tensor
+    mlp: dict[int, torch.Tensor]
+    heads: dict[int, torch.Tensor]
+    kv_heads: dict[int, torch.Tensor]
+
+    def to_json(self) -> dict:
+        return {
+            "layers": list(self.layers),
+            "hidden": self.hidden.tolist(),
+            "mlp": {str(i): t.tolist() for i, t in self.mlp.items()},
+            "heads": {str(i): t.tolist() for i, t in self.heads.items()},
+            "kv_heads": {str(i): t.tolist() for i, t in self.kv_heads.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "KeepPlan":
+        def per_layer(d: dict) -> dict[int, torch.Tensor]:
+            return {int(k): torch.tensor(v, dtype=torch.long) for k, v in d.items()}
+
+        return cls(layers=list(data["layers"]), hidden=torch.tensor(data["hidden"], dtype=torch.long),
+                   mlp=per_layer(data["mlp"]), heads=per_layer(data["heads"]),
+                   kv_heads=per_layer(data["kv_heads"]))
+
+    @classmethod
+    def keep_all(cls, shape: ModelShape) -> "KeepPlan":
+        """The identity plan (first-k indices when a smaller ``shape`` is applied to it)."""
+        rng = lambda n: torch.arange(n)  # noqa: E731
+        layers = list(range(shape.num_layers))
+        return cls(layers=layers, hidden=rng(shape.hidden_size),
+                   mlp={i: rng(shape.ffn_hidden_size) for i in layers},
+                   heads={i: rng(shape.num_heads) for i in layers},
+                   kv_heads={i: rng(shape.num_kv_heads) for i in layers})
+
+    def shape(self, source: ModelShape) -> ModelShape:
+        first = self.layers[0]
+        return ModelShape(hidden_size=len(self.hidden), ffn_hidden_size=len(self.mlp[first]),
+                          num_heads=len(self.heads[first]), num_kv_heads=len(self.kv_heads[first]),
+                          num_layers=len(self.layers), head_dim=source.head_dim)
+
+    def validate(self, source: ModelShape) -> None:
+        """Refuse non-uniform or GQA-breaking plans before touching any weight."""
+        if not self.layers:
+            raise MinitronError("the plan keeps no layer")
+        target = self.shape(source)
+        group = source.num_heads // source.num_kv_heads
+        for i in self.layers:
+            if len(self.mlp[i]) != target.ffn_hidden_size or len(self.heads[i]) != target.num_heads \
+                    or len(self.kv_heads[i]) != target.num_kv_heads:
+                raise MinitronError(f"layer {i} would get a different shape from layer "
+                                    f"{self.layers[0]}; only uniform shapes are supported")
+            per_group = target.num_heads // target.num_kv_heads
+            expected_groups = self.heads[i] // group
+            wanted = self.kv_heads[i].repeat_interleave(per_group)
+            if target.num_heads % target.num_kv_heads or not torch.equal(expected_groups, wanted):
+                raise MinitronError(f"layer {i}: kept query heads must fill every kept KV group "
+                                    "evenly, in group order")
+
+
+def _expand_heads(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Head indices -> row indices of a ``[heads * head_dim, ...]`` projection."""
+    return (heads[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)
+
+
+def _rows(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    return None if t is None else t.index_select(0, idx.to(t.device))
+
+
+def _cols(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return t.index_select(1, idx.to(t.device))
+
+
+def _trim_attention(adapter: DecoderAdapter, layer: nn.Module, plan: KeepPlan, i: int,
+                    head_dim: int) -> None:
+    w = adapter.get_attention(layer)
+    q_rows = _expand_heads(plan.heads[i], head_dim)
+    kv_rows = _expand_heads(plan.kv_heads[i], head_dim)
+    h = plan.hidden
+    adapter.set_attention(layer, AttentionWeights(
+        q=_cols(_rows(w.q, q_rows), h), k=_cols(_rows(w.k, kv_rows), h),
+        v=_cols(_rows(w.v, kv_rows), h), o=_rows(_cols(w.o, q_rows), h),
+        q_bias=_rows(w.q_bias, q_rows), k_bias=_rows(w.k_bias, kv_rows),
+        v_bias=_rows(w.v_bias, kv_rows), o_bias=_rows(w.o_bias, h),
+    ), num_heads=len(plan.heads[i]), num_kv_heads=len(plan.kv_heads[i]))
+
+
+def _trim_mlp(adapter: DecoderAdapter, layer: nn.Module, plan: KeepPlan, i: int) -> None:
+    w = adapter.get_mlp(layer)
+    n, h = plan.mlp[i], plan.hidden
+    adapter.set_mlp(layer, MLPWeights(
+        gate=None if w.gate is None else _cols(_rows(w.gate, n), h), up=_cols(_rows(w.up, n), h),
+        down=_rows(_cols(w.down, n), h), gate_bias=_rows(w.gate_bias, n),
+        up_bias=_rows(w.up_bias, n), down_bias=_rows(w.down_bias, h),
+    ))
+
+
+def _trim_norm(norm: nn.Module, hidden: torch.Tensor, scale: float) -> None:
+    norm.weight = nn.Parameter(_rows(norm.weight.data, hidden) * scale)
+    if getattr(norm, "bias", None) is not None:
+        norm.bias = nn.Parameter(_rows(norm.bias.data, hidden))
+    if hasattr(norm, "normalized_shape"):
+        norm.normalized_shape = (len(hidden),)
+
+
+def trim_model(model: nn.Module, plan: KeepPlan, rescale_norms: bool = False) -> nn.Module:
+    """Trim ``model`` in place to ``plan`` and rewrite ``model.config``; returns the model.
+
+    ``rescale_norms`` multiplies RMSNorm weights by sqrt(H_old / H_new) so each norm's output
+    equals the source's with the dropped channels zeroed (instead of normalizing over the kept
+    channels only). It is refused for LayerNorm families, where no scale makes them equal.
+    """
+    config = model.config
+    adapter = get_adapter(config)
+    source = ModelShape.from_config(config)
+    plan.validate(source)
+    target = plan.shape(source)
+    if rescale_norms and adapter.norm_kind != "rms":
+        raise MinitronError(f"--rescale-norms applies to RMSNorm models, not {config.model_type}")
+    scale = math.sqrt(source.hidden_size / target.hidden_size) if rescale_norms else 1.0
+    tied = adapter.lm_head(model).weight is adapter.embed_tokens(model).weight
+
+    with torch.no_grad():
+        layers = adapter.layers(model)
+        kept = nn.ModuleList()
+        for new_idx, i in enumerate(plan.layers):
+            layer = layers[i]
+            _trim_attention(adapter, layer, plan, i, source.head_dim)
+            _trim_mlp(adapter, layer, plan, i)
+            for norm in adapter.layer_norms(layer):
+                _trim_norm(norm, plan.hidden, scale)
+            layer.self_attn.layer_idx = new_idx
+            kept.append(layer)
+        adapter.decoder(model).layers = kept
+        _trim_norm(adapter.final_norm(model), plan.hidden, scale)
+
+        embed = adapter.embed_tokens(model)
+        embed.weight = nn.Parameter(_cols(embed.weight.data, plan.hidden))
+        embed.embedding_dim = len(plan.hidden)
+        head = adapter.lm_head(model)
+        if tied:
+            head.weight = embed.weight
+        else:
+            head.weight = nn.Parameter(_cols(head.weight.data, plan.hidden))
+        head.in_features = len(plan.hidden)
+
+    target.apply_to_config(config)
+    adapter.update_config(config, plan.layers)
+    return model

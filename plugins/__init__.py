@@ -1,0 +1,1 @@
+"""Glue between minitron-deploy and outside stacks; one module per stack (``modelopt`` ...)."""

@@ -1,0 +1,77 @@
+"""Reference models: the source with pruned units zeroed, to compare trimmed models against."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from minitron_deploy.arch import get_adapter
+from minitron_deploy.trim import KeepPlan, _expand_heads
+
+
+class KeptChannelNorm(nn.Module):
+    """Applies ``norm`` to the kept channels only and writes zeros elsewhere (the exact
+    reference for hidden trimming without rescale, for RMSNorm and LayerNorm alike)."""
+
+    def __init__(self, norm: nn.Module, kept: torch.Tensor) -> None:
+        super().__init__()
+        self.kept = kept
+        self.inner = copy.deepcopy(norm)
+        self.inner.weight = nn.Parameter(norm.weight.data[kept].clone())
+        if getattr(norm, "bias", None) is not None:
+            self.inner.bias = nn.Parameter(norm.bias.data[kept].clone())
+        if hasattr(self.inner, "normalized_shape"):
+            self.inner.normalized_shape = (len(kept),)
+
+    def forward(self, x):
+        out = torch.zeros_like(x)
+        out[..., self.kept] = self.inner(x[..., self.kept])
+        return out
+
+
+def masked_reference(model: nn.Module, plan: KeepPlan, norms_over_kept: bool = True) -> nn.Module:
+    """A copy of ``model`` whose dropped units are zeroed: MLP neurons (down_proj columns),
+    heads (o_proj columns), hidden channels (embedding columns, every residual write, norm
+    weights); dropped layers are skipped."""
+    ref = copy.deepcopy(model)
+    adapter = get_adapter(ref.config)
+    cfg = ref.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    hidden_mask = torch.zeros(cfg.hidden_size, dtype=torch.bool)
+    hidden_mask[plan.hidden] = True
+    dropped_h = ~hidden_mask
+    with torch.no_grad():
+        for i, layer in enumerate(adapter.layers(ref)):
+            down = adapter.mlp_output_proj(layer)
+            keep_n = torch.zeros(down.weight.shape[1], dtype=torch.bool)
+            keep_n[plan.mlp.get(i, torch.arange(len(keep_n)))] = True
+            down.weight[:, ~keep_n] = 0
+            o = adapter.attention_output_proj(layer)
+            keep_c = torch.zeros(o.weight.shape[1], dtype=torch.bool)
+            keep_c[_expand_heads(plan.heads.get(i, torch.arange(cfg.num_attention_heads)),
+                                 head_dim)] = True
+            o.weight[:, ~keep_c] = 0
+            for proj in (o, down):
+                proj.weight[dropped_h] = 0
+                if proj.bias is not None:
+                    proj.bias[dropped_h] = 0
+        adapter.embed_tokens(ref).weight[:, dropped_h] = 0
+        decoder = adapter.decoder(ref)
+        for i, layer in enumerate(adapter.layers(ref)):
+            for name in ("input_layernorm", "post_attention_layernorm"):
+                norm = getattr(layer, name)
+                setattr(layer, name, KeptChannelNorm(norm, plan.hidden) if norms_over_kept
+                        else _zero_norm(norm, dropped_h))
+        decoder.norm = KeptChannelNorm(decoder.norm, plan.hidden) if norms_over_kept \
+            else _zero_norm(decoder.norm, dropped_h)
+        decoder.layers = nn.ModuleList(adapter.layers(ref)[i] for i in plan.layers)
+        if getattr(cfg, "layer_types", None) is not None:
+            cfg.layer_types = [cfg.layer_types[i] for i in plan.layers]
+    return ref
+
+
+def _zero_norm(norm: nn.Module, dropped: torch.Tensor) -> nn.Module:
+    norm.weight.data[dropped] = 0
+    return norm

@@ -1,0 +1,59 @@
+"""Tiny random models of every supported family, built from configs in code (no assets)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig, NemotronConfig,
+                          Phi3Config, Qwen2Config, Qwen3Config)
+
+_COMMON = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=4,
+               num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
+
+
+def tiny_config(family: str, **overrides):
+    """A 4-layer, 48-wide config with 6 query heads over 2 KV groups (GQA)."""
+    kw = dict(_COMMON, **overrides)
+    if family == "llama":
+        return LlamaConfig(**kw, rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
+                                                  "factor": 8.0, "low_freq_factor": 1.0,
+                                                  "high_freq_factor": 4.0,
+                                                  "original_max_position_embeddings": 64})
+    if family == "llama_tied":
+        return LlamaConfig(**kw, tie_word_embeddings=True)
+    if family == "mistral":
+        return MistralConfig(**kw, sliding_window=None)
+    if family == "qwen2":
+        return Qwen2Config(**kw)
+    if family == "qwen3":
+        return Qwen3Config(**kw, head_dim=16)
+    if family == "phi3":
+        return Phi3Config(**kw, pad_token_id=0)
+    if family == "nemotron":
+        return NemotronConfig(**kw, head_dim=8, partial_rotary_factor=0.5)
+    raise KeyError(family)
+
+
+FAMILIES = ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "phi3", "nemotron"]
+
+
+def tiny_model(family: str, seed: int = 0, **overrides):
+    """A float32 eval-mode model with random weights; norms and biases randomized too."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, **overrides),
+                                             attn_implementation="eager")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def tiny_batch(batch: int = 2, seq: int = 12, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, _COMMON["vocab_size"], (batch, seq), generator=g)
+
+
+def logits(model, ids: torch.Tensor) -> torch.Tensor:
+    """Cache-free forward (references with skipped layers keep their original layer_idx)."""
+    with torch.no_grad():
+        return model(input_ids=ids, use_cache=False).logits
