@@ -57,3 +57,31 @@ def logits(model, ids: torch.Tensor) -> torch.Tensor:
     """Cache-free forward (references with skipped layers keep their original layer_idx)."""
     with torch.no_grad():
         return model(input_ids=ids, use_cache=False).logits
+
+
+def char_tokenizer():
+    """A 97-symbol character-level tokenizer matching the tiny models' vocabulary."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for i in range(32, 127):
+        if len(vocab) < _COMMON["vocab_size"]:
+            vocab[chr(i)] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>")
+
+
+def save_tiny_checkpoint(family: str, path, seed: int = 0):
+    """A tiny model plus tokenizer saved as a stock Hugging Face checkpoint directory."""
+    model = tiny_model(family, seed=seed)
+    model.save_pretrained(str(path))
+    char_tokenizer().save_pretrained(str(path))
+    return model
+
+
+CALIB_TEXT = "\n".join(
+    f"Line {i}: the quick brown fox jumps over the lazy dog while pruning neurons {i * 7 % 13}."
+    for i in range(200))

@@ -1,0 +1,119 @@
+"""The CLI route end to end on saved tiny checkpoints, and its refusals of bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from minitron_deploy.cli import main
+from minitron_deploy.trim import KeepPlan
+from masking import masked_reference
+from tiny_models import CALIB_TEXT, logits, save_tiny_checkpoint, tiny_batch
+
+CALIB_ARGS = ["--calib-samples", "8", "--seq-len", "32", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    (root / "calib.txt").write_text(CALIB_TEXT)
+    return root
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3", "nemotron"])
+def test_prune_writes_stock_checkpoint_equal_to_masked_source(workspace, family):
+    src, out = workspace / f"src-{family}", workspace / f"out-{family}"
+    model = save_tiny_checkpoint(family, src)
+    rc = main(["prune", "--model", str(src), "--calib", str(workspace / "calib.txt"),
+               "--out", str(out), "--hidden-size", "36", "--ffn-hidden-size", "40",
+               "--num-layers", "3", *CALIB_ARGS])
+    assert rc == 0
+    record = json.loads((out / "minitron.json").read_text())
+    assert record["target_shape"]["hidden_size"] == 36 and len(record["dropped_layers"]) == 1
+    assert (out / "importance.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert config["head_dim"] == model.config.hidden_size // model.config.num_attention_heads
+    pruned = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=False).eval()
+    plan = KeepPlan.from_json(record["kept"])
+    x = tiny_batch()
+    assert torch.allclose(logits(pruned, x), logits(masked_reference(model.eval(), plan), x),
+                          atol=1e-5, rtol=1e-4)
+
+
+def test_scores_reuse_gives_same_model(workspace):
+    src = workspace / "src-llama"
+    scores = workspace / "out-llama" / "importance.safetensors"
+    if not scores.exists():
+        pytest.skip("depends on the llama prune test")
+    out = workspace / "reuse"
+    assert main(["prune", "--model", str(src), "--scores", str(scores), "--out", str(out),
+                 "--hidden-size", "36", "--ffn-hidden-size", "40", "--num-layers", "3"]) == 0
+    first = json.loads((workspace / "out-llama" / "minitron.json").read_text())["kept"]
+    assert json.loads((out / "minitron.json").read_text())["kept"] == first
+
+
+def test_modelopt_route_equals_cli_route(workspace, tmp_path):
+    import minitron_plugins.modelopt  # noqa: F401
+    import modelopt.torch.prune as mtp
+
+    src = workspace / "src-qwen"
+    save_tiny_checkpoint("qwen2", src)
+    out = tmp_path / "cli"
+    assert main(["prune", "--model", str(src), "--calib", str(workspace / "calib.txt"),
+                 "--out", str(out), "--hidden-size", "40", "--num-heads", "4",
+                 "--num-layers", "3", "--depth-metric", "bi", *CALIB_ARGS]) == 0
+    cli_model = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(src)).eval()
+    pruned, _ = mtp.prune(model, mode="hf_minitron",
+                          constraints={"export_config": {"hidden_size": 40, "num_attention_heads": 4,
+                                                         "num_layers": 3}},
+                          dummy_input=tiny_batch(),
+                          config={"scores_path": str(out / "importance.safetensors"),
+                                  "depth_metric": "bi"})
+    cli_state, mo_state = cli_model.state_dict(), pruned.state_dict()
+    assert cli_state.keys() == mo_state.keys()
+    assert all(torch.equal(cli_state[k], mo_state[k]) for k in cli_state)
+
+
+def _run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "minitron_deploy.cli", *args],
+                          capture_output=True, text=True)
+
+
+def test_bad_inputs_give_one_line_errors(workspace, tmp_path):
+    src = workspace / "src-bad"
+    save_tiny_checkpoint("llama", src)
+    calib = str(workspace / "calib.txt")
+    corrupt = tmp_path / "corrupt"
+    save_tiny_checkpoint("llama", corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 64)
+    unsupported = tmp_path / "gpt2"
+    unsupported.mkdir()
+    (unsupported / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    out = tmp_path / "out"
+    cases = [
+        (["--model", str(tmp_path / "missing"), "--calib", calib], "does not exist"),
+        (["--model", str(corrupt), "--calib", calib], "cannot load weights"),
+        (["--model", str(unsupported), "--calib", calib], "unsupported architecture 'gpt2'"),
+        (["--model", str(src), "--calib", calib, "--hidden-size", "96"], "larger than the source"),
+        (["--model", str(src), "--calib", str(empty)], "contains no text"),
+        (["--model", str(src), "--calib", calib, "--out", str(src)], "input model"),
+    ]
+    for args, message in cases:
+        full = ["prune", *args, *CALIB_ARGS]
+        if "--out" not in args:
+            full += ["--out", str(out)]
+        if "--hidden-size" not in args:
+            full += ["--ffn-hidden-size", "40"]
+        result = _run_cli(*full)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = [line for line in result.stderr.strip().splitlines() if line.startswith("minitron")]
+        assert len(lines) == 1 and message in lines[0], result.stderr
+        assert not out.exists()
+        assert not list(tmp_path.glob(".out.tmp-*"))
+    assert (src / "model.safetensors").exists()

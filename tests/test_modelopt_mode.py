@@ -1,0 +1,84 @@
+"""The ``hf_minitron`` ModelOpt mode: prune, save/restore, HF checkpointing, next modes."""
+
+import pytest
+import torch
+
+mto = pytest.importorskip("modelopt.torch.opt")
+import minitron_plugins.modelopt  # noqa: E402,F401
+import modelopt.torch.prune as mtp  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
+
+from minitron_deploy.errors import MinitronError  # noqa: E402
+from tiny_models import logits, tiny_batch, tiny_model  # noqa: E402
+
+EXPORT = {"hidden_size": 36, "ffn_hidden_size": 48, "num_attention_heads": 4, "num_layers": 3}
+
+
+def loop(model):
+    for seed in range(3):
+        model(input_ids=tiny_batch(seed=seed + 5), use_cache=False)
+
+
+def _pruned(family="llama"):
+    model, _ = mtp.prune(tiny_model(family), mode="hf_minitron",
+                         constraints={"export_config": EXPORT}, dummy_input=tiny_batch(),
+                         config={"forward_loop": loop})
+    return model
+
+
+def test_mode_is_registered():
+    assert "hf_minitron" in mtp.pruning.PruneModeRegistry
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3"])
+def test_prune_gives_target_shape(family):
+    model = _pruned(family)
+    cfg = model.config
+    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads,
+            cfg.num_hidden_layers) == (36, 48, 4, 3)
+    assert torch.isfinite(logits(model, tiny_batch())).all()
+
+
+def test_save_restore_round_trip(tmp_path):
+    model = _pruned()
+    x = tiny_batch()
+    mto.save(model, str(tmp_path / "m.pth"))
+    restored = mto.restore(tiny_model("llama", seed=7), str(tmp_path / "m.pth"))
+    assert torch.equal(logits(restored, x), logits(model, x))
+
+
+def test_huggingface_checkpointing_round_trip(tmp_path):
+    mto.enable_huggingface_checkpointing()
+    model = _pruned()
+    model.save_pretrained(str(tmp_path / "hf"))
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"),
+                                                  attn_implementation="eager").eval()
+    x = tiny_batch()
+    assert torch.equal(logits(loaded, x), logits(model, x))
+
+
+def test_kd_loss_and_quantize_follow():
+    import modelopt.torch.distill as mtd
+    import modelopt.torch.quantization as mtq
+
+    class HFLogitsKD(mtd.LogitsDistillationLoss):
+        """ModelOpt's logits KD on the ``.logits`` of Hugging Face outputs."""
+
+        def forward(self, student_out, teacher_out):
+            return super().forward(student_out.logits, teacher_out.logits)
+
+    student = _pruned()
+    kd = mtd.convert(student, mode=[("kd_loss", {"teacher_model": tiny_model("llama"),
+                                                 "criterion": HFLogitsKD()})])
+    out = kd(input_ids=tiny_batch(), use_cache=False)
+    loss = kd.compute_kd_loss()
+    assert out.logits.shape[-1] == 97 and torch.isfinite(loss)
+    quantized = mtq.quantize(_pruned(), mtq.FP8_DEFAULT_CFG, forward_loop=loop)
+    assert torch.isfinite(logits(quantized, tiny_batch())).all()
+
+
+def test_bad_constraint_refused():
+    with pytest.raises(MinitronError, match="unsupported export_config"):
+        mtp.prune(tiny_model("llama"), mode="hf_minitron",
+                  constraints={"export_config": {"mamba_num_heads": 2}},
+                  dummy_input=tiny_batch(), config={"forward_loop": loop})
