@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-layers", type=parse_layer_ranges, help="e.g. 16-31 or 3,5,10-12")
     p.add_argument("--target-params", type=float,
                    help="parameter budget: absolute (4.5e9) or a fraction of the source (0.5)")
-    p.add_argument("--rescale-norms", action="store_true",
-                   help="scale RMSNorm weights by sqrt(H_old/H_new) after hidden pruning")
+    p.add_argument("--rescale-norms", choices=["auto", "on", "off"], default="auto",
+                   help="scale RMSNorm weights by sqrt(H_old/H_new) after hidden pruning "
+                        "(auto: on for RMSNorm families, off for LayerNorm)")
 
     s = sub.add_parser("score", help="only compute the importance artifact")
     _add_calibration_args(s)
@@ -82,7 +83,8 @@ def _run_prune(args) -> None:
                    settings=_settings(args), calib_samples=args.calib_samples,
                    seq_len=args.seq_len, batch_size=args.batch_size, task=args.task,
                    task_limit=args.task_limit, device=args.device, dtype=args.dtype,
-                   rescale_norms=args.rescale_norms, seed=args.seed)
+                   rescale_norms={"auto": None, "on": True, "off": False}[args.rescale_norms],
+                   seed=args.seed)
     print_prune_summary(report)
 
 

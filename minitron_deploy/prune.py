@@ -23,7 +23,7 @@ from .trim import KeepPlan, trim_model
 
 
 def prune_model(model: nn.Module, scores: ImportanceScores, target: ResolvedTarget,
-                depth_metric: str = "loss", rescale_norms: bool = False) -> KeepPlan:
+                depth_metric: str = "loss", rescale_norms: bool | None = None) -> KeepPlan:
     """Trim ``model`` in place to ``target`` using ``scores``; returns the kept indices."""
     source = ModelShape.from_config(model.config)
     scores.check_matches(source)
@@ -48,7 +48,7 @@ def prune(model_dir: str | Path, out_dir: str | Path, spec: TargetSpec, *,
           settings: ScoringSettings = ScoringSettings(), calib_samples: int = 1024,
           seq_len: int = 512, batch_size: int = 8, task: str | None = None,
           task_limit: int | None = 200, device: str = "cpu", dtype: str = "fp32",
-          rescale_norms: bool = False, seed: int = 0) -> PruneReport:
+          rescale_norms: bool | None = None, seed: int = 0) -> PruneReport:
     """Prune the checkpoint in ``model_dir`` to ``spec`` and write a stock HF checkpoint.
 
     Scores come from ``scores_path`` if given, else from calibrating on ``calib``; either way

@@ -66,7 +66,7 @@ class HFMinitronSearcher(BaseSearcher):
     @property
     def default_search_config(self) -> dict:
         return {**super().default_search_config, "scores_path": None, "depth_metric": "bi",
-                "seq_agg": "mean", "batch_agg": "l2", "rescale_norms": False}
+                "seq_agg": "mean", "batch_agg": "l2", "rescale_norms": None}
 
     @property
     def default_state_dict(self) -> SearchStateDict:

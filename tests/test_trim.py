@@ -48,7 +48,7 @@ def test_trimming_equals_masking(family, axis):
     plan = random_plan(model, **kwargs)
     x = tiny_batch()
     reference = logits(masked_reference(model, plan), x)
-    trimmed = trim_model(copy.deepcopy(model), plan)
+    trimmed = trim_model(copy.deepcopy(model), plan, rescale_norms=False)
     assert torch.allclose(logits(trimmed, x), reference, atol=1e-5, rtol=1e-4)
     assert trimmed.config.hidden_size == len(plan.hidden)
     assert sum(p.numel() for p in trimmed.parameters()) < sum(p.numel() for p in model.parameters())
@@ -64,7 +64,7 @@ def test_rescaled_rmsnorm_equals_zeroed_channels(family):
     trimmed = trim_model(copy.deepcopy(model), plan, rescale_norms=True)
     assert torch.allclose(logits(trimmed, x), reference, atol=1e-5, rtol=1e-4)
     # and without the rescale the two differ: the test can fail
-    plain = trim_model(copy.deepcopy(model), plan)
+    plain = trim_model(copy.deepcopy(model), plan, rescale_norms=False)
     assert not torch.allclose(logits(plain, x), reference, atol=1e-3)
 
 
@@ -72,6 +72,16 @@ def test_rescale_refused_for_layernorm():
     model = tiny_model("nemotron")
     with pytest.raises(MinitronError, match="RMSNorm"):
         trim_model(model, random_plan(model, hidden=30), rescale_norms=True)
+
+
+def test_rescale_default_follows_norm_kind():
+    x = tiny_batch()
+    for family, rescaled in (("llama", True), ("nemotron", False)):
+        model = tiny_model(family)
+        plan = random_plan(model, hidden=30)
+        default = logits(trim_model(copy.deepcopy(model), plan), x)
+        explicit = logits(trim_model(copy.deepcopy(model), plan, rescale_norms=rescaled), x)
+        assert torch.equal(default, explicit)
 
 
 def test_tied_embeddings_stay_tied():

@@ -74,9 +74,9 @@ def char_tokenizer():
                                    eos_token="</s>")
 
 
-def save_tiny_checkpoint(family: str, path, seed: int = 0):
+def save_tiny_checkpoint(family: str, path, seed: int = 0, **overrides):
     """A tiny model plus tokenizer saved as a stock Hugging Face checkpoint directory."""
-    model = tiny_model(family, seed=seed)
+    model = tiny_model(family, seed=seed, **overrides)
     model.save_pretrained(str(path))
     char_tokenizer().save_pretrained(str(path))
     return model

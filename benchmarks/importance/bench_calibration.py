@@ -94,7 +94,7 @@ def main() -> None:
     med = {v: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_bytes")}
            for v, rs in runs.items()}
     result = {
-        "command": "python " + " ".join([Path(__file__).as_posix(), *child]),
+        "command": "python " + " ".join(["benchmarks/importance/bench_calibration.py", *child]),
         "date": date.today().isoformat(),
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                    f"{torch.get_num_threads()} threads"
