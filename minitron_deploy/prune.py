@@ -19,7 +19,7 @@ from .scoring import ScoringSettings, score_model
 from .select import build_plan
 from .shape import ModelShape
 from .target import ResolvedTarget, TargetSpec, resolve_target
-from .trim import KeepPlan, trim_model
+from .trim import KeepPlan, resolve_rescale_norms, trim_model
 
 
 def prune_model(model: nn.Module, scores: ImportanceScores, target: ResolvedTarget,
@@ -60,6 +60,7 @@ def prune(model_dir: str | Path, out_dir: str | Path, spec: TargetSpec, *,
     config = load_config(model_dir)
     source = ModelShape.from_config(config)
     target = resolve_target(config, spec)
+    rescale_norms = resolve_rescale_norms(config, rescale_norms)
     out = check_output_dir(out_dir, model_dir)
     scores = ImportanceScores.load(scores_path) if scores_path else None
     if scores is not None:

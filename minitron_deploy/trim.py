@@ -126,6 +126,15 @@ def _trim_norm(norm: nn.Module, hidden: torch.Tensor, scale: float) -> None:
         norm.normalized_shape = (len(hidden),)
 
 
+def resolve_rescale_norms(config, requested: bool | None) -> bool:
+    """Whether trimming rescales the norms: ``None`` means yes for RMSNorm families; asking
+    for it on a LayerNorm family is refused (no scale makes those equal)."""
+    norm_kind = get_adapter(config).norm_kind
+    if requested and norm_kind != "rms":
+        raise MinitronError(f"--rescale-norms applies to RMSNorm models, not {config.model_type}")
+    return norm_kind == "rms" if requested is None else requested
+
+
 def trim_model(model: nn.Module, plan: KeepPlan, rescale_norms: bool | None = None) -> nn.Module:
     """Trim ``model`` in place to ``plan`` and rewrite ``model.config``; returns the model.
 
@@ -141,11 +150,8 @@ def trim_model(model: nn.Module, plan: KeepPlan, rescale_norms: bool | None = No
     source = ModelShape.from_config(config)
     plan.validate(source)
     target = plan.shape(source)
-    if rescale_norms is None:
-        rescale_norms = adapter.norm_kind == "rms"
-    if rescale_norms and adapter.norm_kind != "rms":
-        raise MinitronError(f"--rescale-norms applies to RMSNorm models, not {config.model_type}")
-    scale = math.sqrt(source.hidden_size / target.hidden_size) if rescale_norms else 1.0
+    rescale = resolve_rescale_norms(config, rescale_norms)
+    scale = math.sqrt(source.hidden_size / target.hidden_size) if rescale else 1.0
     tied = adapter.lm_head(model).weight is adapter.embed_tokens(model).weight
 
     with torch.no_grad():

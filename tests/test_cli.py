@@ -35,6 +35,7 @@ def test_prune_writes_stock_checkpoint_equal_to_masked_source(workspace, family)
     assert rc == 0
     record = json.loads((out / "minitron.json").read_text())
     assert record["target_shape"]["hidden_size"] == 36 and len(record["dropped_layers"]) == 1
+    assert record["rescale_norms"] is (family != "nemotron")  # the value applied, not the request
     assert (out / "importance.safetensors").is_file() and (out / "tokenizer.json").is_file()
     config = json.loads((out / "config.json").read_text())
     assert config["head_dim"] == model.config.hidden_size // model.config.num_attention_heads
@@ -121,3 +122,12 @@ def test_bad_inputs_give_one_line_errors(workspace, tmp_path):
         assert not out.exists()
         assert not list(tmp_path.glob(".out.tmp-*"))
     assert (src / "model.safetensors").exists()
+
+
+def test_rescale_on_layernorm_refused_before_work(workspace, tmp_path, capsys):
+    src = workspace / "src-nemo-rescale"
+    save_tiny_checkpoint("nemotron", src)
+    rc = main(["prune", "--model", str(src), "--calib", str(tmp_path / "not-read.txt"),
+               "--out", str(tmp_path / "out"), "--hidden-size", "36", "--rescale-norms", "on"])
+    assert rc == 2 and "applies to RMSNorm models" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -85,7 +85,7 @@ def main() -> None:
         return
 
     runs: dict[str, list[dict]] = {"plain": [], "hooked": []}
-    child = [a for a in sys.argv[1:]]
+    child = sys.argv[1:]
     for _ in range(args.repeats):
         for variant in ("plain", "hooked"):
             out = subprocess.run([sys.executable, __file__, *child, "--variant", variant],
@@ -96,6 +96,8 @@ def main() -> None:
     result = {
         "command": "python " + " ".join(["benchmarks/importance/bench_calibration.py", *child]),
         "date": date.today().isoformat(),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True, cwd=Path(__file__).parent).stdout.strip() or None,
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                    f"{torch.get_num_threads()} threads"
                    + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""),
