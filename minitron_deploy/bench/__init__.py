@@ -1,0 +1,1 @@
+"""Throughput benchmarking of pruned vs unpruned models."""

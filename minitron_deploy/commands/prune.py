@@ -1,0 +1,44 @@
+"""``minitron prune``: score importance and trim a checkpoint to a target shape."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..target import TargetSpec, parse_layer_ranges
+from .common import add_calibration_args, scoring_settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prune", help="score importance and trim a checkpoint to a target shape")
+    add_calibration_args(p)
+    p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
+    p.add_argument("--scores", help="reuse an importance.safetensors instead of calibrating")
+    p.add_argument("--hidden-size", type=int)
+    p.add_argument("--ffn-hidden-size", type=int)
+    p.add_argument("--num-heads", type=int)
+    p.add_argument("--num-kv-heads", type=int)
+    p.add_argument("--num-layers", type=int)
+    p.add_argument("--drop-layers", type=parse_layer_ranges, help="e.g. 16-31 or 3,5,10-12")
+    p.add_argument("--target-params", type=float,
+                   help="parameter budget: absolute (4.5e9) or a fraction of the source (0.5)")
+    p.add_argument("--rescale-norms", choices=["auto", "on", "off"], default="auto",
+                   help="scale RMSNorm weights by sqrt(H_old/H_new) after hidden pruning "
+                        "(auto: on for RMSNorm families, off for LayerNorm)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..prune import prune
+    from ..report import print_prune_summary
+
+    spec = TargetSpec(hidden_size=args.hidden_size, ffn_hidden_size=args.ffn_hidden_size,
+                      num_heads=args.num_heads, num_kv_heads=args.num_kv_heads,
+                      num_layers=args.num_layers, drop_layers=args.drop_layers,
+                      target_params=args.target_params)
+    report = prune(args.model, args.out, spec, calib=args.calib, scores_path=args.scores,
+                   settings=scoring_settings(args), calib_samples=args.calib_samples,
+                   seq_len=args.seq_len, batch_size=args.batch_size, task=args.task,
+                   task_limit=args.task_limit, device=args.device, dtype=args.dtype,
+                   rescale_norms={"auto": None, "on": True, "off": False}[args.rescale_norms],
+                   seed=args.seed)
+    print_prune_summary(report)

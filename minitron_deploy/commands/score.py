@@ -1,0 +1,33 @@
+"""``minitron score``: compute only the importance artifact."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import MinitronError
+from .common import add_calibration_args, scoring_settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("score", help="only compute the importance artifact")
+    add_calibration_args(s)
+    s.add_argument("--out", required=True, help="scores file to write (.safetensors)")
+    s.add_argument("--block-sizes", default="1",
+                   help="depth block sizes to score, comma separated (e.g. 1,8,16)")
+    s.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..prune import score_checkpoint
+
+    try:
+        sizes = sorted({int(k) for k in args.block_sizes.split(",")})
+    except ValueError:
+        raise MinitronError(f"--block-sizes must be integers, got {args.block_sizes!r}")
+    path = score_checkpoint(args.model, args.out, calib=args.calib,
+                            settings=scoring_settings(args), block_sizes=sizes,
+                            calib_samples=args.calib_samples, seq_len=args.seq_len,
+                            batch_size=args.batch_size, task=args.task,
+                            task_limit=args.task_limit, device=args.device, dtype=args.dtype,
+                            seed=args.seed)
+    print(f"wrote {path} and {path.with_suffix('.json')}")

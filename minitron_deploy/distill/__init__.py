@@ -1,0 +1,1 @@
+"""Knowledge-distillation retraining of pruned students."""
