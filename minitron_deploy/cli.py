@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minitron: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("minitron: interrupted; no output was written", file=sys.stderr)
+        print("minitron: interrupted; no output was written (distill continues with --resume)",
+              file=sys.stderr)
         return 130
     return 0
 

@@ -33,6 +33,7 @@ class LossParts:
     total: torch.Tensor
     kd: torch.Tensor
     lm: torch.Tensor
+    hidden: torch.Tensor | None = None
 
 
 class _ChunkedKDLoss(torch.autograd.Function):

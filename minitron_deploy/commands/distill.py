@@ -1,0 +1,60 @@
+"""``minitron distill``: knowledge-distillation retraining of a pruned student."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..distill.api import DistillConfig
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("distill", help="retrain a pruned student from its teacher (forward KL)",
+                       description="Forward-KL distillation on local text. Multi-GPU: launch "
+                                   "with `torchrun --nproc-per-node N -m minitron_deploy.cli "
+                                   "distill ...` (data parallel).")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint directory")
+    p.add_argument("--student", required=True, help="student (pruned) checkpoint directory")
+    p.add_argument("--data", required=True, help="training text: save_to_disk folder, "
+                                                 ".txt/.jsonl/.parquet file, or a folder")
+    p.add_argument("--out", required=True, help="output checkpoint directory (must not exist)")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--tokens", type=float, help="training tokens (e.g. 2e6)")
+    budget.add_argument("--steps", type=int, help="optimizer steps")
+    d = DistillConfig()
+    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per device micro-batch")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio)
+    p.add_argument("--warmup-steps", type=int, help="default: 5%% of the steps")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
+    p.add_argument("--kd-temperature", type=float, default=d.kd_temperature)
+    p.add_argument("--lm-loss-weight", type=float, default=d.lm_loss_weight,
+                   help="mix of plain LM loss: 0 = pure KD, 1 = LM only (no teacher)")
+    p.add_argument("--intermediate-loss", choices=["cosine", "mse"],
+                   help="also match hidden states at mapped layers")
+    p.add_argument("--intermediate-weight", type=float, default=d.intermediate_weight)
+    p.add_argument("--intermediate-layers", type=int, default=d.intermediate_layers,
+                   help="how many evenly spaced layers to match (the last one included)")
+    p.add_argument("--teacher-correction-steps", type=int, default=0,
+                   help="fine-tune the teacher on the data this many steps before KD")
+    p.add_argument("--teacher-correction-lr", type=float, default=d.teacher_correction_lr)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--chunk-tokens", type=int, default=d.chunk_tokens,
+                   help="tokens per chunk of the KL computation (memory vs speed)")
+    p.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..distill.api import distill
+
+    keys = set(DistillConfig.__dataclass_fields__) - {"tokens"}
+    config = DistillConfig(tokens=int(args.tokens) if args.tokens else None,
+                           **{k: getattr(args, k) for k in keys})
+    report = distill(args.teacher, args.student, args.data, args.out, config, resume=args.resume)
+    print(f"distilled {report.steps} steps ({report.tokens:,} tokens) in {report.seconds:.0f} s: "
+          f"loss {report.first_loss:.4f} -> {report.last_loss:.4f}; wrote {report.out}")

@@ -1,0 +1,94 @@
+"""What one training step minimises: logit KD (with optional LM and hidden-state terms),
+plain LM loss, or a ModelOpt ``DistillationModel``'s own KD loss.
+
+Every objective is an ``nn.Module`` whose forward maps ``input_ids`` to ``LossParts`` and whose
+trainable parameters (``requires_grad``) are what the optimizer updates; ``.student`` is the
+model that gets saved. Frozen teachers are kept out of the module tree."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from .losses import HiddenStateLoss, LossParts, logit_kd_loss, shifted_labels
+
+
+class Objective(Protocol):
+    student: nn.Module
+
+    def __call__(self, input_ids: torch.Tensor) -> LossParts: ...
+
+    def named_parameters(self): ...
+
+
+class KDObjective(nn.Module):
+    """Forward KL from a frozen teacher, plus ``lm_weight`` x LM loss and an optional weighted
+    hidden-state loss. Its parameters are the student's and any learned projections."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, temperature: float = 1.0,
+                 lm_weight: float = 0.0, hidden_loss: HiddenStateLoss | None = None,
+                 hidden_weight: float = 1.0, chunk_tokens: int = 1024):
+        super().__init__()
+        self.student = student
+        self.hidden_loss = hidden_loss
+        self._teacher = [teacher.eval().requires_grad_(False)]  # a list: not a submodule
+        self.temperature = temperature
+        self.lm_weight = lm_weight
+        self.hidden_weight = hidden_weight
+        self.chunk_tokens = chunk_tokens
+
+    def forward(self, input_ids: torch.Tensor) -> LossParts:
+        want_states = self.hidden_loss is not None
+        with torch.no_grad():
+            t_out = self._teacher[0](input_ids=input_ids, use_cache=False,
+                                     output_hidden_states=want_states)
+        s_out = self.student(input_ids=input_ids, use_cache=False, output_hidden_states=want_states)
+        labels = shifted_labels(input_ids) if self.lm_weight else None
+        parts = logit_kd_loss(s_out.logits, t_out.logits, labels, self.temperature,
+                              self.lm_weight, self.chunk_tokens)
+        if self.hidden_loss is None:
+            return parts
+        hidden = self.hidden_loss(s_out.hidden_states, t_out.hidden_states)
+        return LossParts(total=parts.total + self.hidden_weight * hidden, kd=parts.kd,
+                         lm=parts.lm, hidden=hidden.detach())
+
+
+class LMObjective(nn.Module):
+    """Next-token cross-entropy only (retraining without a teacher, teacher correction)."""
+
+    def __init__(self, model: nn.Module, chunk_tokens: int = 1024):
+        super().__init__()
+        self.student = model
+        self.chunk_tokens = chunk_tokens
+
+    def forward(self, input_ids: torch.Tensor) -> LossParts:
+        logits = self.student(input_ids=input_ids, use_cache=False).logits
+        return logit_kd_loss(logits, None, shifted_labels(input_ids), lm_weight=1.0,
+                             chunk_tokens=self.chunk_tokens)
+
+
+class ModelOptObjective(nn.Module):
+    """A ``modelopt.torch.distill`` ``DistillationModel``: its forward runs teacher and
+    student, ``compute_kd_loss()`` returns the configured criterion's loss. ``student`` is the
+    DistillationModel itself; ``mtd.export`` it to get the plain student back."""
+
+    def __init__(self, distillation_model: nn.Module):
+        super().__init__()
+        self.model = distillation_model
+        self.student = distillation_model
+
+    def forward(self, input_ids: torch.Tensor) -> LossParts:
+        self.model(input_ids=input_ids, use_cache=False)
+        loss = self.model.compute_kd_loss()
+        zero = torch.zeros((), device=loss.device)
+        return LossParts(total=loss, kd=loss.detach(), lm=zero)
+
+
+def autocast_for(device: torch.device, use_bf16: bool):
+    """bf16 autocast on GPU when asked, nothing (fp32) otherwise."""
+    if use_bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()

@@ -1,0 +1,218 @@
+"""The training loop shared by distillation, LM retraining and teacher correction.
+
+AdamW with linear warmup and cosine decay, gradient accumulation and clipping, bf16 autocast
+on GPU (fp32 on CPU), atomic checkpoints every N steps and exact resumption: data order is a
+function of the step, and weights, optimizer and RNG state are restored, so on CPU a resumed
+run reproduces an uninterrupted one step for step. Data parallel under ``torchrun``
+(DistributedDataParallel; gloo on CPU, NCCL on GPU): each rank takes its own slice of every
+global batch. Logs are JSONL; a progress bar shows loss, tokens/s and ETA.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import MinitronError
+from .checkpoint import TrainState, load_training_checkpoint, save_training_checkpoint
+from .objectives import autocast_for
+
+LOG_NAME = "train_log.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings; ``steps`` counts optimizer steps."""
+
+    steps: int
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int | None = None  # default: 5% of the steps, at least 1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 100
+    seed: int = 0
+    bf16: bool = True  # autocast on GPU; CPU always trains in fp32
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise MinitronError(f"{name.replace('_', '-')} must be at least 1, "
+                                    f"got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise MinitronError(f"learning rate must be positive, got {self.lr}")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at the last step."""
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.steps // 20)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, cfg.steps - warmup)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def sample_indices(n_sequences: int, start: int, count: int, seed: int) -> torch.Tensor:
+    """Sequence indices ``start .. start+count`` of an endless stream of epochs, each a fresh
+    seeded permutation: the same position always names the same sequence."""
+    perms: dict[int, torch.Tensor] = {}
+    out = []
+    for pos in range(start, start + count):
+        epoch, offset = divmod(pos, n_sequences)
+        if epoch not in perms:
+            gen = torch.Generator().manual_seed(seed + epoch)
+            perms[epoch] = torch.randperm(n_sequences, generator=gen)
+        out.append(int(perms[epoch][offset]))
+    return torch.tensor(out, dtype=torch.long)
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_env() -> DistEnv:
+    """Rank and world size from ``torchrun``'s environment; starts the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return DistEnv()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return DistEnv(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _read_log(path: Path, upto_step: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r["step"] <= upto_step]
+
+
+def train(objective: nn.Module, sequences: torch.Tensor, cfg: TrainConfig, work_dir: Path,
+          resume: bool = False, desc: str = "distill",
+          on_step: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train ``objective``'s trainable parameters on ``sequences`` [N, seq_len] for ``cfg.steps``.
+
+    ``work_dir`` receives checkpoints and ``train_log.jsonl``; with ``resume`` the latest
+    checkpoint there is restored first. ``on_step(record)`` is called after every step (on
+    the main rank). Returns every step's log record.
+    """
+    cfg.validate()
+    env = distributed_env()
+    device = next(objective.parameters()).device
+    work_dir.mkdir(parents=True, exist_ok=True)
+    optimizer = torch.optim.AdamW(_param_groups(objective, cfg.weight_decay), lr=cfg.lr,
+                                  betas=(0.9, 0.95), eps=1e-8)
+    torch.manual_seed(cfg.seed)
+    state = load_training_checkpoint(work_dir, objective, optimizer) if resume else None
+    state = state or TrainState(step=0, elapsed_s=0.0)
+    log_path = work_dir / LOG_NAME
+    records = _read_log(log_path, state.step) if resume else []
+    if env.is_main:
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    model: nn.Module = objective
+    if env.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(objective, device_ids=[device.index]
+                                        if device.type == "cuda" else None)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    seq_len = sequences.shape[1]
+    micro = cfg.batch_size
+    tokens_per_step = micro * cfg.grad_accum * env.world * seq_len
+    bar = tqdm(total=cfg.steps, initial=state.step, desc=desc, unit="step",
+               disable=not env.is_main, dynamic_ncols=True)
+    objective.train()
+    started = time.perf_counter() - state.elapsed_s
+    for step in range(state.step, cfg.steps):
+        t0 = time.perf_counter()
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        sums = torch.zeros(4, dtype=torch.float64, device=device)
+        for k in range(cfg.grad_accum):
+            first = ((step * cfg.grad_accum + k) * env.world + env.rank) * micro
+            ids = sequences[sample_indices(len(sequences), first, micro, cfg.seed)].to(device)
+            sync = k == cfg.grad_accum - 1 or env.world == 1
+            with (nullcontext() if sync else model.no_sync()), autocast_for(device, cfg.bf16):
+                parts = model(ids)
+                (parts.total / cfg.grad_accum).backward()
+            hidden = parts.hidden if parts.hidden is not None else torch.zeros((), device=device)
+            sums += torch.stack([parts.total.detach(), parts.kd, parts.lm, hidden]).double()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            raise MinitronError(f"non-finite loss or gradient at step {step + 1}; lower --lr "
+                                "or check the data and weights for NaN")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        means = _all_mean(sums / cfg.grad_accum, env)
+        dt = time.perf_counter() - t0
+        record = {"step": step + 1, "loss": float(means[0]), "kd": float(means[1]),
+                  "lm": float(means[2]), "hidden": float(means[3]), "lr": lr,
+                  "grad_norm": float(grad_norm), "tokens": (step + 1) * tokens_per_step,
+                  "tokens_per_s": tokens_per_step / dt, "elapsed_s": time.perf_counter() - started}
+        records.append(record)
+        if env.is_main:
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            bar.update(1)
+            if on_step is not None:
+                on_step(record)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            if env.is_main:
+                save_training_checkpoint(work_dir, objective, optimizer,
+                                         TrainState(step + 1, record["elapsed_s"]))
+            _barrier(env)
+    bar.close()
+    objective.eval()
+    return records
+
+
+def _all_mean(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    if env.world > 1:
+        import torch.distributed as dist
+
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= env.world
+    return values.cpu()
+
+
+def _barrier(env: DistEnv) -> None:
+    if env.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
