@@ -61,20 +61,39 @@ def test_kd_loss_and_quantize_follow():
     import modelopt.torch.distill as mtd
     import modelopt.torch.quantization as mtq
 
-    class HFLogitsKD(mtd.LogitsDistillationLoss):
-        """ModelOpt's logits KD on the ``.logits`` of Hugging Face outputs."""
-
-        def forward(self, student_out, teacher_out):
-            return super().forward(student_out.logits, teacher_out.logits)
+    from minitron_plugins.modelopt_distill import HFLogitsKDLoss
 
     student = _pruned()
     kd = mtd.convert(student, mode=[("kd_loss", {"teacher_model": tiny_model("llama"),
-                                                 "criterion": HFLogitsKD()})])
+                                                 "criterion": HFLogitsKDLoss()})])
     out = kd(input_ids=tiny_batch(), use_cache=False)
     loss = kd.compute_kd_loss()
     assert out.logits.shape[-1] == 97 and torch.isfinite(loss)
     quantized = mtq.quantize(_pruned(), mtq.FP8_DEFAULT_CFG, forward_loop=loop)
     assert torch.isfinite(logits(quantized, tiny_batch())).all()
+
+
+def test_pruned_model_distils_through_modelopt_with_our_trainer(tmp_path):
+    """hf_minitron prune -> mtd.convert -> our trainer -> mtd.export: the KD loss falls."""
+    import modelopt.torch.distill as mtd
+
+    from minitron_deploy.distill.trainer import TrainConfig, train
+    from minitron_plugins.modelopt_distill import modelopt_kd_objective
+
+    teacher = tiny_model("llama")
+    objective = modelopt_kd_objective(_pruned(), teacher)
+    sequences = torch.randint(3, 97, (16, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = float(objective(sequences[:8]).total)
+    records = train(objective, sequences, TrainConfig(steps=12, batch_size=4, lr=3e-3),
+                    tmp_path / "work")
+    with torch.no_grad():
+        after = float(objective(sequences[:8]).total)
+    assert after < 0.7 * before and len(records) == 12
+    assert all(not p.requires_grad for p in teacher.parameters())
+    student = mtd.export(objective.model)
+    assert student.config.hidden_size == EXPORT["hidden_size"]
+    assert torch.isfinite(logits(student, tiny_batch())).all()
 
 
 def test_bad_constraint_refused():
