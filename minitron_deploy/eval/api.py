@@ -1,0 +1,91 @@
+"""``evaluate()``: perplexity and zero-shot multiple choice for one or more checkpoints, with
+JSON and Markdown output."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..data import check_seq_len, load_texts, pack_tokens
+from ..errors import MinitronError
+from ..modeling import load_model
+from .multiple_choice import evaluate_items
+from .perplexity import perplexity
+from .tasks import TASKS, load_named_task
+
+PPL = "ppl"
+#: Tasks whose headline metric is acc_norm in lm-eval (the others report acc).
+NORMED = {"hellaswag", "piqa", "arc_easy", "arc_challenge"}
+
+
+def parse_tasks(spec: str) -> list[str]:
+    """``"ppl,hellaswag,..."`` -> validated task list."""
+    tasks = [t.strip() for t in spec.split(",") if t.strip()]
+    unknown = [t for t in tasks if t != PPL and t not in TASKS]
+    if unknown or not tasks:
+        raise MinitronError(f"unknown task(s) {', '.join(unknown) or '(none)'}; choose from "
+                            f"{', '.join([PPL, *TASKS])}")
+    return tasks
+
+
+def evaluate(model_dir: str | Path, tasks: list[str], limit: int | None = None,
+             ppl_data: str | Path | None = None, seq_len: int = 512, ppl_seqs: int = 64,
+             device: str = "cpu", dtype: str = "fp32", batch_size: int = 16) -> dict:
+    """Metrics of one checkpoint: ``{"ppl": float, task: {n, acc, acc_stderr, ...}}``."""
+    if PPL in tasks and ppl_data is None:
+        raise MinitronError("perplexity needs held-out text (--ppl-data)")
+    model, tokenizer = load_model(model_dir, dtype=dtype, device=device)
+    if tokenizer is None:
+        raise MinitronError(f"{model_dir} has no tokenizer")
+    results: dict = {}
+    for task in tqdm(tasks, desc=f"eval {Path(model_dir).name}", unit="task"):
+        if task == PPL:
+            check_seq_len(seq_len, model.config)
+            seqs = pack_tokens(load_texts(ppl_data), tokenizer, seq_len, ppl_seqs, seed=0)
+            results[PPL] = perplexity(model, seqs)
+        else:
+            results[task] = asdict(evaluate_items(model, tokenizer, load_named_task(task, limit),
+                                                  batch_size))
+    return results
+
+
+def headline(task: str, metrics) -> float:
+    """The number a table shows: perplexity, else acc_norm or acc as lm-eval reports."""
+    if task == PPL:
+        return metrics
+    return metrics["acc_norm" if task in NORMED else "acc"]
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+    """Tasks as rows, models as columns (accuracies in %)."""
+    names = list(results)
+    tasks = list(dict.fromkeys(t for r in results.values() for t in r))
+    lines = ["| task | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for task in tasks:
+        label = task if task == PPL else f"{task} ({'acc_norm' if task in NORMED else 'acc'}, %)"
+        cells = []
+        for name in names:
+            value = results[name].get(task)
+            cells.append("" if value is None else (f"{value:.2f}" if task == PPL
+                                                    else f"{100 * headline(task, value):.1f}"))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict[str, dict], out_file: str | Path, meta: dict | None = None) -> Path:
+    """``out_file`` (JSON) and the same path with ``.md`` (table), each written atomically."""
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta or {}, "results": results}
+    for path, text in ((out, json.dumps(payload, indent=2) + "\n"),
+                       (out.with_suffix(".md"), markdown_table(results))):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    return out
