@@ -44,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-tokens", type=int, default=d.chunk_tokens,
                    help="tokens per chunk of the KL computation (memory vs speed)")
     p.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=d.precision,
+                   help="auto: bf16 autocast on GPU, fp32 on CPU (bit-reproducible)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.set_defaults(func=run)

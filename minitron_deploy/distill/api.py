@@ -50,6 +50,7 @@ class DistillConfig:
     teacher_correction_lr: float = 1e-5
     chunk_tokens: int = 1024
     device: str = "cpu"
+    precision: str = "auto"
 
     @property
     def uses_teacher(self) -> bool:
@@ -153,7 +154,8 @@ def _teacher(teacher_dir, config: DistillConfig, work: Path, resume: bool,
         teacher, _ = load_model(teacher_dir, device=str(device))
         tc = TrainConfig(steps=config.teacher_correction_steps, batch_size=config.batch_size,
                          grad_accum=config.grad_accum, lr=config.teacher_correction_lr,
-                         checkpoint_every=config.checkpoint_every, seed=config.seed + 1)
+                         checkpoint_every=config.checkpoint_every, seed=config.seed + 1,
+                         precision=config.precision)
         train(LMObjective(teacher, config.chunk_tokens), sequences, tc,
               work / "teacher-correction", resume=resume, desc="teacher-correction")
         if distributed_env().is_main:

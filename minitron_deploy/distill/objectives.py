@@ -87,8 +87,12 @@ class ModelOptObjective(nn.Module):
         return LossParts(total=loss, kd=loss.detach(), lm=zero)
 
 
-def autocast_for(device: torch.device, use_bf16: bool):
-    """bf16 autocast on GPU when asked, nothing (fp32) otherwise."""
-    if use_bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast for "bf16", and for "auto" on GPU; plain fp32 otherwise. (On CPUs with
+    AMX, bf16 trains about 2x faster than fp32; "auto" keeps CPU runs exactly reproducible.)"""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..errors import MinitronError
 from .checkpoint import TrainState, load_training_checkpoint, save_training_checkpoint
-from .objectives import autocast_for
+from .objectives import PRECISIONS, autocast_for
 
 LOG_NAME = "train_log.jsonl"
 
@@ -44,7 +44,12 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     checkpoint_every: int = 100
     seed: int = 0
-    bf16: bool = True  # autocast on GPU; CPU always trains in fp32
+    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; or "bf16" / "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise MinitronError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                                f"got {self.precision!r}")
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every"):
@@ -165,7 +170,7 @@ def train(objective: nn.Module, sequences: torch.Tensor, cfg: TrainConfig, work_
             first = ((step * cfg.grad_accum + k) * env.world + env.rank) * micro
             ids = sequences[sample_indices(len(sequences), first, micro, cfg.seed)].to(device)
             sync = k == cfg.grad_accum - 1 or env.world == 1
-            with (nullcontext() if sync else model.no_sync()), autocast_for(device, cfg.bf16):
+            with (nullcontext() if sync else model.no_sync()), autocast_for(device, cfg.precision):
                 parts = model(ids)
                 (parts.total / cfg.grad_accum).backward()
             hidden = parts.hidden if parts.hidden is not None else torch.zeros((), device=device)
