@@ -1,4 +1,4 @@
-"""``minitron demo``: the embedded SmolLM2-135M demo."""
+"""``minitron demo``: the embedded SmolLM2-135M demo (prune, distill, evaluate)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,18 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    d = sub.add_parser("demo", help="prune the embedded SmolLM2-135M teacher on local text")
-    d.add_argument("--work-dir", default="out/demo")
-    d.add_argument("--target-params", type=float, default=0.5)
+    d = sub.add_parser("demo", help="prune, distill and evaluate the embedded SmolLM2-135M "
+                                    "teacher on local text (recipes/demo.yaml)")
+    d.add_argument("--work-dir", default="out/demo", help="stage outputs; re-runs reuse them")
+    d.add_argument("--recipe", help="another recipe file (default: the packaged demo recipe)")
+    d.add_argument("--target-params", type=float, help="override prune.target_params")
+    d.add_argument("--tokens", type=int, help="override distill.tokens")
     d.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
     from ..demo import run_demo
 
-    run_demo(args.work_dir, args.target_params)
+    overrides = {k: v for k, v in (("prune.target_params", args.target_params),
+                                   ("distill.tokens", args.tokens)) if v is not None}
+    run_demo(args.work_dir, args.recipe, overrides)

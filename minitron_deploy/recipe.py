@@ -1,0 +1,146 @@
+"""Recipes: one YAML file describing teacher, data and every stage's settings.
+
+    name: demo
+    teacher: builtin:smollm2-135m        # or a local checkpoint directory
+    data: builtin:stdlib-docs            # calibration and distillation text
+    heldout: builtin:stdlib-docs-heldout # perplexity text, kept apart from the above
+    prune: {target_params: 0.5, calib_samples: 128, seq_len: 256}
+    distill: {tokens: 80000, seq_len: 256, lr: 1.0e-3}
+    eval: {tasks: [ppl, arc_easy], limit: 100}
+
+Unknown keys and wrong types are refused with the key's full path; sections map onto the
+Python API's own settings (``DistillConfig`` for ``distill``).
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+import yaml
+
+from .distill.api import DistillConfig
+from .errors import MinitronError
+
+
+@dataclass
+class PruneStage:
+    """``minitron prune`` settings: a parameter budget or explicit sizes."""
+
+    target_params: float | None = None
+    hidden_size: int | None = None
+    ffn_hidden_size: int | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    num_layers: int | None = None
+    drop_layers: str | None = None
+    depth_metric: str = "loss"
+    calib_samples: int = 1024
+    seq_len: int = 512
+    batch_size: int = 8
+    rescale_norms: str = "auto"
+
+
+@dataclass
+class EvalStage:
+    """``minitron eval`` settings."""
+
+    tasks: list[str] = field(default_factory=lambda: ["ppl", "hellaswag", "piqa", "arc_easy",
+                                                      "arc_challenge", "winogrande"])
+    limit: int | None = None
+    seq_len: int = 512
+    ppl_seqs: int = 64
+    batch_size: int = 16
+
+
+@dataclass
+class Recipe:
+    name: str
+    teacher: str
+    data: str
+    heldout: str
+    device: str = "cpu"
+    prune: PruneStage = field(default_factory=PruneStage)
+    distill: DistillConfig = field(default_factory=lambda: DistillConfig(tokens=10_000_000))
+    eval: EvalStage = field(default_factory=EvalStage)
+
+
+def _check_type(value, hint, where: str):
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is not type(None):
+                try:
+                    return _check_type(value, option, where)
+                except MinitronError:
+                    continue
+        raise MinitronError(f"{where}: expected {hint}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise MinitronError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if is_dataclass(hint):
+        return build(hint, value, where)
+    if hint in (int, float) and isinstance(value, str):
+        try:  # PyYAML reads 8.0e4 (no exponent sign) as a string
+            value = float(value)
+        except ValueError:
+            raise MinitronError(f"{where}: expected {hint.__name__}, got {value!r}") from None
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
+        raise MinitronError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def build(cls, data, where: str):
+    """Instantiate dataclass ``cls`` from a mapping, refusing unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise MinitronError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise MinitronError(f"{where}: unknown key(s) {', '.join(unknown)} "
+                            f"(known: {', '.join(known)})")
+    missing = [n for n, f in known.items() if n not in data and f.default is MISSING
+               and f.default_factory is MISSING]
+    if missing:
+        raise MinitronError(f"{where}: missing required key(s) {', '.join(missing)}")
+    return cls(**{k: _check_type(v, hints[k], f"{where}.{k}") for k, v in data.items()})
+
+
+def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
+    """Read and validate a recipe file; ``overrides`` (nested dict) replace its values."""
+    path = Path(path)
+    if not path.is_file():
+        raise MinitronError(f"recipe {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise MinitronError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}")
+    for key, value in (overrides or {}).items():
+        section, _, leaf = key.partition(".")
+        if leaf:
+            data.setdefault(section, {})[leaf] = value
+        else:
+            data[key] = value
+    return build(Recipe, data, path.name)
+
+
+def packaged_recipe(name: str) -> Path:
+    """Path of a recipe shipped with the package (``recipes/`` in the source tree)."""
+    from importlib.resources import files
+
+    path = Path(str(files("minitron_recipes") / f"{name}.yaml"))
+    if not path.is_file():
+        raise MinitronError(f"no packaged recipe {name!r}")
+    return path

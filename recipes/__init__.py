@@ -1,0 +1,1 @@
+"""Ready recipes, importable as ``minitron_recipes`` so installed copies ship them."""

@@ -1,0 +1,54 @@
+"""Recipe validation and the packaged recipes."""
+
+import pytest
+
+from minitron_deploy.distill.api import DistillConfig
+from minitron_deploy.errors import MinitronError
+from minitron_deploy.recipe import load_recipe, packaged_recipe
+
+MINIMAL = "name: r\nteacher: /m\ndata: /d\nheldout: /h\n"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_demo_recipe_parses_into_api_settings():
+    recipe = load_recipe(packaged_recipe("demo"))
+    assert recipe.teacher == "builtin:smollm2-135m"
+    assert isinstance(recipe.distill, DistillConfig) and recipe.distill.tokens == 81920
+    assert recipe.distill.lr == pytest.approx(1e-3) and recipe.prune.target_params == 0.5
+    assert "ppl" in recipe.eval.tasks
+
+
+def test_numbers_are_coerced_where_unambiguous(tmp_path):
+    recipe = load_recipe(write(tmp_path, MINIMAL + "distill: {tokens: 8.0e4, lr: 1}\n"))
+    assert recipe.distill.tokens == 80000 and isinstance(recipe.distill.tokens, int)
+    assert recipe.distill.lr == 1.0 and isinstance(recipe.distill.lr, float)
+
+
+def test_overrides_replace_values(tmp_path):
+    recipe = load_recipe(write(tmp_path, MINIMAL), {"distill.tokens": 5, "device": "cuda"})
+    assert recipe.distill.tokens == 5 and recipe.device == "cuda"
+
+
+@pytest.mark.parametrize("text,message", [
+    (MINIMAL + "distill: {lrr: 1}\n", r"r.yaml.distill: unknown key\(s\) lrr"),
+    (MINIMAL + "distill: {tokens: many}\n", r"r.yaml.distill.tokens: expected"),
+    (MINIMAL + "prune: {calib_samples: true}\n", r"calib_samples: expected int"),
+    (MINIMAL + "eval: {tasks: ppl}\n", r"eval.tasks: expected a list"),
+    (MINIMAL + "prune: 3\n", r"prune: expected a mapping"),
+    ("name: r\nteacher: /m\n", r"missing required key\(s\) data, heldout"),
+    ("name: [unclosed\n", "not valid YAML"),
+    (MINIMAL + "colour: blue\n", r"unknown key\(s\) colour"),
+])
+def test_bad_recipes_refused_with_the_key_path(tmp_path, text, message):
+    with pytest.raises(MinitronError, match=message):
+        load_recipe(write(tmp_path, text))
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(MinitronError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
