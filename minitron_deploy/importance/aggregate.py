@@ -14,14 +14,14 @@ BATCH_AGGREGATIONS = ("l2", "mean")
 
 
 def reduce_sequence(x: torch.Tensor, how: str) -> torch.Tensor:
-    """``[batch, seq, channels]`` -> ``[batch, channels]``, in float32."""
-    x = x.float()
+    """``[batch, seq, channels]`` -> ``[batch, channels]``, in float32 (accumulated in float32
+    without materialising a float32 copy of a half-precision input)."""
     if how == "mean":
-        return x.abs().mean(dim=1)
+        return x.abs().mean(dim=1, dtype=torch.float32)
     if how == "l2":
-        return x.norm(dim=1)
+        return torch.linalg.vector_norm(x, 2, dim=1, dtype=torch.float32)
     if how == "var":
-        return x.var(dim=1, unbiased=False)
+        return x.float().var(dim=1, unbiased=False)
     raise ValueError(f"unknown sequence aggregation {how!r}; choose from {SEQ_AGGREGATIONS}")
 
 

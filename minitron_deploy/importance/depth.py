@@ -64,7 +64,10 @@ class BlockImportanceCollector:
                 if start >= 0:
                     cos = torch.nn.functional.cosine_similarity(
                         self._inputs[start].float(), out, dim=-1)
-                    self.sums[k][start] += (1 - cos).mean().double().cpu()
+                    sums = self.sums[k]
+                    if sums.device != out.device:  # accumulate where the model runs: no syncs
+                        sums = self.sums[k] = sums.to(out.device)
+                    sums[start] += (1 - cos).mean().double()
             self._inputs.pop(j - max(self.block_sizes, default=1) + 1, None)
             if j == len(self.layers) - 1:
                 self.batches += 1
@@ -88,7 +91,7 @@ class BlockImportanceCollector:
     def scores(self) -> dict[int, torch.Tensor]:
         if not self.batches:
             raise RuntimeError("no batch reached the last layer")
-        return {k: (s / self.batches).float() for k, s in self.sums.items()}
+        return {k: (s / self.batches).float().cpu() for k, s in self.sums.items()}
 
 
 def lm_loss(model: nn.Module, batches: Sequence[torch.Tensor]) -> float:

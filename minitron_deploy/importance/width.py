@@ -39,17 +39,16 @@ class WidthCollector:
         self._handles: list = []
 
     def _stat(self, x: torch.Tensor) -> torch.Tensor:
-        stat = reduce_sequence(x.detach(), self.seq_agg)
-        if not torch.isfinite(stat).all():
-            raise MinitronError("non-finite activations during calibration (NaN/Inf): check the "
-                                "checkpoint and try --dtype fp32")
-        return stat
+        # No per-call finiteness check: it would sync the GPU in every hook. NaN/Inf propagate
+        # into the accumulated sums, which scores() checks once.
+        return reduce_sequence(x.detach(), self.seq_agg)
 
     def _input_hook(self, acc: BatchAccumulator, per_head: bool) -> Callable:
         def hook(module, args, output):
             x = args[0]
             if per_head:  # [B, S, H*D] -> per-head L2 norm [B, S, H]
-                x = x.float().unflatten(-1, (-1, self.head_dim)).norm(dim=-1)
+                x = torch.linalg.vector_norm(x.unflatten(-1, (-1, self.head_dim)), 2, dim=-1,
+                                             dtype=torch.float32)
             acc.add(self._stat(x))
         return hook
 
@@ -89,6 +88,9 @@ class WidthCollector:
             out["hidden"] = torch.stack([n.result() for n in self.norms]).sum(0).cpu()
         except RuntimeError:
             raise MinitronError("the calibration pass saw no data: the forward loop ran no batch")
+        if not all(torch.isfinite(v).all() for v in out.values()):
+            raise MinitronError("non-finite activations during calibration (NaN/Inf): check the "
+                                "checkpoint and try --dtype fp32")
         return out
 
 
