@@ -48,7 +48,7 @@ class DistillConfig:
     intermediate_layers: int = 1
     teacher_correction_steps: int = 0
     teacher_correction_lr: float = 1e-5
-    chunk_tokens: int = 1024
+    chunk_tokens: int = 512
     device: str = "cpu"
     precision: str = "auto"
 

@@ -3,9 +3,9 @@
 ``logit_kd_loss`` is forward KL(teacher || student) on temperature-softened logits, optionally
 mixed with the plain next-token cross-entropy. It runs over token chunks and computes the
 gradient in the same pass (a fused autograd function), so neither model's logits are ever
-upcast to fp32 for the whole batch at once: peak extra memory is one chunk of fp32 work plus
-one gradient in the student logits' own dtype. With a 128k vocabulary and 8k tokens a full fp32
-copy of both models' logits would be 8 GB; chunks of 1024 tokens keep it under 1.5 GB.
+upcast to fp32 for the whole batch at once: peak extra memory is a few chunk-sized fp32
+buffers plus one gradient in the student logits' own dtype (measurements in
+benchmarks/distill/README.md).
 
 ``HiddenStateLoss`` matches student hidden states to the teacher's at mapped layers (cosine or
 MSE), through a learned linear map where the widths differ.
@@ -36,6 +36,11 @@ class LossParts:
     hidden: torch.Tensor | None = None
 
 
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    x = logits.float()
+    return x if temperature == 1.0 else x / temperature
+
+
 class _ChunkedKDLoss(torch.autograd.Function):
     """Loss and d(loss)/d(student logits) computed together, chunk by chunk."""
 
@@ -50,33 +55,45 @@ class _ChunkedKDLoss(torch.autograd.Function):
         grad = torch.empty_like(s2) if need_grad else None
         kd_sum = torch.zeros((), dtype=torch.float64, device=s2.device)
         lm_sum = torch.zeros((), dtype=torch.float64, device=s2.device)
+        kd_scale = (1.0 - lm_weight) * temperature / n_tokens  # d/ds T^2 KL = T (q - p)
+        lm_scale = lm_weight / n_labeled if n_labeled else 0.0
         for start in range(0, n_tokens, chunk_tokens):
             sl = slice(start, start + chunk_tokens)
-            s = s2[sl].float()
-            log_q = torch.log_softmax(s / temperature, dim=-1)
-            if t2 is not None:
-                log_p = torch.log_softmax(t2[sl].float() / temperature, dim=-1)
-                p = log_p.exp()
-                kd_sum += (p * (log_p - log_q)).sum(dtype=torch.float64)
-                # d/ds of T^2 * KL(p || softmax(s/T)) = T * (q - p); mean over tokens.
-                g = (log_q.exp() - p).mul_(temperature / n_tokens)
-            else:
-                g = torch.zeros_like(s)
-            if lm_weight and n_labeled:
-                log_r = log_q if temperature == 1.0 else torch.log_softmax(s, dim=-1)
+            # Work buffers are chunk-sized fp32 and updated in place: at most four live at once.
+            log_q = torch.log_softmax(_scaled(s2[sl], temperature), dim=-1)
+            rows = torch.arange(log_q.shape[0], device=log_q.device)
+            lm_rows = None
+            if lm_scale:
                 tgt = lab[sl]
                 mask = tgt != IGNORE_INDEX
                 safe = tgt.clamp_min(0)
-                lm_sum -= log_r.gather(1, safe[:, None])[:, 0][mask].sum(dtype=torch.float64)
-                if need_grad:
-                    g_lm = log_r.exp()
-                    g_lm[torch.arange(len(safe), device=s.device), safe] -= 1.0
-                    g_lm[~mask] = 0.0
-                    g = g.mul_(1.0 - lm_weight).add_(g_lm, alpha=lm_weight / n_labeled)
-            elif need_grad:
-                g = g.mul_(1.0 - lm_weight)
-            if need_grad:
-                grad[sl] = g.to(grad.dtype)
+                log_r = log_q if temperature == 1.0 else torch.log_softmax(s2[sl].float(), dim=-1)
+                lm_sum -= log_r[rows, safe][mask].sum(dtype=torch.float64)
+                lm_rows = mask.to(log_q.dtype) * lm_scale
+            if t2 is not None:
+                log_p = torch.log_softmax(_scaled(t2[sl], temperature), dim=-1)
+                p = log_p.exp()
+                diff = log_p.sub_(log_q)  # log p - log q, in place
+                kd_sum += torch.bmm(p[:, None, :], diff[:, :, None]).sum(dtype=torch.float64)
+                del diff, log_p
+            if not need_grad:
+                continue
+            if lm_rows is not None and temperature != 1.0:
+                g = log_r.exp_().mul_(lm_rows[:, None])  # lm part: softmax(s) - onehot
+                g[rows, safe] -= lm_rows
+                if t2 is not None:
+                    g.add_(log_q.exp_().sub_(p), alpha=kd_scale)
+            else:  # one softmax serves both terms
+                scale = kd_scale if t2 is not None else 0.0
+                g = log_q.exp_()
+                if lm_rows is not None:
+                    g.mul_((lm_rows + scale)[:, None])
+                    g[rows, safe] -= lm_rows
+                else:
+                    g.mul_(scale)
+                if t2 is not None:
+                    g.sub_(p, alpha=kd_scale)
+            grad[sl] = g
         kd = kd_sum * temperature**2 / n_tokens
         lm = lm_sum / max(n_labeled, 1)
         total = (1.0 - lm_weight) * kd + lm_weight * lm
@@ -92,7 +109,7 @@ class _ChunkedKDLoss(torch.autograd.Function):
 
 def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
                   labels: torch.Tensor | None = None, temperature: float = 1.0,
-                  lm_weight: float = 0.0, chunk_tokens: int = 1024) -> LossParts:
+                  lm_weight: float = 0.0, chunk_tokens: int = 512) -> LossParts:
     """``(1 - w) * T^2 * KL(p_teacher^T || p_student^T) + w * CE(student, labels)``, per token.
 
     ``labels`` are the next-token targets already aligned with the logits (``IGNORE_INDEX``

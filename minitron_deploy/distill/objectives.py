@@ -30,7 +30,7 @@ class KDObjective(nn.Module):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, temperature: float = 1.0,
                  lm_weight: float = 0.0, hidden_loss: HiddenStateLoss | None = None,
-                 hidden_weight: float = 1.0, chunk_tokens: int = 1024):
+                 hidden_weight: float = 1.0, chunk_tokens: int = 512):
         super().__init__()
         self.student = student
         self.hidden_loss = hidden_loss
@@ -59,7 +59,7 @@ class KDObjective(nn.Module):
 class LMObjective(nn.Module):
     """Next-token cross-entropy only (retraining without a teacher, teacher correction)."""
 
-    def __init__(self, model: nn.Module, chunk_tokens: int = 1024):
+    def __init__(self, model: nn.Module, chunk_tokens: int = 512):
         super().__init__()
         self.student = model
         self.chunk_tokens = chunk_tokens
