@@ -48,7 +48,7 @@ def log(path):
 
 
 def test_distillation_lowers_kd_loss_and_writes_stock_checkpoint(pair):
-    report = run(pair, "out", config(steps=12))
+    report = run(pair, "out", config(steps=12, val_fraction=0.1, val_sequences=4))
     records = log(pair / "out")
     assert len(records) == 12 and records[-1]["tokens"] == 12 * 2 * 2 * 32
     assert records[-1]["kd"] < 0.8 * records[0]["kd"]
@@ -60,6 +60,8 @@ def test_distillation_lowers_kd_loss_and_writes_stock_checkpoint(pair):
     assert model.config.hidden_size == 36 and model.config.num_hidden_layers == 3
     summary = json.loads((pair / "out" / "distill.json").read_text())
     assert summary["steps"] == 12 and summary["config"]["kd_temperature"] == 1.0
+    val = summary["validation"]
+    assert val["sequences"] == 4 and val["after"]["kd"] < val["before"]["kd"]
 
 
 def test_resume_reproduces_uninterrupted_run_exactly(pair):
@@ -110,6 +112,13 @@ def test_bad_inputs(pair, tmp_path):
     empty.write_text("  \n")
     with pytest.raises(MinitronError, match="no text"):
         distill(pair / "teacher", pair / "student", empty, tmp_path / "o1", config())
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(bytes(range(256)) * 64)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine"}\n{"text": unquoted}\n')
+    for bad in (binary, broken):
+        with pytest.raises(MinitronError, match=f"cannot read {bad}"):
+            distill(pair / "teacher", pair / "student", bad, tmp_path / "o1", config())
     with pytest.raises(MinitronError, match="context"):
         run(pair, "o2", config(seq_len=10_000))
     with pytest.raises(MinitronError, match="exactly one"):

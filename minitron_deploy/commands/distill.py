@@ -46,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=d.precision,
                    help="auto: bf16 autocast on GPU, fp32 on CPU (bit-reproducible)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="hold out this share of documents; distill.json reports their loss "
+                        "before and after training")
+    p.add_argument("--val-sequences", type=int, default=d.val_sequences)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.set_defaults(func=run)

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from ..data import check_seq_len, load_texts, pack_tokens
+from ..data import check_seq_len, load_texts, pack_tokens, split_documents
 from ..errors import MinitronError
 from ..modeling import check_output_dir, load_config, load_model, save_checkpoint_atomic
 from .losses import HiddenStateLoss, default_layer_map
 from .objectives import KDObjective, LMObjective
 from .plot import plot_loss_curve
-from .trainer import LOG_NAME, TrainConfig, distributed_env, train
+from .trainer import LOG_NAME, TrainConfig, distributed_env, mean_losses, train
 
 
 @dataclass
@@ -51,6 +51,8 @@ class DistillConfig:
     chunk_tokens: int = 512
     device: str = "cpu"
     precision: str = "auto"
+    val_fraction: float = 0.0  # documents held out to report validation losses before/after
+    val_sequences: int = 16
 
     @property
     def uses_teacher(self) -> bool:
@@ -110,7 +112,10 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
     if tokenizer is None:
         raise MinitronError(f"{student_dir} has no tokenizer to tokenize the data")
     needed = math.ceil(train_cfg.steps * train_cfg.batch_size * train_cfg.grad_accum * env.world)
-    sequences = pack_tokens(load_texts(data), tokenizer, config.seq_len, needed, seed=config.seed)
+    train_texts, val_texts = split_documents(load_texts(data), config.val_fraction, config.seed)
+    sequences = pack_tokens(train_texts, tokenizer, config.seq_len, needed, seed=config.seed)
+    val = (pack_tokens(val_texts, tokenizer, config.seq_len, config.val_sequences, config.seed)
+           if val_texts else None)
     started = time.perf_counter()
     if config.uses_teacher:
         teacher = _teacher(teacher_dir, config, work, resume, sequences, device)
@@ -119,6 +124,7 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
                                 config.intermediate_weight, config.chunk_tokens).to(device)
     else:
         objective = LMObjective(student, config.chunk_tokens)
+    val_before = mean_losses(objective, val, train_cfg) if val is not None else None
     records = train(objective, sequences, train_cfg, work / "student", resume=resume,
                     desc="distill" if config.uses_teacher else "lm-retrain", on_step=on_step)
     seconds = time.perf_counter() - started
@@ -131,6 +137,9 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
                    "steps": report.steps, "tokens": report.tokens,
                    "first_loss": report.first_loss, "last_loss": report.last_loss,
                    "train_seconds": seconds}
+        if val is not None:
+            summary["validation"] = {"sequences": len(val), "before": val_before,
+                                     "after": mean_losses(objective, val, train_cfg)}
 
         def write_logs(tmp: Path) -> None:
             shutil.copy2(work / "student" / LOG_NAME, tmp / LOG_NAME)

@@ -205,6 +205,21 @@ def train(objective: nn.Module, sequences: torch.Tensor, cfg: TrainConfig, work_
     return records
 
 
+def mean_losses(objective: nn.Module, sequences: torch.Tensor, cfg: TrainConfig) -> dict:
+    """Mean loss parts of ``objective`` over ``sequences`` without training (validation)."""
+    device = next(objective.parameters()).device
+    sums = torch.zeros(3, dtype=torch.float64)
+    was_training = objective.training
+    objective.eval()
+    with torch.no_grad(), autocast_for(device, cfg.precision):
+        for batch in sequences.split(cfg.batch_size):
+            parts = objective(batch.to(device))
+            sums += torch.stack([parts.total.detach(), parts.kd, parts.lm]).double().cpu() * len(batch)
+    objective.train(was_training)
+    total, kd, lm = (sums / len(sequences)).tolist()
+    return {"loss": total, "kd": kd, "lm": lm}
+
+
 def _all_mean(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
     if env.world > 1:
         import torch.distributed as dist
