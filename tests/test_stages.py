@@ -1,0 +1,61 @@
+"""Stage manifests: skip when unchanged, redo on changed settings or inputs, scratch rules."""
+
+import json
+
+import pytest
+
+from minitron_deploy.errors import MinitronError
+from minitron_deploy.stages import Stage, sha256_file
+
+
+def make(tmp_path, settings, calls, scratch_kept=None):
+    src = tmp_path / "in.txt"
+
+    def run(out):
+        calls.append(settings["k"])
+        if scratch_kept is not None:
+            scratch_kept.append((tmp_path / "scratch").exists())
+        out.write_text(src.read_text().upper() + str(settings["k"]))
+
+    return Stage("upper", tmp_path / "out.txt", {"src": src}, settings, run,
+                 scratch=(tmp_path / "scratch",))
+
+
+def test_skip_redo_and_manifest(tmp_path):
+    (tmp_path / "in.txt").write_text("abc")
+    calls: list = []
+    manifest = make(tmp_path, {"k": 1}, calls).execute(log=lambda m: None)
+    assert manifest["output_sha256"]["out.txt"] == sha256_file(tmp_path / "out.txt")
+    make(tmp_path, {"k": 1}, calls).execute(log=lambda m: None)
+    assert calls == [1]
+    make(tmp_path, {"k": 2}, calls).execute(log=lambda m: None)
+    assert calls == [1, 2] and (tmp_path / "out.txt").read_text() == "ABC2"
+    (tmp_path / "in.txt").write_text("xyz!")
+    make(tmp_path, {"k": 2}, calls).execute(log=lambda m: None)
+    assert calls == [1, 2, 2] and (tmp_path / "out.txt").read_text() == "XYZ!2"
+    (tmp_path / "out.txt").write_text("tampered")
+    make(tmp_path, {"k": 2}, calls).execute(log=lambda m: None)
+    assert len(calls) == 4 and not (tmp_path / ".upper.pending.json").exists()
+
+
+def test_interrupted_stage_keeps_scratch_only_for_same_settings(tmp_path):
+    (tmp_path / "in.txt").write_text("abc")
+    stage = make(tmp_path, {"k": 1}, [])
+    (tmp_path / ".upper.pending.json").write_text(json.dumps(stage._expected()))
+    (tmp_path / "scratch").mkdir()
+    seen: list = []
+    make(tmp_path, {"k": 1}, [], seen).execute(log=lambda m: None)
+    assert seen == [True]
+    (tmp_path / ".upper.pending.json").write_text(json.dumps(stage._expected()))
+    (tmp_path / "out.txt").unlink()
+    make(tmp_path, {"k": 3}, [], seen).execute(log=lambda m: None)
+    assert seen == [True, False]
+
+
+def test_missing_input_and_missing_output(tmp_path):
+    with pytest.raises(MinitronError, match="missing input"):
+        make(tmp_path, {"k": 1}, []).execute(log=lambda m: None)
+    (tmp_path / "in.txt").write_text("abc")
+    lazy = Stage("lazy", tmp_path / "never", {}, {}, lambda out: None)
+    with pytest.raises(MinitronError, match="without writing"):
+        lazy.execute(log=lambda m: None)
