@@ -1,0 +1,170 @@
+"""``benchmark()``: every model x backend x batch size, timed the same way, into one report."""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import MinitronError
+from ..modeling import DTYPES
+from .hardware import free_memory, machine_info, measure_limits, resolve_device
+from .limits import ModelCost, memory_needed
+from .metrics import median_metrics
+from .models import ModelSpec, load_model, model_config
+
+BACKENDS = ("torch", "hf", "trtllm")
+
+
+@dataclass
+class BenchSettings:
+    """What to run; ``batch_sizes`` applies to models without their own ``@B,...`` list."""
+
+    models: list[ModelSpec]
+    backends: list[str] = field(default_factory=lambda: ["torch"])
+    isl: int = 512
+    osl: int = 128
+    batch_sizes: tuple[int, ...] = (1, 8, 32, 64)
+    reps: int = 3
+    warmup: int = 1
+    dtype: str = "bf16"
+    device: str = "auto"
+    hf_cache: str = "static"
+    max_throughput: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not self.models:
+            raise MinitronError("give at least one model (a checkpoint directory or a named shape)")
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown or not self.backends:
+            raise MinitronError(f"unknown backend {unknown[0] if unknown else ''!r}; choose from "
+                                + ", ".join(BACKENDS))
+        if self.isl < 1 or self.osl < 2:
+            raise MinitronError("--isl must be >= 1 and --osl >= 2 (ITL needs two tokens)")
+        if self.reps < 1 or self.warmup < 0:
+            raise MinitronError("--reps must be >= 1 and --warmup >= 0")
+        if self.dtype not in DTYPES:
+            raise MinitronError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+
+    def batches_for(self, spec: ModelSpec) -> tuple[int, ...]:
+        return spec.batch_sizes or self.batch_sizes
+
+
+def check_memory(settings: BenchSettings, configs: dict[str, object], device: torch.device,
+                 dtype_bytes: int) -> None:
+    """Refuse, before anything runs, a batch whose weights + KV cache + activations exceed
+    the memory free on the device (one model is resident at a time)."""
+    available = free_memory(device)
+    max_len = settings.isl + settings.osl
+    for spec in settings.models:
+        config = configs[spec.name]
+        cost = ModelCost.of(config)
+        for batch in settings.batches_for(spec):
+            need = memory_needed(cost, config, batch, max_len, dtype_bytes,
+                                 fused_copies="torch" in settings.backends)
+            if sum(need.values()) > 0.95 * available:
+                parts = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in need.items())
+                raise MinitronError(
+                    f"{spec.label} at batch {batch} (isl {settings.isl} + osl {settings.osl}) "
+                    f"needs ~{sum(need.values()) / 2**30:.1f} GiB ({parts}) but only "
+                    f"{available / 2**30:.1f} GiB are free on {device}; lower --batch-sizes")
+
+
+def benchmark(settings: BenchSettings, progress=print) -> dict:
+    """Run the benchmark and return the report dict (see :mod:`.report` for its files)."""
+    settings.validate()
+    device = resolve_device(settings.device)
+    dtype = DTYPES[settings.dtype]
+    dtype_bytes = torch.finfo(dtype).bits // 8
+    configs = {spec.name: model_config(spec) for spec in settings.models}
+    if "trtllm" in settings.backends:
+        from .trtllm import check_available
+
+        check_available()
+    check_memory(settings, configs, device, dtype_bytes)
+    limits = measure_limits(device, dtype)
+    runs = []
+    for spec in settings.models:
+        runs += _bench_model(settings, spec, configs[spec.name], device, dtype, limits, progress)
+    return {"settings": _settings_dict(settings), "machine": machine_info(device),
+            "limits": {"copy_bandwidth_bytes_s": limits.bandwidth,
+                       "matmul_flops_s": limits.peak_flops},
+            "runs": runs}
+
+
+def _settings_dict(settings: BenchSettings) -> dict:
+    return {"models": [s.name for s in settings.models], "backends": settings.backends,
+            "isl": settings.isl, "osl": settings.osl,
+            "batch_sizes": {s.label: list(settings.batches_for(s)) for s in settings.models},
+            "reps": settings.reps, "warmup": settings.warmup, "dtype": settings.dtype,
+            "hf_cache": settings.hf_cache, "max_throughput": settings.max_throughput,
+            "seed": settings.seed}
+
+
+def _bench_model(settings, spec, config, device, dtype, limits, progress) -> list[dict]:
+    cost = ModelCost.of(config)
+    dtype_bytes = torch.finfo(dtype).bits // 8
+    max_len = settings.isl + settings.osl
+    runs = []
+    model = None
+    for name in settings.backends:
+        if name == "trtllm":
+            from .trtllm import run_trtllm
+
+            runs += run_trtllm(spec, config, settings, progress)
+            continue
+        if model is None:
+            model = load_model(spec, device, dtype)
+        backend = _make_backend(name, model, max_len, settings)
+        for batch in settings.batches_for(spec):
+            progress(f"{spec.label} [{name}] batch {batch}: warm-up and {settings.reps} runs")
+            record = _bench_batch(backend, batch, settings, device, config.vocab_size)
+            itl = record["metrics"]["itl_ms"]
+            record.update(model=spec.label, backend=name, params=cost.params,
+                          weight_bytes=cost.params * dtype_bytes,
+                          limits=limits.report(cost, batch, settings.isl, settings.osl,
+                                               dtype_bytes, itl and itl / 1e3,
+                                               record["metrics"]["ttft_ms"] / 1e3,
+                                               record["metrics"]["e2e_s"]))
+            runs.append(record)
+            progress(f"  {record['metrics']['output_tok_s']:.1f} tok/s, "
+                     f"decode at {100 * (record['limits']['decode_fraction'] or 0):.0f}% of limit")
+        backend.release()
+        del backend
+        gc.collect()
+    del model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return runs
+
+
+def _make_backend(name: str, model, max_len: int, settings: BenchSettings):
+    from .backends import HFBackend, TorchBackend
+
+    if name == "torch":
+        return TorchBackend(model, max_len)
+    return HFBackend(model, max_len, cache=settings.hf_cache)
+
+
+def _bench_batch(backend, batch: int, settings: BenchSettings, device: torch.device,
+                 vocab: int) -> dict:
+    generator = torch.Generator().manual_seed(settings.seed)
+    prompts = torch.randint(0, vocab, (batch, settings.isl), generator=generator).to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        backend.prepare(batch)
+        for _ in range(settings.warmup):
+            backend.run(prompts, settings.osl)
+        timings = [backend.run(prompts, settings.osl) for _ in range(settings.reps)]
+    except torch.cuda.OutOfMemoryError:
+        raise MinitronError(f"out of GPU memory at batch {batch}; lower --batch-sizes")
+    finally:
+        backend.release()
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return {"batch": batch, "isl": settings.isl, "osl": settings.osl,
+            "metrics": median_metrics(timings).as_dict(),
+            "repetitions": [t.__dict__ for t in timings], "peak_memory_bytes": peak}

@@ -1,0 +1,199 @@
+"""The torch fast path's model: fused weights of a Llama-like decoder and its functional forward.
+
+Weights are taken once from a Hugging Face model through the arch adapters (q/k/v fused into
+one matrix, gate/up into another) and held as module buffers, so a CUDA graph captures their
+addresses instead of copying them. Llama, Mistral, Qwen2 (q/k/v biases), Qwen3 (q/k norms) and
+Phi-3 (already fused) are supported; other families are refused with a one-line reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..arch import get_adapter
+from ..errors import MinitronError
+
+#: Rope types whose frequencies do not depend on the sequence length (precomputable tables).
+_STATIC_ROPE = {"default", "llama3", "linear", "yarn"}
+
+
+@dataclass(frozen=True)
+class EngineShape:
+    """Static dimensions the forward needs (plain ints, so compiled code specializes on them)."""
+
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    eps: float
+    vocab_size: int
+
+    @property
+    def qkv_split(self) -> list[int]:
+        kv = self.num_kv_heads * self.head_dim
+        return [self.num_heads * self.head_dim, kv, kv]
+
+
+def check_supported(config, max_len: int) -> None:
+    """Refuse configs the fast path does not implement exactly (before any weight is touched)."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in {"llama", "mistral", "qwen2", "qwen3", "phi3"}:
+        raise MinitronError(f"the torch backend supports Llama-like families (llama, mistral, "
+                            f"qwen2, qwen3, phi3), not {model_type!r}; use --backend hf")
+    if getattr(config, "hidden_act", "silu") != "silu":
+        raise MinitronError(f"the torch backend needs a SiLU-gated MLP, not {config.hidden_act!r}")
+    rope = getattr(config, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") not in _STATIC_ROPE:
+        raise MinitronError(f"rope type {rope.get('rope_type')!r} is not supported by the torch "
+                            "backend; use --backend hf")
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise MinitronError("partial rotary embeddings are not supported by the torch backend")
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True) and max_len > window:
+        raise MinitronError(f"sequence length {max_len} exceeds the sliding window {window}; "
+                            "the torch backend implements full attention only")
+
+
+class EngineWeights(nn.Module):
+    """Every weight of the decoder as buffers, fused for few large matrix products."""
+
+    def __init__(self, model: nn.Module, max_len: int):
+        super().__init__()
+        config = model.config
+        check_supported(config, max_len)
+        adapter = get_adapter(config)
+        layers = adapter.layers(model)
+        self.shape = EngineShape(
+            num_layers=len(layers), num_heads=config.num_attention_heads,
+            num_kv_heads=config.num_key_value_heads or config.num_attention_heads,
+            head_dim=adapter.get_attention(layers[0]).q.shape[0] // config.num_attention_heads,
+            eps=float(config.rms_norm_eps), vocab_size=config.vocab_size)
+        self.register_buffer("embed", adapter.embed_tokens(model).weight.detach())
+        self.register_buffer("lm_head", adapter.lm_head(model).weight.detach())
+        self.register_buffer("norm", adapter.final_norm(model).weight.detach())
+        cos, sin = _rope_tables(model, max_len, self.embed)
+        self.register_buffer("cos", cos)
+        self.register_buffer("sin", sin)
+        self.layers = nn.ModuleList(_LayerWeights(adapter, layer) for layer in layers)
+
+    def layer_tensors(self) -> list["LayerTensors"]:
+        """Per-layer weights as plain tuples (what the compiled layer functions take)."""
+        return [LayerTensors(**{f: getattr(layer, f) for f in LayerTensors._fields})
+                for layer in self.layers]
+
+
+class LayerTensors(NamedTuple):
+    """One layer's weights; ``qkv_bias`` (Qwen2) and ``q_norm``/``k_norm`` (Qwen3) may be None."""
+
+    ln1: torch.Tensor
+    ln2: torch.Tensor
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    o: torch.Tensor
+    gate_up: torch.Tensor
+    down: torch.Tensor
+    q_norm: torch.Tensor | None
+    k_norm: torch.Tensor | None
+
+
+class _LayerWeights(nn.Module):
+    """One decoder layer: fused qkv (+bias), o, fused gate_up, down, and its norms."""
+
+    def __init__(self, adapter, layer: nn.Module):
+        super().__init__()
+        attn, mlp = adapter.get_attention(layer), adapter.get_mlp(layer)
+        ln1, ln2 = adapter.layer_norms(layer)
+        self.register_buffer("ln1", ln1.weight.detach())
+        self.register_buffer("ln2", ln2.weight.detach())
+        self.register_buffer("qkv", torch.cat([attn.q, attn.k, attn.v]).detach())
+        biases = (attn.q_bias, attn.k_bias, attn.v_bias)
+        self.register_buffer("qkv_bias", None if biases[0] is None else torch.cat(biases).detach())
+        self.register_buffer("o", attn.o.detach())
+        self.register_buffer("gate_up", torch.cat([mlp.gate, mlp.up]).detach())
+        self.register_buffer("down", mlp.down.detach())
+        self_attn = layer.self_attn
+        norms = (self_attn.q_norm.weight, self_attn.k_norm.weight) if hasattr(self_attn, "q_norm") \
+            else (None, None)
+        self.register_buffer("q_norm", None if norms[0] is None else norms[0].detach())
+        self.register_buffer("k_norm", None if norms[1] is None else norms[1].detach())
+
+
+def _rope_tables(model: nn.Module, max_len: int, like: torch.Tensor):
+    """cos/sin ``[max_len, head_dim]`` from the model's own rotary module (scaling included)."""
+    rotary = model.model.rotary_emb
+    positions = torch.arange(max_len, device=like.device)[None]
+    dummy = torch.empty(0, device=like.device, dtype=torch.float32)
+    with torch.no_grad():
+        cos, sin = rotary(dummy, positions)
+    return cos[0].to(like.dtype), sin[0].to(like.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm in float32, cast back before the weight (as transformers computes it)."""
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def _qkv(x, w: LayerTensors, s: EngineShape, cos, sin):
+    """Normed input -> q, k, v as ``[B, heads, S, head_dim]`` with rope applied."""
+    b, n, _ = x.shape
+    h = rms_norm(x, w.ln1, s.eps)
+    q, k, v = F.linear(h, w.qkv, w.qkv_bias).split(s.qkv_split, dim=-1)
+    q = q.view(b, n, s.num_heads, s.head_dim)
+    k = k.view(b, n, s.num_kv_heads, s.head_dim)
+    if w.q_norm is not None:
+        q, k = rms_norm(q, w.q_norm, s.eps), rms_norm(k, w.k_norm, s.eps)
+    cos, sin = cos[:, None], sin[:, None]  # [S, 1, D] broadcasts over heads
+    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    v = v.view(b, n, s.num_kv_heads, s.head_dim)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+def _mlp_residual(x, attn_out, w: LayerTensors, s: EngineShape):
+    x = x + F.linear(attn_out, w.o)
+    gate, up = F.linear(rms_norm(x, w.ln2, s.eps), w.gate_up).chunk(2, dim=-1)
+    return x + F.linear(F.silu(gate) * up, w.down)
+
+
+def prefill_layer(x, w: LayerTensors, s: EngineShape, cos, sin, k_cache, v_cache):
+    """Causal attention over the prompt (positions 0..S-1); writes the prompt's K/V to the cache."""
+    q, k, v = _qkv(x, w, s, cos, sin)
+    n = x.shape[1]
+    k_cache[:, :, :n].copy_(k)
+    v_cache[:, :, :n].copy_(v)
+    groups = s.num_heads // s.num_kv_heads
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return _mlp_residual(x, out.transpose(1, 2).reshape(x.shape[0], n, -1), w, s)
+
+
+def decode_layer(x, w: LayerTensors, s: EngineShape, cos, sin, k_cache, v_cache, pos, mask):
+    """One token per sequence at position ``pos`` (a 1-element device tensor) against the
+    static cache; ``mask`` [1, 1, 1, L] hides cache slots after ``pos``.
+
+    The query heads of one KV group are laid out as the query length, so grouped-query
+    attention needs no repeated K/V.
+    """
+    q, k, v = _qkv(x, w, s, cos, sin)
+    k_cache.index_copy_(2, pos, k)
+    v_cache.index_copy_(2, pos, v)
+    b = x.shape[0]
+    groups = s.num_heads // s.num_kv_heads
+    q = q.reshape(b, s.num_kv_heads, groups, s.head_dim)
+    out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
+    return _mlp_residual(x, out.reshape(b, 1, -1), w, s)
+
+
+def next_token(x, norm: torch.Tensor, lm_head: torch.Tensor, eps: float) -> torch.Tensor:
+    """Greedy token ``[B]`` from the last hidden state ``[B, 1, H]``."""
+    return F.linear(rms_norm(x[:, -1], norm, eps), lm_head).argmax(dim=-1)
