@@ -1,0 +1,151 @@
+"""Hugging Face model -> TensorRT-LLM checkpoint (``config.json`` + ``rank{i}.safetensors``).
+
+Our own converter for every supported family (see ``trtllm_families``). ModelOpt 0.47's
+``export_tensorrt_llm_checkpoint`` was checked and is not used: with transformers 5 it omits
+``rotary_base`` and ``rotary_scaling`` (a Llama-3 model would run with base 10000), always writes
+float16, fails without an explicit ``inference_tensor_parallel``, names Qwen2/3 ``QWenForCausalLM``
+without ``qwen_type``, writes Nemotron's ``rotary_pct`` as 1.0 and has no Phi-3 mapping.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .. import __version__
+from ..errors import MinitronError
+from ..shape import ModelShape
+from . import fp8 as fp8_lib
+from .shard import split_tensors
+from .trtllm_families import TrtllmFamily, get_family, rope_parameters, rotary_scaling
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _norm_eps(config) -> float:
+    for name in ("rms_norm_eps", "norm_eps", "layer_norm_eps"):
+        if getattr(config, name, None) is not None:
+            return float(getattr(config, name))
+    raise MinitronError(f"{config.model_type} config has no norm epsilon")
+
+
+def trtllm_config(config, dtype: str, tp: int, fp8: bool) -> dict:
+    """The config.json TensorRT-LLM's ``PretrainedConfig.from_dict`` reads."""
+    family = get_family(config)
+    shape = ModelShape.from_config(config)
+    rope = rope_parameters(config)
+    rotary_pct = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0))
+    return {
+        "producer": {"name": "minitron-deploy", "version": __version__},
+        "architecture": family.architecture,
+        "dtype": dtype,
+        "logits_dtype": "float32",
+        "vocab_size": config.vocab_size,
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.ffn_hidden_size,
+        "num_hidden_layers": shape.num_layers,
+        "num_attention_heads": shape.num_heads,
+        "num_key_value_heads": shape.num_kv_heads,
+        "head_size": shape.head_dim,
+        "hidden_act": family.hidden_act,
+        "norm_epsilon": _norm_eps(config),
+        "max_position_embeddings": config.max_position_embeddings,
+        "position_embedding_type": "rope_gpt_neox",
+        "rotary_base": float(rope["rope_theta"]),
+        "rotary_scaling": rotary_scaling(rope),
+        "rotary_pct": float(rotary_pct),
+        "tie_word_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
+        "share_embedding_table": False,
+        "use_parallel_embedding": False,
+        "embedding_sharding_dim": 0,
+        "mapping": {"world_size": tp, "tp_size": tp, "pp_size": 1},
+        "quantization": {"quant_algo": "FP8" if fp8 else None, "kv_cache_quant_algo": None,
+                         "exclude_modules": ["lm_head"] if fp8 else []},
+        **family.config_fields(config),
+    }
+
+
+def _check_uniform(weights: dict[str, list[torch.Tensor]], first: dict[str, torch.Size],
+                   index: int) -> None:
+    for name, parts in weights.items():
+        if torch.Size([sum(p.shape[0] for p in parts), parts[0].shape[1]]) != first[name]:
+            raise MinitronError(f"layer {index} {name} has a different shape from layer 0; "
+                                "TensorRT-LLM needs uniform layers")
+
+
+def _layer_tensors(family: TrtllmFamily, layer: nn.Module, prefix: str, fp8: bool,
+                   shapes: dict[str, torch.Size], index: int) -> dict[str, torch.Tensor]:
+    input_norm, post_norm = family.adapter.layer_norms(layer)
+    out = {f"{prefix}.input_layernorm.{k}": v for k, v in family.norm(input_norm).items()}
+    out.update({f"{prefix}.post_layernorm.{k}": v for k, v in family.norm(post_norm).items()})
+    weights, biases = family.linears(layer)
+    if not shapes:
+        shapes.update({n: torch.Size([sum(p.shape[0] for p in ps), ps[0].shape[1]])
+                       for n, ps in weights.items()})
+    _check_uniform(weights, shapes, index)
+    for name, parts in biases.items():
+        out[f"{prefix}.{name}.bias"] = torch.cat(parts)
+    for name, parts in weights.items():
+        out[f"{prefix}.{name}.weight"] = torch.cat(parts)
+    if fp8:
+        out.update(_fp8_layer(family, layer, prefix, weights, out))
+    out.update({f"{prefix}.{k}": v for k, v in family.extra_layer_tensors(layer).items()})
+    return out
+
+
+def _fp8_layer(family: TrtllmFamily, layer: nn.Module, prefix: str,
+               weights: dict[str, list[torch.Tensor]], out: dict) -> dict[str, torch.Tensor]:
+    """FP8 weights and scales; linears TensorRT-LLM fuses into one GEMM share their scales."""
+    modules = {name: [fp8_lib.owner(layer, p) for p in parts] for name, parts in weights.items()}
+    groups = [g for g in family.shared_scales if all(n in weights for n in g)]
+    groups += [(n,) for n in weights if not any(n in g for g in groups)]
+    fp8 = {}
+    for group in groups:
+        members = list(dict.fromkeys(m for n in group for m in modules[n]))
+        w_scale, a_scale = fp8_lib.group_scales(members)
+        for name in group:
+            fp8[f"{prefix}.{name}.weight"] = fp8_lib.to_fp8(out[f"{prefix}.{name}.weight"], w_scale)
+            fp8[f"{prefix}.{name}.weights_scaling_factor"] = w_scale
+            fp8[f"{prefix}.{name}.activation_scaling_factor"] = a_scale
+    return fp8
+
+
+def convert(model: nn.Module, dtype: str = "bfloat16", fp8: bool = False) -> tuple[dict, dict]:
+    """``(config, tensors)`` of the unsharded checkpoint. With ``fp8`` the model must already be
+    calibrated (``fp8.calibrate_fp8``); its linears are written as FP8 with scales."""
+    if dtype not in TORCH_DTYPES:
+        raise MinitronError(f"unknown TensorRT-LLM dtype {dtype!r}")
+    config = model.config
+    family = get_family(config)
+    adapter = family.adapter
+    tensors = {"transformer.vocab_embedding.weight": adapter.embed_tokens(model).weight.data}
+    shapes: dict[str, torch.Size] = {}
+    for i, layer in enumerate(adapter.layers(model)):
+        tensors.update(_layer_tensors(family, layer, f"transformer.layers.{i}", fp8, shapes, i))
+    tensors.update({f"transformer.ln_f.{k}": v
+                    for k, v in family.norm(adapter.final_norm(model)).items()})
+    tensors["lm_head.weight"] = adapter.lm_head(model).weight.data
+    cast = {k: v if v.dtype == torch.float8_e4m3fn or k.endswith("scaling_factor")
+            else v.to(TORCH_DTYPES[dtype]) for k, v in tensors.items()}
+    cast = {k: v.detach().cpu().contiguous().clone() for k, v in cast.items()}
+    return trtllm_config(config, dtype, 1, fp8), cast
+
+
+def write_trtllm(model: nn.Module, directory: Path, dtype: str = "bfloat16", tp: int = 1,
+                 fp8_batches: Sequence[torch.Tensor] | None = None) -> dict:
+    """Convert (calibrating FP8 first when ``fp8_batches`` is given), shard for ``tp`` ranks and
+    write ``config.json`` + ``rank{i}.safetensors`` into ``directory``. Returns the config."""
+    fp8 = fp8_batches is not None
+    if fp8:
+        fp8_lib.calibrate_fp8(model, fp8_batches)
+    config, tensors = convert(model, dtype, fp8)
+    config["mapping"] = {"world_size": tp, "tp_size": tp, "pp_size": 1}
+    for rank, shard in enumerate(split_tensors(tensors, config, tp)):
+        save_file(shard, str(directory / f"rank{rank}.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return config
