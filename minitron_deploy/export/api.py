@@ -66,8 +66,6 @@ def check_fp8_shape(shape: ModelShape, tp: int) -> None:
 def _fp8_batches(tokenizer, calib: CalibrationSettings) -> list[torch.Tensor]:
     from ..data import calibration_batches
 
-    if calib.source is None:
-        raise MinitronError("--dtype fp8 needs calibration text: pass --calib DATA")
     if tokenizer is None:
         raise MinitronError("--dtype fp8 calibrates on text and needs the model's tokenizer")
     return calibration_batches(calib.source, tokenizer, calib.num_samples, calib.seq_len,
@@ -95,6 +93,8 @@ def export(model_dir: str | Path, out_dir: str | Path, format: str = "hf", dtype
                   "intermediate_size": shape.ffn_hidden_size}, tp)
     if dtype == "fp8":
         check_fp8_shape(shape, tp)
+        if calib.source is None:
+            raise MinitronError("--dtype fp8 needs calibration text: pass --calib DATA")
     load_dtype = "fp32" if dtype in ("fp8", "fp32") or format != "hf" else dtype
     model, tokenizer = load_model(model_dir, dtype=load_dtype, device=device)
     batches = _fp8_batches(tokenizer, calib) if dtype == "fp8" else None

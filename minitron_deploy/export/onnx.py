@@ -40,7 +40,7 @@ def write_onnx(model: nn.Module, directory: Path, opset: int = 18) -> Path:
                             "pip install 'minitron-deploy[onnx]'")
     model = model.float().cpu().eval()
     max_pos = model.config.max_position_embeddings
-    example = torch.zeros(1, min(8, max_pos), dtype=torch.long)
+    example = torch.zeros(2, min(8, max_pos), dtype=torch.long)  # 1 would specialize batch
     dims = {0: torch.export.Dim("batch", min=1, max=1024),
             1: torch.export.Dim("sequence", min=2, max=max_pos)}
     path = directory / ONNX_FILE

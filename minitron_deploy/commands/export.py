@@ -1,0 +1,35 @@
+"""``minitron export``: a checkpoint as Hugging Face, TensorRT-LLM checkpoint or ONNX."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..export import EXPORT_DTYPES, FORMATS
+
+    p = sub.add_parser("export", help="export a checkpoint (hf, trtllm, onnx; bf16/fp16/fp32/fp8)")
+    p.add_argument("--model", required=True, help="local Hugging Face checkpoint directory")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--dtype", choices=EXPORT_DTYPES, default="bf16",
+                   help="fp8: ModelOpt FP8 weights and activations, calibrated on --calib")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (trtllm only)")
+    p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
+    p.add_argument("--calib", help="calibration text for fp8 (same formats as prune --calib)")
+    p.add_argument("--calib-samples", type=int, default=128)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (FP8 calibration)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..export import CalibrationSettings, export
+
+    calib = CalibrationSettings(source=args.calib, num_samples=args.calib_samples,
+                                seq_len=args.seq_len, batch_size=args.batch_size)
+    result = export(args.model, args.out, format=args.format, dtype=args.dtype, tp=args.tp,
+                    calib=calib, device=args.device)
+    files = result.manifest["files"]
+    print(f"wrote {result.format} ({result.dtype}) to {result.out_dir}: {len(files)} files, "
+          f"manifest export_manifest.json")
