@@ -143,3 +143,12 @@ def test_fp8_tensors_equal_modelopt_export(tmp_path):
     assert ours.keys() == theirs.keys()
     for name, t in theirs.items():
         assert ours[name].dtype == t.dtype and torch.equal(ours[name].float(), t.float()), name
+
+
+def test_non_uniform_layers_refused():
+    model = tiny_model("llama")
+    mlp = model.model.layers[1].mlp
+    mlp.gate_proj.weight.data = mlp.gate_proj.weight.data[:40].clone()
+    mlp.up_proj.weight.data = mlp.up_proj.weight.data[:40].clone()
+    with pytest.raises(MinitronError, match="layer 1 mlp.fc has a different shape"):
+        convert(model, "float32")

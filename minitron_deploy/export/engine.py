@@ -16,7 +16,6 @@ from pathlib import Path
 from minitron_plugins import tensorrt_llm as trt
 
 from ..errors import MinitronError
-from ..modeling import check_output_dir
 from .output import MANIFEST, atomic_dir, write_manifest
 
 
@@ -88,7 +87,6 @@ def build_engine(checkpoint: str | Path, out_dir: str | Path, limits: EngineLimi
     if "architecture" not in config or "mapping" not in config:
         raise MinitronError(f"{checkpoint} is not a TensorRT-LLM checkpoint; create one with "
                             "`minitron export --format trtllm`")
-    check_output_dir(out, checkpoint)
     with atomic_dir(out, checkpoint) as tmp:
         cmd = trt.build_command(checkpoint, tmp, limits.max_batch_size, limits.max_input_len,
                                 limits.max_seq_len)

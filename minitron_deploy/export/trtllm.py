@@ -70,24 +70,21 @@ def trtllm_config(config, dtype: str, tp: int, fp8: bool) -> dict:
     }
 
 
-def _check_uniform(weights: dict[str, list[torch.Tensor]], first: dict[str, torch.Size],
-                   index: int) -> None:
-    for name, parts in weights.items():
-        if torch.Size([sum(p.shape[0] for p in parts), parts[0].shape[1]]) != first[name]:
-            raise MinitronError(f"layer {index} {name} has a different shape from layer 0; "
-                                "TensorRT-LLM needs uniform layers")
+def _fused_shape(parts: list[torch.Tensor]) -> tuple[int, int]:
+    return sum(p.shape[0] for p in parts), parts[0].shape[1]
 
 
 def _layer_tensors(family: TrtllmFamily, layer: nn.Module, prefix: str, fp8: bool,
-                   shapes: dict[str, torch.Size], index: int) -> dict[str, torch.Tensor]:
+                   shapes: dict[str, tuple[int, int]], index: int) -> dict[str, torch.Tensor]:
+    """One layer's tensors; ``shapes`` holds layer 0's linear shapes (non-uniform is refused)."""
     input_norm, post_norm = family.adapter.layer_norms(layer)
     out = {f"{prefix}.input_layernorm.{k}": v for k, v in family.norm(input_norm).items()}
     out.update({f"{prefix}.post_layernorm.{k}": v for k, v in family.norm(post_norm).items()})
     weights, biases = family.linears(layer)
-    if not shapes:
-        shapes.update({n: torch.Size([sum(p.shape[0] for p in ps), ps[0].shape[1]])
-                       for n, ps in weights.items()})
-    _check_uniform(weights, shapes, index)
+    for name, parts in weights.items():
+        if shapes.setdefault(name, _fused_shape(parts)) != _fused_shape(parts):
+            raise MinitronError(f"layer {index} {name} has a different shape from layer 0; "
+                                "TensorRT-LLM needs uniform layers")
     for name, parts in biases.items():
         out[f"{prefix}.{name}.bias"] = torch.cat(parts)
     for name, parts in weights.items():
@@ -115,16 +112,17 @@ def _fp8_layer(family: TrtllmFamily, layer: nn.Module, prefix: str,
     return fp8
 
 
-def convert(model: nn.Module, dtype: str = "bfloat16", fp8: bool = False) -> tuple[dict, dict]:
-    """``(config, tensors)`` of the unsharded checkpoint. With ``fp8`` the model must already be
-    calibrated (``fp8.calibrate_fp8``); its linears are written as FP8 with scales."""
+def convert(model: nn.Module, dtype: str = "bfloat16", fp8: bool = False,
+            tp: int = 1) -> tuple[dict, dict]:
+    """``(config, tensors)``: the config for ``tp`` ranks and the unsharded tensors. With ``fp8``
+    the model must already be calibrated (``fp8.calibrate_fp8``); its linears become FP8."""
     if dtype not in TORCH_DTYPES:
         raise MinitronError(f"unknown TensorRT-LLM dtype {dtype!r}")
     config = model.config
     family = get_family(config)
     adapter = family.adapter
     tensors = {"transformer.vocab_embedding.weight": adapter.embed_tokens(model).weight.data}
-    shapes: dict[str, torch.Size] = {}
+    shapes: dict[str, tuple[int, int]] = {}
     for i, layer in enumerate(adapter.layers(model)):
         tensors.update(_layer_tensors(family, layer, f"transformer.layers.{i}", fp8, shapes, i))
     tensors.update({f"transformer.ln_f.{k}": v
@@ -133,7 +131,7 @@ def convert(model: nn.Module, dtype: str = "bfloat16", fp8: bool = False) -> tup
     cast = {k: v if v.dtype == torch.float8_e4m3fn or k.endswith("scaling_factor")
             else v.to(TORCH_DTYPES[dtype]) for k, v in tensors.items()}
     cast = {k: v.detach().cpu().contiguous().clone() for k, v in cast.items()}
-    return trtllm_config(config, dtype, 1, fp8), cast
+    return trtllm_config(config, dtype, tp, fp8), cast
 
 
 def write_trtllm(model: nn.Module, directory: Path, dtype: str = "bfloat16", tp: int = 1,
@@ -143,8 +141,7 @@ def write_trtllm(model: nn.Module, directory: Path, dtype: str = "bfloat16", tp:
     fp8 = fp8_batches is not None
     if fp8:
         fp8_lib.calibrate_fp8(model, fp8_batches)
-    config, tensors = convert(model, dtype, fp8)
-    config["mapping"] = {"world_size": tp, "tp_size": tp, "pp_size": 1}
+    config, tensors = convert(model, dtype, fp8, tp)
     for rank, shard in enumerate(split_tensors(tensors, config, tp)):
         save_file(shard, str(directory / f"rank{rank}.safetensors"), metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
