@@ -72,6 +72,8 @@ class HFBackend:
     def __init__(self, model, max_len: int, cache: str = "static"):
         self.model, self.max_len, self.cache = model, max_len, cache
         self.device = next(model.parameters()).device
+        # generate() fills unset fields from the model's own config: clear EOS there too
+        model.generation_config.eos_token_id = None
 
     def _config(self, osl: int) -> GenerationConfig:
         return GenerationConfig(max_new_tokens=osl, min_new_tokens=0, do_sample=False,

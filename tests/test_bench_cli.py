@@ -1,0 +1,67 @@
+"""``minitron bench`` end to end on CPU with tiny checkpoints, and its refusals of bad input."""
+
+import json
+
+import pytest
+
+from minitron_deploy.cli import main
+from tiny_models import save_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    save_tiny_checkpoint("llama", root / "deep", num_hidden_layers=8)
+    save_tiny_checkpoint("llama", root / "shallow", num_hidden_layers=1)
+    return root
+
+
+def test_cpu_bench_of_two_models_writes_a_complete_report(checkpoints, capsys):
+    out = checkpoints / "report"
+    rc = main(["bench", "--models", str(checkpoints / "deep"), str(checkpoints / "shallow"),
+               "--backend", "torch,hf", "--isl", "8", "--osl", "12", "--batch-sizes", "1,3",
+               "--reps", "3", "--dtype", "fp32", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert {(r["model"], r["backend"], r["batch"]) for r in report["runs"]} == {
+        (m, b, n) for m in ("deep", "shallow") for b in ("torch", "hf") for n in (1, 3)}
+    for run in report["runs"]:
+        reps = run["repetitions"]
+        assert len(reps) == 3
+        assert all(t["output_tokens"] == run["batch"] * 12 for t in reps)
+        assert all(0 < t["ttft_s"] < t["e2e_s"] for t in reps)
+        m = run["metrics"]
+        assert m["output_tok_s"] == pytest.approx(run["batch"] * 12 / m["e2e_s"], rel=0.5)
+        assert m["itl_ms"] > 0 and m["per_user_tok_s"] == pytest.approx(1e3 / m["itl_ms"], rel=0.5)
+        assert 0 < run["limits"]["decode_fraction"] and run["limits"]["decode_bound"] == "memory"
+    shallow_torch = [r for r in report["runs"] if r["model"] == "shallow" and r["backend"] == "torch"]
+    assert all(r["speedup_vs_first"] > 1 for r in shallow_torch)  # 1 layer vs 8
+    assert report["limits"]["copy_bandwidth_bytes_s"] > 0 and report["machine"]["torch"]
+    assert report["meta"]["command"].startswith("minitron bench --models")
+    table = (out / "bench.md").read_text()
+    assert table.count("| shallow |") == 4 + 2 and "Max throughput" in table  # + best-batch rows
+    assert (out / "throughput_vs_batch.png").stat().st_size > 0
+    assert (out / "speedup.png").stat().st_size > 0
+    assert "| deep | torch | 1 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "llama31-70b"], "unknown model 'llama31-70b'"),
+    (["--models", "llama31-8b", "--batch-sizes", "4096"],
+     "llama31-8b at batch 4096 .* needs ~.* GiB .* lower --batch-sizes"),
+    (["--models", "llama31-8b", "--backend", "vllm"], "unknown backend 'vllm'"),
+    (["--models", "llama31-8b", "--batch-sizes", "1,x"], "batch sizes must be integers"),
+])
+def test_bad_input_is_one_clean_line(tmp_path, capsys, argv, message):
+    rc = main(["bench", *argv, "--device", "cpu", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("minitron: error: ") and err.count("\n") == 1
+    assert pytest.importorskip("re").search(message, err)
+    assert not (tmp_path / "out").exists()  # refused before anything ran
+
+
+def test_trtllm_backend_outside_its_container_points_there(checkpoints, capsys):
+    pytest.importorskip("shutil").which("trtllm-bench") and pytest.skip("TensorRT-LLM present")
+    rc = main(["bench", "--models", str(checkpoints / "shallow"), "--backend", "trtllm",
+               "--device", "cpu", "--out", str(checkpoints / "trt")])
+    assert rc == 2 and "containers/" in capsys.readouterr().err
