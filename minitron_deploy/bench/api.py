@@ -109,7 +109,7 @@ def _bench_model(settings, spec, config, device, dtype, limits, progress) -> lis
     max_len = settings.isl + settings.osl
     runs = []
     model = None
-    for name in settings.backends:
+    for i, name in enumerate(settings.backends):
         if name == "trtllm":
             from .trtllm import run_trtllm
 
@@ -118,6 +118,8 @@ def _bench_model(settings, spec, config, device, dtype, limits, progress) -> lis
         if model is None:
             model = load_model(spec, device, dtype)
         backend = _make_backend(name, model, max_len, settings)
+        if name == "torch" and "hf" not in settings.backends[i + 1:]:
+            model = None  # the fast path keeps only its fused weights; free the unfused ones
         for batch in settings.batches_for(spec):
             progress(f"{spec.label} [{name}] batch {batch}: warm-up and {settings.reps} runs")
             record = _bench_batch(backend, batch, settings, device, config.vocab_size)
