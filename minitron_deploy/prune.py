@@ -13,6 +13,7 @@ from . import __version__
 from .data import calibration_batches
 from .errors import MinitronError
 from .eval.multiple_choice import load_task
+from .importance.criteria import check_settings
 from .importance.scores import ImportanceScores
 from .modeling import check_output_dir, load_config, load_model, save_checkpoint_atomic
 from .scoring import ScoringSettings, score_model
@@ -51,12 +52,14 @@ def prune(model_dir: str | Path, out_dir: str | Path, spec: TargetSpec, *,
           rescale_norms: bool | None = None, seed: int = 0) -> PruneReport:
     """Prune the checkpoint in ``model_dir`` to ``spec`` and write a stock HF checkpoint.
 
-    Scores come from ``scores_path`` if given, else from calibrating on ``calib``; either way
+    Scores come from ``scores_path`` if given, else from calibrating on ``calib`` with
+    ``settings.criterion`` (activation, magnitude, random, mini-llm, loss-delta); either way
     they are written to ``out_dir/importance.safetensors`` for reuse with other targets.
     Every check on the request runs before any weight is loaded.
     """
     times: dict[str, float] = {}
     start = time.perf_counter()
+    check_settings(settings)
     config = load_config(model_dir)
     source = ModelShape.from_config(config)
     target = resolve_target(config, spec)
@@ -135,6 +138,7 @@ def score_checkpoint(model_dir: str | Path, out_path: str | Path, *, calib: str 
                      task_limit: int | None = 200, device: str = "cpu", dtype: str = "fp32",
                      seed: int = 0) -> Path:
     """Compute and save the importance artifact of a checkpoint (``minitron score``)."""
+    check_settings(settings)
     load_config(model_dir)
     if calib is None or not Path(calib).exists():
         raise MinitronError(f"calibration data {calib} does not exist")

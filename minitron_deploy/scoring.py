@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -11,21 +11,15 @@ from tqdm.auto import tqdm
 
 from .errors import MinitronError
 from .eval.multiple_choice import MCItem, accuracy
+from .importance.criteria import CriterionInputs, check_settings, criterion_meta, criterion_scores
 from .importance.depth import (DEPTH_METRICS, BlockImportanceCollector, accuracy_scores,
-                               loss_scores)
+                               first_samples, loss_scores)
 from .importance.scores import ImportanceScores
+from .importance.settings import ScoringSettings
 from .importance.width import WidthCollector
 from .shape import ModelShape
 
-
-@dataclass
-class ScoringSettings:
-    """How importance is measured. Defaults follow the paper (batch L2 of sequence-mean |a|)."""
-
-    seq_agg: str = "mean"
-    batch_agg: str = "l2"
-    depth_metric: str = "loss"
-    depth_samples: int = 128
+__all__ = ["ScoringSettings", "forward_loop_over", "score_activations", "score_model"]
 
 
 def forward_loop_over(batches: Sequence[torch.Tensor], desc: str = "calibration"
@@ -38,19 +32,37 @@ def forward_loop_over(batches: Sequence[torch.Tensor], desc: str = "calibration"
     return loop
 
 
+@contextmanager
+def recording_inputs(model: nn.Module, batches: list[torch.Tensor]):
+    """Append the ``input_ids`` of every forward call of ``model`` to ``batches``."""
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if isinstance(ids, torch.Tensor):
+            batches.append(ids.detach())
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield batches
+    finally:
+        handle.remove()
+
+
 def score_activations(model: nn.Module, forward_loop: Callable[[nn.Module], None],
                       settings: ScoringSettings = ScoringSettings(),
                       block_sizes: Sequence[int] = (1,)) -> ImportanceScores:
-    """Width scores and Block Importance from one run of ``forward_loop`` (hooks only)."""
+    """Width scores of ``settings.criterion`` and Block Importance from one hooked run of
+    ``forward_loop``: the pass yields the activation scores, BI and the token batches, from
+    which the other criteria then compute their own scores."""
+    check_settings(settings)
     width = WidthCollector(model, settings.seq_agg, settings.batch_agg)
     blocks = BlockImportanceCollector(model, block_sizes)
-    with width.attached(), blocks.attached(), torch.no_grad():
+    batches: list[torch.Tensor] = []
+    with width.attached(), blocks.attached(), recording_inputs(model, batches), torch.no_grad():
         forward_loop(model)
-    tensors = width.scores()
+    tensors = criterion_scores(CriterionInputs(model, batches, width.scores(), settings))
     tensors.update({f"depth.bi.block{k}": s for k, s in blocks.scores().items()})
     meta = {"model_type": model.config.model_type,
             "shape": ModelShape.from_config(model.config).as_dict(),
-            "criterion": "activation", "seq_agg": settings.seq_agg,
+            **criterion_meta(settings), "seq_agg": settings.seq_agg,
             "batch_agg": settings.batch_agg}
     return ImportanceScores(tensors, meta)
 
@@ -72,15 +84,10 @@ def score_model(model: nn.Module, batches: Sequence[torch.Tensor],
     sizes = [k for k in (depth_block_sizes if depth_block_sizes is not None else block_sizes)
              if 1 <= k < n_layers]
     if settings.depth_metric == "loss":
-        depth_batches, seen = [], 0
-        for b in batches:
-            if seen >= settings.depth_samples:
-                break
-            depth_batches.append(b)
-            seen += len(b)
+        depth_batches = first_samples(batches, settings.depth_samples)
         for k in sizes:
             scores.tensors[f"depth.loss.block{k}"] = loss_scores(model, depth_batches, k)
-        scores.meta["depth_samples"] = seen
+        scores.meta["depth_samples"] = sum(len(b) for b in depth_batches)
     elif settings.depth_metric == "accuracy":
         if tokenizer is None or not task_items:
             raise MinitronError("--depth-metric accuracy needs a tokenizer and a task (--task)")

@@ -9,7 +9,8 @@ Importing this module registers the mode with ModelOpt's prune (and NAS) registr
                          dummy_input=batch, config={"forward_loop": loop})
 
 It runs the same code as ``minitron prune`` (:func:`minitron_deploy.prune_model`). Scores come
-from the forward loop (width + Block Importance, so depth uses ``bi``) or from a saved artifact
+from the forward loop (width by ``config["criterion"]``, default ``activation``, + Block
+Importance, so depth uses ``bi``) or from a saved artifact
 (``config={"scores_path": ..., "depth_metric": "loss"}``). The kept indices are recorded in the
 ModelOpt state, so ``mto.save``/``mto.restore`` and HF checkpointing round-trip the model.
 """
@@ -37,6 +38,8 @@ _STATE_ATTR = "_minitron_pruning"
 _EXPORT_KEYS = {"hidden_size": "hidden_size", "ffn_hidden_size": "ffn_hidden_size",
                 "num_attention_heads": "num_heads", "num_key_value_heads": "num_kv_heads",
                 "num_query_groups": "num_kv_heads", "num_layers": "num_layers"}
+#: search-config keys passed through to ScoringSettings (defaults from there).
+_SCORING_KEYS = ("criterion", "seq_agg", "batch_agg", "seed", "zo_steps", "zo_eps", "group_size")
 
 
 class HFMinitronConfig(ModeloptBaseConfig):
@@ -65,8 +68,9 @@ class HFMinitronSearcher(BaseSearcher):
 
     @property
     def default_search_config(self) -> dict:
+        defaults = ScoringSettings()
         return {**super().default_search_config, "scores_path": None, "depth_metric": "bi",
-                "seq_agg": "mean", "batch_agg": "l2", "rescale_norms": None}
+                "rescale_norms": None, **{k: getattr(defaults, k) for k in _SCORING_KEYS}}
 
     @property
     def default_state_dict(self) -> SearchStateDict:
@@ -80,8 +84,8 @@ class HFMinitronSearcher(BaseSearcher):
         if self.config["scores_path"]:
             scores = ImportanceScores.load(self.config["scores_path"])
         elif self.forward_loop is not None:
-            settings = ScoringSettings(seq_agg=self.config["seq_agg"],
-                                       batch_agg=self.config["batch_agg"], depth_metric="bi")
+            settings = ScoringSettings(depth_metric="bi",
+                                       **{k: self.config[k] for k in _SCORING_KEYS})
             scores = score_activations(model, self.forward_loop, settings,
                                        block_sizes=sorted({1, max(block, 1)}))
         else:

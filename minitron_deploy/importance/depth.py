@@ -94,6 +94,17 @@ class BlockImportanceCollector:
         return {k: (s / self.batches).float().cpu() for k, s in self.sums.items()}
 
 
+def first_samples(batches: Sequence[torch.Tensor], samples: int) -> list[torch.Tensor]:
+    """The leading batches holding at least ``samples`` samples (all if there are fewer)."""
+    out, seen = [], 0
+    for ids in batches:
+        if seen >= samples:
+            break
+        out.append(ids)
+        seen += len(ids)
+    return out
+
+
 def lm_loss(model: nn.Module, batches: Sequence[torch.Tensor]) -> float:
     """Mean next-token loss over equally sized batches of token ids."""
     device = next(model.parameters()).device

@@ -1,0 +1,78 @@
+"""The width-importance criteria, by name: each turns one calibration pass's inputs into the
+same score tensors (``mlp.i``, ``heads.i``, ``kv_heads.i``, ``hidden``; higher = keep)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import MinitronError
+from .depth import first_samples
+from .loss_delta import loss_deltas
+from .magnitude import weight_norms
+from .mini_llm import mini_llm_scores
+from .random_scores import random_scores
+from .settings import ScoringSettings
+
+
+@dataclass
+class CriterionInputs:
+    """What a criterion may use: the model, the token batches the calibration pass ran, the
+    activation scores of that pass, and the settings."""
+
+    model: nn.Module
+    batches: list[torch.Tensor]
+    activation: dict[str, torch.Tensor]
+    settings: ScoringSettings
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A scoring function and the settings it depends on (recorded in the artifact)."""
+
+    score: Callable[[CriterionInputs], dict[str, torch.Tensor]]
+    knobs: tuple[str, ...] = ()
+    needs_tokens: bool = False
+
+
+CRITERIA: dict[str, Criterion] = {
+    "activation": Criterion(lambda x: x.activation),
+    "magnitude": Criterion(lambda x: weight_norms(x.model)),
+    "random": Criterion(lambda x: random_scores(x.model, x.settings.seed), ("seed",)),
+    "mini-llm": Criterion(
+        lambda x: mini_llm_scores(x.model, x.batches, x.activation, x.settings.zo_steps,
+                                  x.settings.zo_eps, x.settings.seed),
+        ("seed", "zo_steps", "zo_eps"), needs_tokens=True),
+    "loss-delta": Criterion(
+        lambda x: loss_deltas(x.model, first_samples(x.batches, x.settings.depth_samples),
+                              x.settings.group_size),
+        ("group_size", "depth_samples"), needs_tokens=True),
+}
+
+
+def check_settings(settings: ScoringSettings) -> None:
+    """Refuse an unknown criterion or nonsensical knobs before any work."""
+    if settings.criterion not in CRITERIA:
+        raise MinitronError(f"unknown criterion {settings.criterion!r}; "
+                            f"choose from {', '.join(CRITERIA)}")
+    if settings.zo_steps < 1 or settings.group_size < 1 or not settings.zo_eps > 0:
+        raise MinitronError("zo_steps and group_size must be >= 1 and zo_eps > 0")
+
+
+def criterion_meta(settings: ScoringSettings) -> dict:
+    """The criterion's name and the settings it used, for the artifact's metadata."""
+    return {"criterion": settings.criterion,
+            **{k: getattr(settings, k) for k in CRITERIA[settings.criterion].knobs}}
+
+
+def criterion_scores(inputs: CriterionInputs) -> dict[str, torch.Tensor]:
+    """Width scores of ``inputs.settings.criterion``."""
+    check_settings(inputs.settings)
+    criterion = CRITERIA[inputs.settings.criterion]
+    if criterion.needs_tokens and not inputs.batches:
+        raise MinitronError(f"criterion {inputs.settings.criterion!r} needs the token ids of "
+                            "the calibration batches; the forward loop passed none as input_ids")
+    return criterion.score(inputs)

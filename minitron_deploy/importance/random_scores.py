@@ -1,0 +1,22 @@
+"""Random criterion: uniform scores from a seeded generator, the baseline every criterion
+must beat. The same seed and shape always give the same scores."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..shape import ModelShape
+
+
+def random_scores(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """``mlp.i``, ``heads.i``, ``kv_heads.i`` and ``hidden`` drawn from U(0, 1)."""
+    shape = ModelShape.from_config(model.config)
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for i in range(shape.num_layers):
+        out[f"mlp.{i}"] = torch.rand(shape.ffn_hidden_size, generator=gen)
+        out[f"heads.{i}"] = torch.rand(shape.num_heads, generator=gen)
+        out[f"kv_heads.{i}"] = torch.rand(shape.num_kv_heads, generator=gen)
+    out["hidden"] = torch.rand(shape.hidden_size, generator=gen)
+    return out
