@@ -148,7 +148,7 @@ def _make_backend(name: str, model, max_len: int, settings: BenchSettings):
 
     if name == "torch":
         return TorchBackend(model, max_len)
-    return HFBackend(model, max_len, cache=settings.hf_cache)
+    return HFBackend(model, cache=settings.hf_cache)
 
 
 def _bench_batch(backend, batch: int, settings: BenchSettings, device: torch.device,

@@ -69,8 +69,8 @@ class HFBackend:
 
     name = "hf"
 
-    def __init__(self, model, max_len: int, cache: str = "static"):
-        self.model, self.max_len, self.cache = model, max_len, cache
+    def __init__(self, model, cache: str = "static"):
+        self.model, self.cache = model, cache
         self.device = next(model.parameters()).device
         # generate() fills unset fields from the model's own config: clear EOS there too
         model.generation_config.eos_token_id = None

@@ -31,7 +31,6 @@ class EngineShape:
     num_kv_heads: int
     head_dim: int
     eps: float
-    vocab_size: int
 
     @property
     def qkv_split(self) -> list[int]:
@@ -72,7 +71,7 @@ class EngineWeights(nn.Module):
             num_layers=len(layers), num_heads=config.num_attention_heads,
             num_kv_heads=config.num_key_value_heads or config.num_attention_heads,
             head_dim=adapter.get_attention(layers[0]).q.shape[0] // config.num_attention_heads,
-            eps=float(config.rms_norm_eps), vocab_size=config.vocab_size)
+            eps=float(config.rms_norm_eps))
         self.register_buffer("embed", adapter.embed_tokens(model).weight.detach())
         self.register_buffer("lm_head", adapter.lm_head(model).weight.detach())
         self.register_buffer("norm", adapter.final_norm(model).weight.detach())
