@@ -71,9 +71,10 @@ def score_model(model: nn.Module, batches: Sequence[torch.Tensor],
                 settings: ScoringSettings = ScoringSettings(), block_sizes: Sequence[int] = (1,),
                 tokenizer=None, task_items: list[MCItem] | None = None,
                 depth_block_sizes: Sequence[int] | None = None) -> ImportanceScores:
-    """The full artifact: one hooked pass for width + BI (``block_sizes``), then the chosen
-    depth metric for ``depth_block_sizes`` (default: the same sizes; each costs a forward
-    pass per block start, so pass ``()`` when no depth choice is needed)."""
+    """The full artifact: one hooked pass for width (``settings.criterion``) + BI
+    (``block_sizes``), then the chosen depth metric for ``depth_block_sizes`` (default: the
+    same sizes; each costs a forward pass per block start, so pass ``()`` when no depth choice
+    is needed)."""
     if not batches:
         raise MinitronError("the calibration set is empty")
     if settings.depth_metric not in DEPTH_METRICS:

@@ -125,18 +125,18 @@ def test_loss_delta_of_dead_units_is_zero_and_ranks_them_last_among_harmful_remo
     changes nothing. Among units whose removal does not help, the dead one is last."""
     model = tiny_model(family)
     _kill_units(model)
-    scores = loss_deltas(model, BATCHES, group_size=1)
+    scores = loss_deltas(model, BATCHES[:1], group_size=1)
     for key, idx in DEAD:
         assert scores[key][idx] == 0 and (_others(scores[key], idx) != 0).all(), key
         rank = scores[key].argsort().tolist().index(idx)
         assert rank == int((scores[key] < 0).sum()), key
 
 
-def _loss_with(model, edit) -> float:
+def _loss_with(model, edit, batches) -> float:
     masked = copy.deepcopy(model)
     with torch.no_grad():
         edit(masked)
-    return lm_loss(masked, BATCHES)
+    return lm_loss(masked, batches)
 
 
 def test_loss_delta_equals_measured_loss_change():
@@ -144,21 +144,23 @@ def test_loss_delta_equals_measured_loss_change():
     by the criterion's hooks; groups of neurons/channels share one measured delta."""
     model = tiny_model("llama")
     d = ModelShape.from_config(model.config).head_dim
-    base = lm_loss(model, BATCHES)
-    single, grouped = loss_deltas(model, BATCHES, group_size=1), loss_deltas(model, BATCHES, 8)
-    layer = lambda m, i: m.model.layers[i]  # noqa: E731
+    batches = BATCHES[:1]
+    base = lm_loss(model, batches)
+    single, grouped = loss_deltas(model, batches, group_size=1), loss_deltas(model, batches, 8)
+    down = lambda m, i: m.model.layers[i].mlp.down_proj.weight  # noqa: E731
+    o = lambda m, i: m.model.layers[i].self_attn.o_proj.weight  # noqa: E731
     cases = [
-        (single["mlp.2"][13], lambda m: layer(m, 2).mlp.down_proj.weight[:, 13].zero_()),
-        (grouped["mlp.0"][17], lambda m: layer(m, 0).mlp.down_proj.weight[:, 16:24].zero_()),
-        (single["heads.1"][5], lambda m: layer(m, 1).self_attn.o_proj.weight[:, 5 * d:6 * d].zero_()),
-        (single["kv_heads.3"][0], lambda m: layer(m, 3).self_attn.o_proj.weight[:, :3 * d].zero_()),
+        (single["mlp.2"][13], lambda m: down(m, 2)[:, 13].zero_()),
+        (grouped["mlp.0"][17], lambda m: down(m, 0)[:, 16:24].zero_()),
+        (single["heads.1"][5], lambda m: o(m, 1)[:, 5 * d:6 * d].zero_()),
+        (single["kv_heads.3"][0], lambda m: o(m, 3)[:, :3 * d].zero_()),
         (single["hidden"][9], lambda m: [n.weight[9].zero_() for n in
                                          get_adapter(m.config).residual_norms(m)]),
         (grouped["hidden"][41], lambda m: [n.weight[40:48].zero_() for n in
                                            get_adapter(m.config).residual_norms(m)]),
     ]
     for score, edit in cases:
-        assert score.item() == pytest.approx(_loss_with(model, edit) - base, abs=2e-6)
+        assert score.item() == pytest.approx(_loss_with(model, edit, batches) - base, abs=2e-6)
     assert torch.equal(grouped["mlp.0"][16:24], grouped["mlp.0"][16].expand(8))
     assert (single["mlp.2"] != 0).all()
 

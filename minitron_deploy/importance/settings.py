@@ -11,8 +11,9 @@ class ScoringSettings:
     sequence-mean |a|, depth by LM loss).
 
     ``seed`` drives the random criterion and MINI-LLM's perturbations; ``zo_steps`` and
-    ``zo_eps`` are MINI-LLM's number of seeded perturbations and their size; ``group_size`` is
-    how many MLP neurons / embedding channels loss-delta removes at once.
+    ``zo_eps`` are MINI-LLM's number of seeded perturbations and their size (gates 1 +- eps are
+    rounded to the model dtype: keep eps >= 1e-2 in bf16); ``group_size`` is how many MLP
+    neurons / embedding channels loss-delta removes at once.
     """
 
     criterion: str = "activation"
