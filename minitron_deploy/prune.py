@@ -68,6 +68,10 @@ def prune(model_dir: str | Path, out_dir: str | Path, spec: TargetSpec, *,
     scores = ImportanceScores.load(scores_path) if scores_path else None
     if scores is not None:
         scores.check_matches(source)
+        held = scores.meta.get("criterion", "activation")
+        if held != settings.criterion:
+            raise MinitronError(f"the scores file holds {held!r} scores, not "
+                                f"{settings.criterion!r}; pass --criterion {held} to use them")
     elif calib is None:
         raise MinitronError("give calibration data (--calib) or precomputed scores (--scores)")
     elif not Path(calib).exists():

@@ -238,7 +238,7 @@ def test_criteria_need_token_ids_from_the_forward_loop():
         score_activations(model, loop, ScoringSettings(criterion="loss-delta"))
 
 
-def test_cli_prune_with_magnitude_keeps_the_heaviest_units(tmp_path):
+def test_cli_prune_with_magnitude_keeps_the_heaviest_units(tmp_path, capsys):
     src, out = tmp_path / "src", tmp_path / "out"
     model = save_tiny_checkpoint("llama", src)
     (tmp_path / "calib.txt").write_text(CALIB_TEXT)
@@ -253,6 +253,12 @@ def test_cli_prune_with_magnitude_keeps_the_heaviest_units(tmp_path):
     for i in range(4):
         assert record["kept"]["mlp"][str(i)] == sorted(norms[f"mlp.{i}"].topk(40).indices.tolist())
         assert record["kept"]["kv_heads"][str(i)] == [0, 1]
+    reuse = ["prune", "--model", str(src), "--scores", str(out / "importance.safetensors"),
+             "--ffn-hidden-size", "40", "--num-heads", "4"]
+    assert main([*reuse, "--out", str(tmp_path / "reuse")]) == 2
+    assert "holds 'magnitude' scores, not 'activation'" in capsys.readouterr().err
+    assert main([*reuse, "--out", str(tmp_path / "reuse"), "--criterion", "magnitude"]) == 0
+    assert json.loads((tmp_path / "reuse" / "minitron.json").read_text())["kept"] == record["kept"]
 
 
 def test_cli_score_records_the_criterion_and_its_settings(tmp_path):
