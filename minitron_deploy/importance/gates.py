@@ -21,16 +21,17 @@ from ..shape import ModelShape
 
 class UnitGates:
     """Gates ``mlp [layers, ffn]``, ``heads [layers, heads]`` and ``hidden [hidden]`` (float32,
-    on CPU); edit them in place while :meth:`attached`."""
+    on the model's device); edit them in place while :meth:`attached`."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.adapter = get_adapter(model.config)
         shape = ModelShape.from_config(model.config)
         self.head_dim = shape.head_dim
-        self.mlp = torch.ones(shape.num_layers, shape.ffn_hidden_size)
-        self.heads = torch.ones(shape.num_layers, shape.num_heads)
-        self.hidden = torch.ones(shape.hidden_size)
+        device = next(model.parameters()).device
+        self.mlp = torch.ones(shape.num_layers, shape.ffn_hidden_size, device=device)
+        self.heads = torch.ones(shape.num_layers, shape.num_heads, device=device)
+        self.hidden = torch.ones(shape.hidden_size, device=device)
 
     def _mlp_hook(self, i: int):
         def hook(module, args):

@@ -41,7 +41,7 @@ def zo_gate_gradients(model: nn.Module, batches: Sequence[torch.Tensor], steps: 
     with gates.attached(), torch.no_grad():
         for step in tqdm(range(steps), desc="mini-llm", unit="step", leave=False):
             ids = [batches[step % len(batches)]]
-            zs = [_rademacher(p, gen) for p in params]
+            zs = [_rademacher(p, gen).to(p.device) for p in params]
             losses = []
             for sign in (1.0, -1.0):
                 for p, z in zip(params, zs):
@@ -50,7 +50,7 @@ def zo_gate_gradients(model: nn.Module, batches: Sequence[torch.Tensor], steps: 
             projected = (losses[0] - losses[1]) / (2 * eps)
             for s, z in zip(sums, zs):
                 s.add_(z, alpha=projected)
-    mlp, heads, hidden = (s / steps for s in sums)
+    mlp, heads, hidden = (s.cpu() / steps for s in sums)
     group = shape.num_heads // shape.num_kv_heads
     out = {"hidden": hidden}
     for i in range(shape.num_layers):
