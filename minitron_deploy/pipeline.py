@@ -1,22 +1,27 @@
-"""Prune -> distill -> evaluate, driven by a recipe, as resumable stages (``stages.py``):
-each writes its own output under the work dir plus a manifest; a re-run skips stages whose
-settings and inputs are unchanged, and an interrupted distillation resumes from its last
-checkpoint."""
+"""``minitron compress``: prune -> distill (one or more rounds) -> export -> evaluate ->
+benchmark, driven by a recipe, as resumable stages (``stages.py``). Each stage writes its own
+output under the work dir plus a manifest; a re-run skips stages whose settings and inputs are
+unchanged, and an interrupted distillation resumes from its last checkpoint. A final report
+(``report.md``, ``report.json``, ``report.png``) puts teacher and student side by side."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from . import assets
 from .distill.api import distill, work_dir_for
-from .eval.api import evaluate, markdown_table, write_results
+from .eval.api import evaluate, headline, markdown_table, write_results
+from .modeling import load_config
 from .prune import prune
-from .recipe import Recipe
+from .recipe import BenchStage, ExportStage, Iteration, Recipe
 from .report import print_prune_summary
-from .stages import Stage
+from .shape import count_params
+from .stages import Stage, write_json_atomic
 from .target import TargetSpec, parse_layer_ranges
 
 RESULTS = "results.json"
@@ -30,62 +35,119 @@ class PipelineResult:
     eval_dir: Path
     results: dict[str, dict]
     seconds: dict[str, float] = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
 
 
-def _prune_stage(recipe: Recipe, teacher: Path, data: Path, out: Path) -> None:
-    p = recipe.prune
-    spec = TargetSpec(hidden_size=p.hidden_size, ffn_hidden_size=p.ffn_hidden_size,
+def target_spec(p) -> TargetSpec:
+    """TargetSpec from a recipe's prune section."""
+    return TargetSpec(hidden_size=p.hidden_size, ffn_hidden_size=p.ffn_hidden_size,
                       num_heads=p.num_heads, num_kv_heads=p.num_kv_heads,
                       num_layers=p.num_layers, target_params=p.target_params,
                       drop_layers=parse_layer_ranges(p.drop_layers) if p.drop_layers else None)
-    report = prune(teacher, out, spec, calib=data, calib_samples=p.calib_samples,
-                   seq_len=p.seq_len, batch_size=p.batch_size, device=recipe.device,
-                   rescale_norms={"auto": None, "on": True, "off": False}[p.rescale_norms])
+
+
+def _prune_stage(rnd: Iteration, device: str, teacher: Path, data: Path, out: Path) -> None:
+    p = rnd.prune
+    report = prune(teacher, out, target_spec(p), calib=data, calib_samples=p.calib_samples,
+                   seq_len=p.seq_len, batch_size=p.batch_size, device=device,
+                   rescale_norms={"auto": None, "on": True, "off": False}[p.rescale_norms],
+                   settings=_scoring(p))
     print_prune_summary(report)
 
 
-def _eval_stage(recipe: Recipe, models: dict[str, Path], heldout: Path, out: Path) -> None:
-    import shutil
-    import tempfile
+def _scoring(p):
+    from .scoring import ScoringSettings
 
+    return ScoringSettings(depth_metric=p.depth_metric)
+
+
+def _atomic_dir(out: Path):
+    """A temp dir beside ``out`` to fill, then rename (context manager)."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def cm():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            yield tmp
+            tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return cm()
+
+
+def _eval_stage(recipe: Recipe, models: dict[str, Path], heldout: Path, out: Path) -> None:
     e = recipe.eval
     results = {name: evaluate(path, e.tasks, e.limit, heldout, e.seq_len, e.ppl_seqs,
                               recipe.device, batch_size=e.batch_size)
                for name, path in models.items()}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with _atomic_dir(out) as tmp:
         write_results(results, tmp / RESULTS, meta={"recipe": recipe.name,
                                                     "heldout": str(heldout), "limit": e.limit})
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+
+def _export_stage(spec: ExportStage, model: Path, data: Path, device: str, out: Path) -> None:
+    from .export.api import CalibrationSettings, export
+
+    export(model, out, spec.format, spec.dtype, spec.tp,
+           calib=CalibrationSettings(source=data), device=device)
+
+
+def _bench_stage(spec: BenchStage, models: list[Path], device: str, out: Path) -> None:
+    from .bench.api import BenchSettings, benchmark
+    from .bench.models import ModelSpec
+    from .bench.report import write_report
+
+    settings = BenchSettings(models=[ModelSpec(str(m)) for m in models], backends=[spec.backend],
+                             isl=spec.isl, osl=spec.osl, batch_sizes=tuple(spec.batch_sizes),
+                             reps=spec.reps, device="auto" if device == "cpu" else device)
+    report = benchmark(settings)
+    with _atomic_dir(out) as tmp:
+        write_report(report, tmp)
 
 
 def build_stages(recipe: Recipe, work: Path, teacher: Path, data: Path,
                  heldout: Path) -> list[Stage]:
-    """The recipe's stages in order, with their inputs and settings."""
-    pruned, distilled, eval_dir = work / "pruned", work / "distilled", work / "eval"
-    distill_config = replace(recipe.distill, device=recipe.device)
-    return [
-        Stage("prune", pruned, {"teacher": teacher, "data": data},
-              {"prune": asdict(recipe.prune), "device": recipe.device},
-              lambda out: _prune_stage(recipe, teacher, data, out)),
-        Stage("distill", distilled, {"teacher": teacher, "student": pruned, "data": data},
-              asdict(distill_config),
-              lambda out: distill(teacher, pruned, data, out, distill_config,
-                                  resume=work_dir_for(out.resolve()).exists()),
-              scratch=(work_dir_for(distilled.resolve()),)),
-        Stage("eval", eval_dir, {"teacher": teacher, "pruned": pruned, "distilled": distilled,
-                                 "heldout": heldout},
-              {"eval": asdict(recipe.eval), "device": recipe.device},
-              lambda out: _eval_stage(recipe, {"teacher": teacher, "pruned": pruned,
-                                               "distilled": distilled}, heldout, out)),
-    ]
+    """Every stage of the recipe in order, with its inputs and settings."""
+    stages: list[Stage] = []
+    rounds = recipe.rounds()
+    current = teacher
+    for i, rnd in enumerate(rounds):
+        tag = "" if len(rounds) == 1 else f"round{i + 1}-"
+        pruned, distilled = work / f"{tag}pruned", work / f"{tag}distilled"
+        cfg = replace(rnd.distill, device=recipe.device)
+        stages.append(Stage(f"{tag}prune", pruned, {"teacher": current, "data": data},
+                            {"prune": asdict(rnd.prune), "device": recipe.device},
+                            lambda out, r=rnd, t=current: _prune_stage(r, recipe.device, t,
+                                                                       data, out)))
+        stages.append(Stage(f"{tag}distill", distilled,
+                            {"teacher": current, "student": pruned, "data": data}, asdict(cfg),
+                            lambda out, t=current, s=pruned, c=cfg: distill(
+                                t, s, data, out, c, resume=work_dir_for(out.resolve()).exists()),
+                            scratch=(work_dir_for(distilled.resolve()),)))
+        current, last_pruned = distilled, pruned
+    for spec in recipe.export:
+        name = f"export-{spec.format}-{spec.dtype}-tp{spec.tp}"
+        stages.append(Stage(name, work / "export" / name, {"model": current, "data": data},
+                            {**asdict(spec), "device": recipe.device},
+                            lambda out, s=spec, m=current: _export_stage(s, m, data,
+                                                                         recipe.device, out)))
+    models = {"teacher": teacher, "pruned": last_pruned, "distilled": current}
+    stages.append(Stage("eval", work / "eval", {**models, "heldout": heldout},
+                        {"eval": asdict(recipe.eval), "device": recipe.device},
+                        lambda out: _eval_stage(recipe, models, heldout, out)))
+    if recipe.bench is not None:
+        stages.append(Stage("bench", work / "bench", {"teacher": teacher, "student": current},
+                            {**asdict(recipe.bench), "device": recipe.device},
+                            lambda out: _bench_stage(recipe.bench, [teacher, current],
+                                                     recipe.device, out)))
+    return stages
 
 
 def run_pipeline(recipe: Recipe, work_dir: str | Path) -> PipelineResult:
-    """Run (or finish) every stage of ``recipe`` under ``work_dir``."""
+    """Run (or finish) every stage of ``recipe`` under ``work_dir``; write the final report."""
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -99,14 +161,74 @@ def run_pipeline(recipe: Recipe, work_dir: str | Path) -> PipelineResult:
         t0 = time.perf_counter()
         stage.execute()
         seconds[stage.name] = time.perf_counter() - t0
-    eval_dir = stages[-1].output
-    results = json.loads((eval_dir / RESULTS).read_text())["results"]
-    return PipelineResult(teacher, stages[0].output, stages[1].output, eval_dir, results,
-                          seconds)
+    by_name = {s.name: s for s in stages}
+    evaluation = by_name["eval"]
+    results = json.loads((evaluation.output / RESULTS).read_text())["results"]
+    result = PipelineResult(teacher, evaluation.inputs["pruned"], evaluation.inputs["distilled"],
+                            evaluation.output, results, seconds)
+    bench = by_name.get("bench")
+    result.report = write_final_report(recipe, result, bench.output if bench else None, work)
+    return result
+
+
+def write_final_report(recipe: Recipe, result: PipelineResult, bench_dir: Path | None,
+                       work: Path) -> dict:
+    """``report.json`` / ``report.md`` / ``report.png``: teacher vs student."""
+    params = {name: count_params(load_config(path))
+              for name, path in (("teacher", result.teacher), ("student", result.distilled))}
+    report = {"recipe": recipe.name, "parameters": params,
+              "parameter_ratio": params["student"] / params["teacher"],
+              "accuracy": result.results, "stage_seconds": result.seconds}
+    if bench_dir is not None:
+        bench = json.loads((bench_dir / "bench.json").read_text())
+        report["throughput"] = bench.get("max_throughput")
+    write_json_atomic(work / "report.json", report)
+    lines = [f"# {recipe.name}: teacher vs student", "",
+             f"parameters: teacher {params['teacher']:,}, student {params['student']:,} "
+             f"({report['parameter_ratio']:.1%})", "", markdown_table(result.results)]
+    if "throughput" in report:
+        lines += ["", "throughput (max over batch sizes):", "```",
+                  json.dumps(report["throughput"], indent=2), "```"]
+    (work / "report.md").write_text("\n".join(lines) + "\n")
+    _plot(result.results, work / "report.png", recipe.name)
+    return report
+
+
+def _plot(results: dict[str, dict], path: Path, title: str) -> None:
+    """Perplexity (log scale) and task accuracies, models side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    tasks = [t for t in next(iter(results.values())) if t != "ppl"]
+    has_ppl = all("ppl" in r for r in results.values())
+    panels = int(has_ppl) + int(bool(tasks))
+    fig, axes = plt.subplots(1, panels, figsize=(4 + 4 * panels, 4), squeeze=False)
+    axes = list(axes[0])
+    if has_ppl:
+        ax = axes.pop(0)
+        ax.bar(list(results), [r["ppl"] for r in results.values()],
+               color=[f"C{k}" for k in range(len(results))])
+        ax.set_yscale("log")
+        ax.set_ylabel("held-out perplexity")
+    if tasks:
+        ax = axes.pop(0)
+        width = 0.8 / len(results)
+        for k, (name, res) in enumerate(results.items()):
+            ax.bar([i + k * width for i in range(len(tasks))],
+                   [100 * headline(t, res[t]) for t in tasks], width, label=name)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks)
+        ax.set_ylabel("accuracy (%)")
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def summary(result: PipelineResult) -> str:
     """The side-by-side table and stage times as printed at the end of a run."""
     times = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
     return (f"{markdown_table(result.results)}\nstage times: {times}\n"
-            f"wrote {result.eval_dir / RESULTS} and results.md\n")
+            f"wrote {result.eval_dir / RESULTS} and report.md\n")

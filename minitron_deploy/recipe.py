@@ -56,6 +56,34 @@ class EvalStage:
 
 
 @dataclass
+class Iteration:
+    """One prune + distill round of an iterative recipe (its student teaches the next)."""
+
+    prune: PruneStage = field(default_factory=PruneStage)
+    distill: DistillConfig = field(default_factory=lambda: DistillConfig(tokens=10_000_000))
+
+
+@dataclass
+class ExportStage:
+    """One ``minitron export`` of the final student."""
+
+    format: str = "hf"
+    dtype: str = "bf16"
+    tp: int = 1
+
+
+@dataclass
+class BenchStage:
+    """``minitron bench`` of teacher against the final student."""
+
+    backend: str = "torch"
+    isl: int = 512
+    osl: int = 128
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
+    reps: int = 3
+
+
+@dataclass
 class Recipe:
     name: str
     teacher: str
@@ -64,7 +92,14 @@ class Recipe:
     device: str = "cpu"
     prune: PruneStage = field(default_factory=PruneStage)
     distill: DistillConfig = field(default_factory=lambda: DistillConfig(tokens=10_000_000))
+    iterations: list[Iteration] | None = None  # replaces prune/distill when given
     eval: EvalStage = field(default_factory=EvalStage)
+    export: list[ExportStage] = field(default_factory=list)
+    bench: BenchStage | None = None
+
+    def rounds(self) -> list[Iteration]:
+        """The prune + distill rounds in order (one unless ``iterations`` is set)."""
+        return self.iterations or [Iteration(self.prune, self.distill)]
 
 
 def _check_type(value, hint, where: str):

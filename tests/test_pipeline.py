@@ -48,3 +48,45 @@ eval: {{tasks: {TASKS}, limit: 4, seq_len: 32, ppl_seqs: 4}}
     assert (first.distilled / "model.safetensors").stat().st_mtime_ns != \
         stamps[first.distilled / "model.safetensors"]
     assert third.results["distilled"]["ppl"] != first.results["distilled"]["ppl"]
+
+
+def test_iterative_recipe_with_export_bench_and_report(tmp_path):
+    """Two prune+distill rounds (round 1's student teaches round 2), an HF export of the final
+    student that reproduces its logits, a CPU bench, and the final report."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tiny_models import logits, tiny_batch
+
+    save_tiny_checkpoint("llama", tmp_path / "teacher")
+    (tmp_path / "train.txt").write_text(CALIB_TEXT)
+    (tmp_path / "held.txt").write_text(CALIB_TEXT[::-1])
+    recipe_file = tmp_path / "iter.yaml"
+    rnd = "{{prune: {{{}, calib_samples: 8, seq_len: 32, batch_size: 4}}, " \
+          "distill: {{steps: 3, seq_len: 32, batch_size: 4, lr: 3.0e-3}}}}"
+    recipe_file.write_text(f"""
+name: iter
+teacher: {tmp_path / 'teacher'}
+data: {tmp_path / 'train.txt'}
+heldout: {tmp_path / 'held.txt'}
+iterations:
+  - {rnd.format('ffn_hidden_size: 64')}
+  - {rnd.format('ffn_hidden_size: 40, num_layers: 3')}
+export: [{{format: hf, dtype: fp32}}]
+eval: {{tasks: [ppl], seq_len: 32, ppl_seqs: 4}}
+bench: {{isl: 8, osl: 4, batch_sizes: [1], reps: 1}}
+""")
+    work = tmp_path / "work"
+    result = run_pipeline(load_recipe(recipe_file), work)
+    student = AutoModelForCausalLM.from_pretrained(str(result.distilled)).eval()
+    assert student.config.intermediate_size == 40 and student.config.num_hidden_layers == 3
+    r1 = json.loads((work / "round2-prune.manifest.json").read_text())
+    assert r1["inputs"]["teacher"] == str((work / "round1-distilled").resolve())
+    exported = AutoModelForCausalLM.from_pretrained(
+        str(work / "export" / "export-hf-fp32-tp1")).eval()
+    x = tiny_batch()
+    assert torch.equal(logits(exported, x), logits(student, x))
+    report = json.loads((work / "report.json").read_text())
+    assert report["parameters"]["student"] < report["parameters"]["teacher"]
+    assert report["throughput"] and (work / "report.png").is_file()
+    assert "# iter: teacher vs student" in (work / "report.md").read_text()
