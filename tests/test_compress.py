@@ -55,3 +55,58 @@ def test_overrides_parse_as_yaml():
     assert recipe.distill.tokens == 2_000_000  # YAML reads 2e6 as a string; the schema coerces
     with pytest.raises(MinitronError, match="KEY=VALUE"):
         parse_overrides(["tokens"])
+
+
+def test_compress_killed_mid_distillation_resumes_to_the_same_model(tmp_path):
+    """SIGKILL ``minitron compress`` once the distill stage has a checkpoint, re-run: the final
+    student is bitwise the one of an uninterrupted run, and the prune stage is not redone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from minitron_deploy.stages import sha256_file
+    from tiny_models import CALIB_TEXT, save_tiny_checkpoint
+
+    save_tiny_checkpoint("llama", tmp_path / "teacher")
+    (tmp_path / "train.txt").write_text(CALIB_TEXT)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+name: kill
+teacher: {tmp_path / 'teacher'}
+data: {tmp_path / 'train.txt'}
+heldout: {tmp_path / 'train.txt'}
+prune: {{ffn_hidden_size: 48, calib_samples: 8, seq_len: 32, batch_size: 4}}
+distill: {{steps: 24, seq_len: 32, batch_size: 4, lr: 3.0e-3, checkpoint_every: 4,
+           precision: fp32}}
+eval: {{tasks: [ppl], seq_len: 32, ppl_seqs: 2}}
+""")
+    cmd = [sys.executable, "-m", "minitron_deploy.cli", "compress", "--recipe", str(recipe)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*cmd, "--work-dir", str(tmp_path / "straight")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-1500:]
+
+    work = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--work-dir", str(work)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = work / ".distilled.partial" / "student" / "latest"
+    deadline = time.time() + 240
+    while not (latest.is_file() and latest.read_text() >= "step-00000008"):
+        assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (work / "distilled").exists() and (work / "prune.manifest.json").is_file()
+    pruned_stamp = (work / "pruned" / "model.safetensors").stat().st_mtime_ns
+    done = subprocess.run([*cmd, "--work-dir", str(work)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert "[prune] up to date, skipped" in done.stdout
+    assert (work / "pruned" / "model.safetensors").stat().st_mtime_ns == pruned_stamp
+    assert sha256_file(work / "distilled" / "model.safetensors") == \
+        sha256_file(tmp_path / "straight" / "distilled" / "model.safetensors")
+    log = lambda p: [json.loads(x)["loss"] for x in  # noqa: E731
+                     (p / "distilled" / "train_log.jsonl").read_text().splitlines()]
+    assert log(work) == log(tmp_path / "straight")
