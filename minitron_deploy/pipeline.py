@@ -58,7 +58,7 @@ def _prune_stage(rnd: Iteration, device: str, teacher: Path, data: Path, out: Pa
 def _scoring(p):
     from .scoring import ScoringSettings
 
-    return ScoringSettings(depth_metric=p.depth_metric)
+    return ScoringSettings(criterion=p.criterion, depth_metric=p.depth_metric)
 
 
 def _atomic_dir(out: Path):

@@ -36,6 +36,7 @@ class PruneStage:
     num_kv_heads: int | None = None
     num_layers: int | None = None
     drop_layers: str | None = None
+    criterion: str = "activation"
     depth_metric: str = "loss"
     calib_samples: int = 1024
     seq_len: int = 512

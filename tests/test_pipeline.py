@@ -70,7 +70,7 @@ teacher: {tmp_path / 'teacher'}
 data: {tmp_path / 'train.txt'}
 heldout: {tmp_path / 'held.txt'}
 iterations:
-  - {rnd.format('ffn_hidden_size: 64')}
+  - {rnd.format('ffn_hidden_size: 64, criterion: magnitude')}
   - {rnd.format('ffn_hidden_size: 40, num_layers: 3')}
 export: [{{format: hf, dtype: fp32}}]
 eval: {{tasks: [ppl], seq_len: 32, ppl_seqs: 4}}
@@ -82,6 +82,8 @@ bench: {{isl: 8, osl: 4, batch_sizes: [1], reps: 1}}
     assert student.config.intermediate_size == 40 and student.config.num_hidden_layers == 3
     r1 = json.loads((work / "round2-prune.manifest.json").read_text())
     assert r1["inputs"]["teacher"] == str((work / "round1-distilled").resolve())
+    assert json.loads((work / "round1-pruned" / "minitron.json").read_text())["criterion"] == \
+        "magnitude"
     exported = AutoModelForCausalLM.from_pretrained(
         str(work / "export" / "export-hf-fp32-tp1")).eval()
     x = tiny_batch()
