@@ -10,8 +10,28 @@ from .commands import COMMAND_MODULES
 from .errors import MinitronError
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one ``minitron: error:`` line (exit 2), like every other refusal."""
+
+    def error(self, message: str):
+        self.exit(2, f"minitron: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _close_progress_bars() -> None:
+    """End open tqdm bars so the error starts its own line instead of trailing a bar."""
+    tqdm_std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm_std, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
+def _error(message: str) -> int:
+    _close_progress_bars()
+    print(f"minitron: error: {message}", file=sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minitron", description=__doc__)
+    parser = _Parser(prog="minitron", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__package__}.commands.{name}").register(sub)
@@ -23,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except MinitronError as exc:
-        print(f"minitron: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
+    except OSError as exc:  # a full disk, a vanished directory: one line, not a traceback
+        if exc.strerror is None:
+            raise
+        return _error(exc.strerror + (f": {exc.filename}" if exc.filename else ""))
     except KeyboardInterrupt:
         print("minitron: interrupted; no output was written (distill continues with --resume)",
               file=sys.stderr)

@@ -28,12 +28,28 @@ def load_config(model_dir: str | Path):
         raise MinitronError(f"model directory {path} does not exist")
     if not (path / "config.json").is_file():
         raise MinitronError(f"{path} is not a Hugging Face checkpoint (no config.json)")
+    _refuse_remote_code(path)
     try:
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     except (ValueError, OSError, json.JSONDecodeError) as exc:
         raise MinitronError(f"cannot read {path / 'config.json'}: {str(exc).splitlines()[0]}")
     get_adapter(config)
     return config
+
+
+def _refuse_remote_code(path: Path) -> None:
+    """Refuse checkpoints whose config needs custom code (``auto_map``) for an architecture
+    transformers does not ship: such code is never imported (``trust_remote_code`` stays off)."""
+    from transformers import CONFIG_MAPPING
+
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (ValueError, OSError):
+        return  # AutoConfig reports unreadable configs below
+    if isinstance(raw, dict) and raw.get("auto_map") and raw.get("model_type") not in CONFIG_MAPPING:
+        raise MinitronError(f"{path} needs custom code ({raw.get('model_type')!r} via auto_map), "
+                            "which minitron never runs (trust_remote_code is off); use a "
+                            "checkpoint of a supported family")
 
 
 def load_model(model_dir: str | Path, dtype: str = "fp32", device: str = "cpu"):
@@ -59,11 +75,32 @@ def check_output_dir(out_dir: str | Path, model_dir: str | Path | None = None) -
     out = Path(out_dir).resolve()
     if model_dir is not None and out == Path(model_dir).resolve():
         raise MinitronError("the output directory is the input model; refusing to overwrite it")
+    check_not_inside(out, model_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MinitronError(f"output {out} already exists and is not empty")
-    if not os.access(out.parent if out.parent.exists() else Path.cwd(), os.W_OK):
-        raise MinitronError(f"cannot write to {out.parent}")
+    check_writable_parent(out)
     return out
+
+
+def check_not_inside(out: str | Path, *model_dirs: str | Path | None) -> None:
+    """Refuse an output path inside an input model directory (it would modify the input)."""
+    out = Path(out).resolve()
+    for model_dir in model_dirs:
+        if model_dir is not None and Path(model_dir).resolve() in out.parents:
+            raise MinitronError(f"output {out} is inside the input model {model_dir}; refusing "
+                                "to modify the input")
+
+
+def check_writable_parent(out: str | Path) -> None:
+    """Refuse an output whose parent cannot be created or written (e.g. a regular file)."""
+    parent = Path(out).resolve().parent
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MinitronError(f"cannot write to {parent}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK):
+        raise MinitronError(f"cannot write to {parent}")
 
 
 def save_checkpoint_atomic(model, out_dir: str | Path, source_dir: str | Path | None = None,

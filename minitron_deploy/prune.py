@@ -15,7 +15,8 @@ from .errors import MinitronError
 from .eval.multiple_choice import load_task
 from .importance.criteria import check_settings
 from .importance.scores import ImportanceScores
-from .modeling import check_output_dir, load_config, load_model, save_checkpoint_atomic
+from .modeling import (check_not_inside, check_output_dir, load_config, load_model,
+                       save_checkpoint_atomic)
 from .scoring import ScoringSettings, score_model
 from .select import build_plan
 from .shape import ModelShape
@@ -144,6 +145,7 @@ def score_checkpoint(model_dir: str | Path, out_path: str | Path, *, calib: str 
     """Compute and save the importance artifact of a checkpoint (``minitron score``)."""
     check_settings(settings)
     load_config(model_dir)
+    check_not_inside(out_path, model_dir)
     if calib is None or not Path(calib).exists():
         raise MinitronError(f"calibration data {calib} does not exist")
     items = load_task(task or "winogrande", task_limit) \

@@ -27,8 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from ..eval.api import evaluate, markdown_table, parse_tasks, write_results
+    from ..modeling import check_not_inside, check_writable_parent
 
     tasks = parse_tasks(args.tasks)
+    check_not_inside(args.out, *args.model)  # before any work: fail fast, inputs untouched
+    check_writable_parent(args.out)
     names = [Path(m).name for m in args.model]
     if len(set(names)) < len(names):  # same folder names: label columns by full path
         names = list(args.model)

@@ -7,6 +7,7 @@ checkpoint plus ``train_log.jsonl``, ``loss_curve.png`` and ``distill.json``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import time
@@ -18,7 +19,8 @@ import torch
 
 from ..data import check_seq_len, load_texts, pack_tokens, split_documents
 from ..errors import MinitronError
-from ..modeling import check_output_dir, load_config, load_model, save_checkpoint_atomic
+from ..modeling import (check_not_inside, check_output_dir, load_config, load_model,
+                        save_checkpoint_atomic)
 from .losses import HiddenStateLoss, default_layer_map
 from .objectives import KDObjective, LMObjective
 from .plot import plot_loss_curve
@@ -90,9 +92,10 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
 
     ``on_step(record)`` receives every step's log record (progress reporting in pipelines).
     """
-    out = check_output_dir(out_dir, student_dir)
-    if out == Path(teacher_dir).resolve():
+    if Path(out_dir).resolve() == Path(teacher_dir).resolve():
         raise MinitronError("the output directory is the teacher; refusing to overwrite it")
+    out = check_output_dir(out_dir, student_dir)
+    check_not_inside(out, teacher_dir)
     teacher_cfg, student_cfg = load_config(teacher_dir), load_config(student_dir)
     if teacher_cfg.vocab_size != student_cfg.vocab_size:
         raise MinitronError(f"teacher vocabulary ({teacher_cfg.vocab_size}) and student "
@@ -117,16 +120,18 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
     val = (pack_tokens(val_texts, tokenizer, config.seq_len, config.val_sequences, config.seed)
            if val_texts else None)
     started = time.perf_counter()
-    if config.uses_teacher:
-        teacher = _teacher(teacher_dir, config, work, resume, sequences, device)
-        objective = KDObjective(student, teacher, config.kd_temperature, config.lm_loss_weight,
-                                _hidden_loss(config, student_cfg, teacher_cfg),
-                                config.intermediate_weight, config.chunk_tokens).to(device)
-    else:
-        objective = LMObjective(student, config.chunk_tokens)
-    val_before = mean_losses(objective, val, train_cfg) if val is not None else None
-    records = train(objective, sequences, train_cfg, work / "student", resume=resume,
-                    desc="distill" if config.uses_teacher else "lm-retrain", on_step=on_step)
+    with _discard_if_unresumable(work):
+        if config.uses_teacher:
+            teacher = _teacher(teacher_dir, config, work, resume, sequences, device)
+            objective = KDObjective(student, teacher, config.kd_temperature,
+                                    config.lm_loss_weight,
+                                    _hidden_loss(config, student_cfg, teacher_cfg),
+                                    config.intermediate_weight, config.chunk_tokens).to(device)
+        else:
+            objective = LMObjective(student, config.chunk_tokens)
+        val_before = mean_losses(objective, val, train_cfg) if val is not None else None
+        records = train(objective, sequences, train_cfg, work / "student", resume=resume,
+                        desc="distill" if config.uses_teacher else "lm-retrain", on_step=on_step)
     seconds = time.perf_counter() - started
     report = DistillReport(out, train_cfg.steps, records[-1]["tokens"], records[0]["loss"],
                            records[-1]["loss"], seconds)
@@ -150,6 +155,20 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
                                extra_json={"distill.json": summary}, write_extra=write_logs)
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+@contextlib.contextmanager
+def _discard_if_unresumable(work: Path):
+    """On failure, remove a work dir this run created if it holds nothing to resume from
+    (no checkpoint, no corrected teacher): a failed fresh run leaves no partial output."""
+    fresh = not work.exists()
+    try:
+        yield
+    except BaseException:
+        if fresh and work.is_dir() and not any(work.glob("*/latest")) \
+                and not (work / "teacher-corrected").exists():
+            shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def _teacher(teacher_dir, config: DistillConfig, work: Path, resume: bool,

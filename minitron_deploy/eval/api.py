@@ -4,6 +4,7 @@ JSON and Markdown output."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict
@@ -48,6 +49,9 @@ def evaluate(model_dir: str | Path, tasks: list[str], limit: int | None = None,
             check_seq_len(seq_len, model.config)
             seqs = pack_tokens(load_texts(ppl_data), tokenizer, seq_len, ppl_seqs, seed=0)
             results[PPL] = perplexity(model, seqs)
+            if not math.isfinite(results[PPL]):
+                raise MinitronError(f"non-finite perplexity ({results[PPL]}) for {model_dir}: "
+                                    "check the weights for NaN/Inf")
         else:
             results[task] = asdict(evaluate_items(model, tokenizer, load_named_task(task, limit),
                                                   batch_size))

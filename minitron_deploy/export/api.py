@@ -97,6 +97,9 @@ def export(model_dir: str | Path, out_dir: str | Path, format: str = "hf", dtype
             raise MinitronError("--dtype fp8 needs calibration text: pass --calib DATA")
     load_dtype = "fp32" if dtype in ("fp8", "fp32") or format != "hf" else dtype
     model, tokenizer = load_model(model_dir, dtype=load_dtype, device=device)
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise MinitronError(f"non-finite weights (NaN/Inf) in {name}; refusing to export")
     batches = _fp8_batches(tokenizer, calib) if dtype == "fp8" else None
     extra: dict = {}
     with atomic_dir(out_dir, model_dir) as tmp:
