@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -103,15 +104,35 @@ def check_writable_parent(out: str | Path) -> None:
         raise MinitronError(f"cannot write to {parent}")
 
 
+@contextlib.contextmanager
+def atomic_dir(out_dir: str | Path, source_dir: str | Path | None = None) -> Iterator[Path]:
+    """Yield a temp dir beside ``out_dir``; rename it to ``out_dir`` only if the block succeeds.
+
+    Refuses an existing non-empty output, the input model itself and unwritable parents before
+    anything is created.
+    """
+    out = check_output_dir(out_dir, source_dir)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise MinitronError(f"cannot write to {out.parent}: {exc.strerror}")
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()  # check_output_dir guaranteed it is empty
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def save_checkpoint_atomic(model, out_dir: str | Path, source_dir: str | Path | None = None,
                            extra_json: dict[str, dict] | None = None,
                            write_extra: Callable[[Path], object] | None = None) -> Path:
     """``save_pretrained`` into a temp dir beside ``out_dir``, copy tokenizer files, run
     ``write_extra(tmp_dir)`` for further artifacts, then rename: all or nothing."""
-    out = Path(out_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out_dir, source_dir) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         if source_dir is not None:
             for pattern in _COPIED:
@@ -122,10 +143,4 @@ def save_checkpoint_atomic(model, out_dir: str | Path, source_dir: str | Path | 
             (tmp / name).write_text(json.dumps(data, indent=2) + "\n")
         if write_extra is not None:
             write_extra(tmp)
-        if out.exists():
-            out.rmdir()  # check_output_dir guaranteed it is empty
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out_dir).resolve()

@@ -7,8 +7,6 @@ unchanged, and an interrupted distillation resumes from its last checkpoint. A f
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -16,7 +14,7 @@ from pathlib import Path
 from . import assets
 from .distill.api import distill, work_dir_for
 from .eval.api import evaluate, headline, markdown_table, write_results
-from .modeling import load_config
+from .modeling import atomic_dir, load_config
 from .prune import prune
 from .recipe import BenchStage, ExportStage, Iteration, Recipe
 from .report import print_prune_summary
@@ -61,29 +59,12 @@ def _scoring(p):
     return ScoringSettings(criterion=p.criterion, depth_metric=p.depth_metric)
 
 
-def _atomic_dir(out: Path):
-    """A temp dir beside ``out`` to fill, then rename (context manager)."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def cm():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
-            yield tmp
-            tmp.rename(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return cm()
-
-
 def _eval_stage(recipe: Recipe, models: dict[str, Path], heldout: Path, out: Path) -> None:
     e = recipe.eval
     results = {name: evaluate(path, e.tasks, e.limit, heldout, e.seq_len, e.ppl_seqs,
                               recipe.device, batch_size=e.batch_size)
                for name, path in models.items()}
-    with _atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
         write_results(results, tmp / RESULTS, meta={"recipe": recipe.name,
                                                     "heldout": str(heldout), "limit": e.limit})
 
@@ -104,7 +85,7 @@ def _bench_stage(spec: BenchStage, models: list[Path], device: str, out: Path) -
                              isl=spec.isl, osl=spec.osl, batch_sizes=tuple(spec.batch_sizes),
                              reps=spec.reps, device="auto" if device == "cpu" else device)
     report = benchmark(settings)
-    with _atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
         write_report(report, tmp)
 
 

@@ -15,7 +15,7 @@ from minitron_deploy.bench.engine import EngineWeights
 from minitron_deploy.bench.generator import StaticGenerator
 from minitron_deploy.bench.hardware import measure_limits
 from minitron_deploy.bench.limits import ModelCost
-from minitron_deploy.bench.models import ModelSpec, load_model, model_config
+from minitron_deploy.bench.models import ModelSpec, load_model
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--layers", type=int, default=8)

@@ -2,42 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import MinitronError
-from ..modeling import check_output_dir
+from ..modeling import atomic_dir  # noqa: F401  (re-exported for the export modules)
 from ..stages import content_hashes, write_json_atomic
 
 MANIFEST = "export_manifest.json"
-
-
-@contextlib.contextmanager
-def atomic_dir(out_dir: str | Path, source_dir: str | Path | None = None) -> Iterator[Path]:
-    """Yield a temp dir beside ``out_dir``; rename it to ``out_dir`` only if the block succeeds.
-
-    Refuses an existing non-empty output, the input model itself and unwritable parents before
-    anything is created.
-    """
-    out = check_output_dir(out_dir, source_dir)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as exc:
-        raise MinitronError(f"cannot write to {out.parent}: {exc.strerror}")
-    try:
-        yield tmp
-        if out.exists():
-            out.rmdir()  # check_output_dir guaranteed it is empty
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_manifest(directory: Path, source: str | Path, fmt: str, dtype: str,
