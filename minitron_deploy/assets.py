@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import MinitronError
 from .modeling import save_checkpoint_atomic
+from .stages import write_text_atomic
 
 BUILTIN = "builtin:"
 
@@ -62,10 +63,7 @@ def stdlib_split() -> tuple[list[str], list[str]]:
 
 def _write_text(path: Path, texts: list[str]) -> Path:
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("\n".join(t.replace("\n", " ") for t in texts))
-        tmp.replace(path)
+        write_text_atomic(path, "\n".join(t.replace("\n", " ") for t in texts))
     return path
 
 

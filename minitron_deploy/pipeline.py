@@ -21,6 +21,7 @@ from .report import print_prune_summary
 from .shape import count_params
 from .stages import Stage, write_json_atomic
 from .target import TargetSpec, parse_layer_ranges
+from .trim import RESCALE_CHOICES
 
 RESULTS = "results.json"
 
@@ -48,7 +49,7 @@ def _prune_stage(rnd: Iteration, device: str, teacher: Path, data: Path, out: Pa
     p = rnd.prune
     report = prune(teacher, out, target_spec(p), calib=data, calib_samples=p.calib_samples,
                    seq_len=p.seq_len, batch_size=p.batch_size, device=device,
-                   rescale_norms={"auto": None, "on": True, "off": False}[p.rescale_norms],
+                   rescale_norms=RESCALE_CHOICES[p.rescale_norms],
                    settings=_scoring(p))
     print_prune_summary(report)
 

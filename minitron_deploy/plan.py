@@ -11,6 +11,7 @@ import torch
 from . import assets
 from .errors import MinitronError
 from .modeling import load_config
+from .pipeline import target_spec
 from .recipe import Recipe
 from .shape import ModelShape, count_params, reshaped_config
 from .target import resolve_target
@@ -49,13 +50,11 @@ def _distill_bytes(teacher: int, student: int, vocab: int, tokens: int, chunk: i
 
 def plan_recipe(recipe: Recipe, work_dir: str | Path) -> list[StagePlan]:
     """Resolve every round's target shape from the teacher's config and estimate memory."""
-    work = Path(work_dir)
-    config = load_config(assets.resolve(recipe.teacher, work))
+    config = load_config(assets.resolve(recipe.teacher, Path(work_dir)))
+    teacher_params = count_params(config)
     gpu = recipe.device.startswith("cuda")
     plans: list[StagePlan] = []
     for i, rnd in enumerate(recipe.rounds()):
-        from .pipeline import target_spec
-
         source_params = count_params(config)
         target = resolve_target(config, target_spec(rnd.prune))
         shape = target.shape
@@ -74,8 +73,7 @@ def plan_recipe(recipe: Recipe, work_dir: str | Path) -> list[StagePlan]:
     for spec in recipe.export:
         plans.append(StagePlan(f"export {spec.format} {spec.dtype} tp{spec.tp}", "", final,
                                final * 4))
-    plans.append(StagePlan("eval", ", ".join(recipe.eval.tasks), final, count_params(
-        load_config(assets.resolve(recipe.teacher, work))) * 4))
+    plans.append(StagePlan("eval", ", ".join(recipe.eval.tasks), final, teacher_params * 4))
     return plans
 
 

@@ -143,10 +143,19 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def write_json_atomic(path: Path, data: dict) -> Path:
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to a temp file beside ``path``, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
+
+
+def write_json_atomic(path: Path, data: dict) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")

@@ -126,6 +126,10 @@ def _trim_norm(norm: nn.Module, hidden: torch.Tensor, scale: float) -> None:
         norm.normalized_shape = (len(hidden),)
 
 
+#: ``--rescale-norms`` / recipe values and what ``trim_model`` receives for them.
+RESCALE_CHOICES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+
+
 def resolve_rescale_norms(config, requested: bool | None) -> bool:
     """Whether trimming rescales the norms: ``None`` means yes for RMSNorm families; asking
     for it on a LayerNorm family is refused (no scale makes those equal)."""

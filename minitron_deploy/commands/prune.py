@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..target import TargetSpec, parse_layer_ranges
+from ..trim import RESCALE_CHOICES
 from .common import add_calibration_args, scoring_settings
 
 
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drop-layers", type=parse_layer_ranges, help="e.g. 16-31 or 3,5,10-12")
     p.add_argument("--target-params", type=float,
                    help="parameter budget: absolute (4.5e9) or a fraction of the source (0.5)")
-    p.add_argument("--rescale-norms", choices=["auto", "on", "off"], default="auto",
+    p.add_argument("--rescale-norms", choices=list(RESCALE_CHOICES), default="auto",
                    help="scale RMSNorm weights by sqrt(H_old/H_new) after hidden pruning "
                         "(auto: on for RMSNorm families, off for LayerNorm)")
     p.set_defaults(func=run)
@@ -39,6 +40,6 @@ def run(args: argparse.Namespace) -> None:
                    settings=scoring_settings(args), calib_samples=args.calib_samples,
                    seq_len=args.seq_len, batch_size=args.batch_size, task=args.task,
                    task_limit=args.task_limit, device=args.device, dtype=args.dtype,
-                   rescale_norms={"auto": None, "on": True, "off": False}[args.rescale_norms],
+                   rescale_norms=RESCALE_CHOICES[args.rescale_norms],
                    seed=args.seed)
     print_prune_summary(report)

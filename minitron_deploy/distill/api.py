@@ -114,7 +114,7 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
     student, tokenizer = load_model(student_dir, device=str(device))
     if tokenizer is None:
         raise MinitronError(f"{student_dir} has no tokenizer to tokenize the data")
-    needed = math.ceil(train_cfg.steps * train_cfg.batch_size * train_cfg.grad_accum * env.world)
+    needed = train_cfg.steps * train_cfg.batch_size * train_cfg.grad_accum * env.world
     train_texts, val_texts = split_documents(load_texts(data), config.val_fraction, config.seed)
     sequences = pack_tokens(train_texts, tokenizer, config.seq_len, needed, seed=config.seed)
     val = (pack_tokens(val_texts, tokenizer, config.seq_len, config.val_sequences, config.seed)

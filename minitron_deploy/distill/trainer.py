@@ -10,6 +10,7 @@ global batch. Logs are JSONL; a progress bar shows loss, tokens/s and ETA.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -73,15 +74,17 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def sample_indices(n_sequences: int, start: int, count: int, seed: int) -> torch.Tensor:
     """Sequence indices ``start .. start+count`` of an endless stream of epochs, each a fresh
     seeded permutation: the same position always names the same sequence."""
-    perms: dict[int, torch.Tensor] = {}
     out = []
     for pos in range(start, start + count):
         epoch, offset = divmod(pos, n_sequences)
-        if epoch not in perms:
-            gen = torch.Generator().manual_seed(seed + epoch)
-            perms[epoch] = torch.randperm(n_sequences, generator=gen)
-        out.append(int(perms[epoch][offset]))
+        out.append(int(_epoch_order(n_sequences, seed + epoch)[offset]))
     return torch.tensor(out, dtype=torch.long)
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n_sequences: int, seed: int) -> torch.Tensor:
+    """The seeded permutation of one epoch, made once rather than at every micro-batch."""
+    return torch.randperm(n_sequences, generator=torch.Generator().manual_seed(seed))
 
 
 @dataclass

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from tqdm.auto import tqdm
 from ..data import check_seq_len, load_texts, pack_tokens
 from ..errors import MinitronError
 from ..modeling import load_model
+from ..stages import write_text_atomic
 from .multiple_choice import evaluate_items
 from .perplexity import perplexity
 from .tasks import TASKS, load_named_task
@@ -84,12 +83,6 @@ def markdown_table(results: dict[str, dict]) -> str:
 def write_results(results: dict[str, dict], out_file: str | Path, meta: dict | None = None) -> Path:
     """``out_file`` (JSON) and the same path with ``.md`` (table), each written atomically."""
     out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"meta": meta or {}, "results": results}
-    for path, text in ((out, json.dumps(payload, indent=2) + "\n"),
-                       (out.with_suffix(".md"), markdown_table(results))):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
+    write_text_atomic(out, json.dumps({"meta": meta or {}, "results": results}, indent=2) + "\n")
+    write_text_atomic(out.with_suffix(".md"), markdown_table(results))
     return out
