@@ -91,6 +91,27 @@ def test_resume_reproduces_uninterrupted_run_exactly(pair):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_checkpoint_hook_sees_the_student_and_leaves_training_unchanged(pair):
+    """Evaluating the student at every checkpoint (accuracy-vs-tokens curves) must not change
+    the run: same losses and weights bit for bit as without the hook."""
+    run(pair, "plain", config())
+    seen = []
+
+    def evaluate(step, student):
+        student.eval()
+        with torch.no_grad():
+            seen.append((step, float(student(torch.tensor([[1, 2, 3]])).logits.sum())))
+
+    distill(pair / "teacher", pair / "student", pair / "text.txt", pair / "hooked", config(),
+            on_checkpoint=evaluate)
+    assert [step for step, _ in seen] == [2, 4, 6]
+    assert len({value for _, value in seen}) == 3  # a different student at each checkpoint
+    assert [r["loss"] for r in log(pair / "plain")] == [r["loss"] for r in log(pair / "hooked")]
+    wa = AutoModelForCausalLM.from_pretrained(str(pair / "plain")).state_dict()
+    wb = AutoModelForCausalLM.from_pretrained(str(pair / "hooked")).state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 @pytest.mark.parametrize("kw", [dict(intermediate_loss="cosine", intermediate_layers=2),
                                 dict(intermediate_loss="mse", lm_loss_weight=0.5,
                                      kd_temperature=2.0),

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..data import check_seq_len, load_texts, pack_tokens, split_documents
 from ..errors import MinitronError
@@ -87,10 +88,13 @@ def work_dir_for(out: Path) -> Path:
 
 def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
             out_dir: str | Path, config: DistillConfig, resume: bool = False,
-            on_step: Callable[[dict], None] | None = None) -> DistillReport:
+            on_step: Callable[[dict], None] | None = None,
+            on_checkpoint: Callable[[int, nn.Module], None] | None = None) -> DistillReport:
     """Retrain ``student_dir`` from ``teacher_dir`` on local text ``data``; write ``out_dir``.
 
-    ``on_step(record)`` receives every step's log record (progress reporting in pipelines).
+    ``on_step(record)`` receives every step's log record (progress reporting in pipelines);
+    ``on_checkpoint(step, student)`` runs after every training checkpoint (evaluation during
+    training; it may switch the student to eval mode, training resumes in train mode).
     """
     if Path(out_dir).resolve() == Path(teacher_dir).resolve():
         raise MinitronError("the output directory is the teacher; refusing to overwrite it")
@@ -131,7 +135,9 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
             objective = LMObjective(student, config.chunk_tokens)
         val_before = mean_losses(objective, val, train_cfg) if val is not None else None
         records = train(objective, sequences, train_cfg, work / "student", resume=resume,
-                        desc="distill" if config.uses_teacher else "lm-retrain", on_step=on_step)
+                        desc="distill" if config.uses_teacher else "lm-retrain", on_step=on_step,
+                        on_checkpoint=None if on_checkpoint is None
+                        else lambda step: on_checkpoint(step, student))
     seconds = time.perf_counter() - started
     report = DistillReport(out, train_cfg.steps, records[-1]["tokens"], records[0]["loss"],
                            records[-1]["loss"], seconds)

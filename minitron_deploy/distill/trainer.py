@@ -128,12 +128,14 @@ def _read_log(path: Path, upto_step: int) -> list[dict]:
 
 def train(objective: nn.Module, sequences: torch.Tensor, cfg: TrainConfig, work_dir: Path,
           resume: bool = False, desc: str = "distill",
-          on_step: Callable[[dict], None] | None = None) -> list[dict]:
+          on_step: Callable[[dict], None] | None = None,
+          on_checkpoint: Callable[[int], None] | None = None) -> list[dict]:
     """Train ``objective``'s trainable parameters on ``sequences`` [N, seq_len] for ``cfg.steps``.
 
     ``work_dir`` receives checkpoints and ``train_log.jsonl``; with ``resume`` the latest
-    checkpoint there is restored first. ``on_step(record)`` is called after every step (on
-    the main rank). Returns every step's log record.
+    checkpoint there is restored first. ``on_step(record)`` is called after every step and
+    ``on_checkpoint(step)`` after every checkpoint is written (both on the main rank; the
+    objective is back in train mode afterwards). Returns every step's log record.
     """
     cfg.validate()
     env = distributed_env()
@@ -202,6 +204,9 @@ def train(objective: nn.Module, sequences: torch.Tensor, cfg: TrainConfig, work_
             if env.is_main:
                 save_training_checkpoint(work_dir, objective, optimizer,
                                          TrainState(step + 1, record["elapsed_s"]))
+                if on_checkpoint is not None:
+                    on_checkpoint(step + 1)
+                    objective.train()
             _barrier(env)
     bar.close()
     objective.eval()
