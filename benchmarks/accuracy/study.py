@@ -70,6 +70,7 @@ class Profile:
     zo_steps: int
     group_size: int
     eval_limit: int | None
+    mmlu_limit: int  # items per MMLU subject (57 subjects)
     eval_batch: int
     ppl_seqs: int
     curve_points: int
@@ -80,11 +81,11 @@ PROFILES = {
     "cpu": Profile(target_params=0.5, seq_len=256, batch_size=8, tokens=40_960, lr=1e-3,
                    warmup_steps=2, precision="bf16", calib_samples=64, calib_seq_len=256,
                    depth_samples=16, depth_task_limit=100, zo_steps=128, group_size=128,
-                   eval_limit=100, eval_batch=16, ppl_seqs=32, curve_points=4, curve_limit=50),
+                   eval_limit=100, mmlu_limit=2, eval_batch=16, ppl_seqs=32, curve_points=4, curve_limit=50),
     "gpu": Profile(target_params=0.5, seq_len=1024, batch_size=32, tokens=2_097_152, lr=1e-3,
                    warmup_steps=5, precision="bf16", calib_samples=1024, calib_seq_len=512,
                    depth_samples=128, depth_task_limit=500, zo_steps=512, group_size=32,
-                   eval_limit=1000, eval_batch=64, ppl_seqs=128, curve_points=6, curve_limit=300),
+                   eval_limit=1000, mmlu_limit=20, eval_batch=64, ppl_seqs=128, curve_points=6, curve_limit=300),
 }
 
 
@@ -237,6 +238,8 @@ class Study:
         t0 = time.perf_counter()
         metrics = evaluate(self.model_dir(row), ["ppl", *TASKS], p.eval_limit, self.heldout,
                            p.seq_len, p.ppl_seqs, self.device, batch_size=p.eval_batch)
+        metrics.update(evaluate(self.model_dir(row), ["mmlu"], p.mmlu_limit, device=self.device,
+                                batch_size=p.eval_batch))
         metrics["eval_seconds"] = time.perf_counter() - t0
         write_text_atomic(out, json.dumps(metrics, indent=1) + "\n")
         return metrics

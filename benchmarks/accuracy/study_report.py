@@ -13,7 +13,8 @@ from minitron_deploy.stages import write_text_atomic
 TASKS = ["hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande"]
 NORMED = {"hellaswag", "piqa", "arc_easy", "arc_challenge"}  # lm-eval's headline is acc_norm
 TASK_LABELS = {"hellaswag": "HellaSwag", "piqa": "PIQA", "arc_easy": "ARC-E",
-               "arc_challenge": "ARC-C", "winogrande": "Winogr."}
+               "arc_challenge": "ARC-C", "winogrande": "Winogr.", "mmlu": "MMLU"}
+MMLU_CHANCE = 0.25  # four options; MMLU is shown but kept out of the mean
 
 
 def headline(metrics: dict, task: str) -> tuple[float, float]:
@@ -54,13 +55,20 @@ def compare(evals: dict, a: str, b: str) -> dict | None:
 
 
 def verdict(c: dict) -> str:
-    """Confirmed when ``a`` has the lower perplexity and its mean accuracy is not
-    significantly lower; the accuracy part says whether its gap exceeds the noise."""
-    ok = c["ppl_better"] and not (c["acc_significant"] and c["acc_gap"] < 0)
+    """``confirmed`` when ``a`` has the lower perplexity and a significantly higher mean
+    accuracy; ``confirmed on perplexity`` when the accuracy gap is within 2 sigma; ``mixed``
+    when the two metrics disagree significantly; ``NOT confirmed`` otherwise."""
+    better_acc = c["acc_significant"] and c["acc_gap"] > 0
+    worse_acc = c["acc_significant"] and c["acc_gap"] < 0
+    if c["ppl_better"]:
+        label = "mixed" if worse_acc else "confirmed" if better_acc else \
+            "confirmed on perplexity (accuracy within noise)"
+    else:
+        label = "mixed" if better_acc else "NOT confirmed"
     acc = (f"mean accuracy {100 * c['acc_a']:.1f}% vs {100 * c['acc_b']:.1f}% "
            f"(gap {100 * c['acc_gap']:+.1f} points, 2 sigma {100 * c['two_sigma']:.1f}: "
            f"{'significant' if c['acc_significant'] else 'within noise'})")
-    return (f"**{'confirmed' if ok else 'NOT confirmed'}**: `{c['a']}` ppl {c['ppl_a']:.2f} vs "
+    return (f"**{label}**: `{c['a']}` ppl {c['ppl_a']:.2f} vs "
             f"`{c['b']}` {c['ppl_b']:.2f}; {acc}")
 
 
@@ -81,6 +89,15 @@ def claims(evals: dict, criteria: list[str]) -> list[tuple[str, list[dict]]]:
     return [(text, [c for c in comps if c is not None]) for text, comps in out]
 
 
+def mmlu_note(mmlu: dict) -> str:
+    """Whether the teacher's MMLU accuracy is above chance by more than 2 standard errors."""
+    above = mmlu["acc"] - MMLU_CHANCE > 2 * mmlu["acc_stderr"]
+    return (f"MMLU ({mmlu['n']} items): teacher {100 * mmlu['acc']:.1f}% ± "
+            f"{100 * mmlu['acc_stderr']:.1f} vs chance {100 * MMLU_CHANCE:.0f}%: "
+            + ("above chance, so the column is informative" if above else
+               "not above chance, so the MMLU column carries no signal at this scale"))
+
+
 def ranking(evals: dict, criteria: list[str], stage: str) -> list[tuple[str, float, float]]:
     """Criteria at the width shape ordered by held-out perplexity: (criterion, ppl, mean acc)."""
     rows = [(c, evals[f"width/{c}/{stage}"]) for c in criteria if f"width/{c}/{stage}" in evals]
@@ -90,8 +107,8 @@ def ranking(evals: dict, criteria: list[str], stage: str) -> list[tuple[str, flo
 def table(meta: dict, evals: dict) -> str:
     """One line per row: parameters, tokens, perplexity, every task, mean accuracy."""
     head = ("| model | params | retrain tokens | held-out ppl | "
-            + " | ".join(TASK_LABELS[t] for t in TASKS) + " | mean acc |")
-    lines = [head, "|---|---:|---:|---:|" + "---:|" * (len(TASKS) + 1)]
+            + " | ".join(TASK_LABELS[t] for t in TASKS) + " | mean acc | MMLU |")
+    lines = [head, "|---|---:|---:|---:|" + "---:|" * (len(TASKS) + 2)]
     for row in meta["rows"]:
         m = evals.get(row["name"])
         if m is None:
@@ -100,7 +117,8 @@ def table(meta: dict, evals: dict) -> str:
         cells = [f"{100 * headline(m, t)[0]:.1f}" for t in TASKS]
         acc, se = mean_accuracy(m)
         lines.append(f"| `{row['name']}` | {params / 1e6:.1f}M | {row.get('train_tokens', 0):,} | "
-                     f"{m['ppl']:.2f} | " + " | ".join(cells) + f" | {100 * acc:.1f} ± {100 * se:.1f} |")
+                     f"{m['ppl']:.2f} | " + " | ".join(cells) + f" | {100 * acc:.1f} ± {100 * se:.1f} | "
+                     + (f"{100 * m['mmlu']['acc']:.1f} |" if "mmlu" in m else "- |"))
     return "\n".join(lines) + "\n"
 
 
@@ -127,6 +145,8 @@ def markdown(meta: dict, evals: dict) -> str:
     for text, comps in claims(evals, criteria):
         parts.append(f"- {text}:")
         parts += [f"  - {verdict(c)}" for c in comps] or ["  - (rows missing)"]
+    if "mmlu" in evals.get("teacher", {}):
+        parts.append(f"- {mmlu_note(evals['teacher']['mmlu'])}")
     for stage, label in (("none", "before retraining"), ("kd", "after KD")):
         ranked = ranking(evals, criteria, stage)
         if ranked:
