@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_report import write_report  # noqa: E402
+from study_report import mmlu_above_chance, write_report  # noqa: E402
 
 from minitron_deploy.assets import resolve  # noqa: E402
 from minitron_deploy.data import load_texts, pack_tokens  # noqa: E402
@@ -78,10 +78,11 @@ class Profile:
 
 
 PROFILES = {
-    "cpu": Profile(target_params=0.5, seq_len=256, batch_size=8, tokens=40_960, lr=1e-3,
-                   warmup_steps=2, precision="bf16", calib_samples=64, calib_seq_len=256,
-                   depth_samples=16, depth_task_limit=100, zo_steps=128, group_size=128,
-                   eval_limit=100, mmlu_limit=2, eval_batch=16, ppl_seqs=32, curve_points=4, curve_limit=50),
+    "cpu": Profile(target_params=0.5, seq_len=256, batch_size=8, tokens=32_768, lr=1e-3,
+                   warmup_steps=2, precision="bf16", calib_samples=128, calib_seq_len=128,
+                   depth_samples=4, depth_task_limit=100, zo_steps=32, group_size=512,
+                   eval_limit=100, mmlu_limit=5, eval_batch=16, ppl_seqs=32, curve_points=4,
+                   curve_limit=20),
     "gpu": Profile(target_params=0.5, seq_len=1024, batch_size=32, tokens=2_097_152, lr=1e-3,
                    warmup_steps=5, precision="bf16", calib_samples=1024, calib_seq_len=512,
                    depth_samples=128, depth_task_limit=500, zo_steps=512, group_size=32,
@@ -238,11 +239,19 @@ class Study:
         t0 = time.perf_counter()
         metrics = evaluate(self.model_dir(row), ["ppl", *TASKS], p.eval_limit, self.heldout,
                            p.seq_len, p.ppl_seqs, self.device, batch_size=p.eval_batch)
-        metrics.update(evaluate(self.model_dir(row), ["mmlu"], p.mmlu_limit, device=self.device,
-                                batch_size=p.eval_batch))
+        if self.wants_mmlu(row):
+            metrics.update(evaluate(self.model_dir(row), ["mmlu"], p.mmlu_limit,
+                                    device=self.device, batch_size=p.eval_batch))
         metrics["eval_seconds"] = time.perf_counter() - t0
         write_text_atomic(out, json.dumps(metrics, indent=1) + "\n")
         return metrics
+
+    def wants_mmlu(self, row: Row) -> bool:
+        """MMLU for the teacher, and for the other rows only if the teacher beats chance."""
+        if row.shape == "teacher":
+            return True
+        teacher = self.results / "evals" / "teacher.json"
+        return teacher.is_file() and mmlu_above_chance(json.loads(teacher.read_text())["mmlu"])
 
     # -- quick evaluation at checkpoints -----------------------------------------------------
     def quick_eval(self, model) -> dict:

@@ -89,13 +89,18 @@ def claims(evals: dict, criteria: list[str]) -> list[tuple[str, list[dict]]]:
     return [(text, [c for c in comps if c is not None]) for text, comps in out]
 
 
+def mmlu_above_chance(mmlu: dict) -> bool:
+    """Whether an MMLU accuracy beats chance by more than 2 standard errors."""
+    return mmlu["acc"] - MMLU_CHANCE > 2 * mmlu["acc_stderr"]
+
+
 def mmlu_note(mmlu: dict) -> str:
-    """Whether the teacher's MMLU accuracy is above chance by more than 2 standard errors."""
-    above = mmlu["acc"] - MMLU_CHANCE > 2 * mmlu["acc_stderr"]
+    """The teacher's MMLU accuracy against chance, and what follows for the other rows."""
+    above = mmlu_above_chance(mmlu)
     return (f"MMLU ({mmlu['n']} items): teacher {100 * mmlu['acc']:.1f}% ± "
             f"{100 * mmlu['acc_stderr']:.1f} vs chance {100 * MMLU_CHANCE:.0f}%: "
             + ("above chance, so the column is informative" if above else
-               "not above chance, so the MMLU column carries no signal at this scale"))
+               "not above chance, so MMLU is not evaluated for the other rows"))
 
 
 def ranking(evals: dict, criteria: list[str], stage: str) -> list[tuple[str, float, float]]:
