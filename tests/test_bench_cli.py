@@ -34,8 +34,13 @@ def test_cpu_bench_of_two_models_writes_a_complete_report(checkpoints, capsys):
         assert m["output_tok_s"] == pytest.approx(run["batch"] * 12 / m["e2e_s"], rel=0.5)
         assert m["itl_ms"] > 0 and m["per_user_tok_s"] == pytest.approx(1e3 / m["itl_ms"], rel=0.5)
         assert 0 < run["limits"]["decode_fraction"] and run["limits"]["decode_bound"] == "memory"
-    shallow_torch = [r for r in report["runs"] if r["model"] == "shallow" and r["backend"] == "torch"]
-    assert all(r["speedup_vs_first"] > 1 for r in shallow_torch)  # 1 layer vs 8
+    # speedups are throughput ratios to the first model at the same backend and batch (how
+    # fast each one is belongs to benchmarks/, not to a unit test on a shared CPU)
+    deep = {(r["backend"], r["batch"]): r["metrics"]["output_tok_s"]
+            for r in report["runs"] if r["model"] == "deep"}
+    for run in report["runs"]:
+        expected = run["metrics"]["output_tok_s"] / deep[(run["backend"], run["batch"])]
+        assert run["speedup_vs_first"] == pytest.approx(expected)
     assert report["limits"]["copy_bandwidth_bytes_s"] > 0 and report["machine"]["torch"]
     assert report["meta"]["command"].startswith("minitron bench --models")
     table = (out / "bench.md").read_text()

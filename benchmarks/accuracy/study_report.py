@@ -14,6 +14,10 @@ TASKS = ["hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande"]
 NORMED = {"hellaswag", "piqa", "arc_easy", "arc_challenge"}  # lm-eval's headline is acc_norm
 TASK_LABELS = {"hellaswag": "HellaSwag", "piqa": "PIQA", "arc_easy": "ARC-E",
                "arc_challenge": "ARC-C", "winogrande": "Winogr.", "mmlu": "MMLU"}
+# chance accuracy per task (answer options: HellaSwag 4, PIQA 2, ARC mostly 4, Winogrande 2)
+CHANCE = {"hellaswag": 0.25, "piqa": 0.5, "arc_easy": 0.25, "arc_challenge": 0.25,
+          "winogrande": 0.5}
+MEAN_CHANCE = sum(CHANCE.values()) / len(CHANCE)
 MMLU_CHANCE = 0.25  # four options; MMLU is shown but kept out of the mean
 
 
@@ -124,6 +128,8 @@ def table(meta: dict, evals: dict) -> str:
         lines.append(f"| `{row['name']}` | {params / 1e6:.1f}M | {row.get('train_tokens', 0):,} | "
                      f"{m['ppl']:.2f} | " + " | ".join(cells) + f" | {100 * acc:.1f} ± {100 * se:.1f} | "
                      + (f"{100 * m['mmlu']['acc']:.1f} |" if "mmlu" in m else "- |"))
+    lines.append("| chance | | | | " + " | ".join(f"{100 * CHANCE[t]:.0f}" for t in TASKS)
+                 + f" | {100 * MEAN_CHANCE:.0f} | {100 * MMLU_CHANCE:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -200,6 +206,7 @@ def plot_curves(curves: dict, evals: dict, path: Path) -> None:
                      ms=3, label=name)
     if "teacher" in evals:
         axes[0].axhline(evals["teacher"]["ppl"], color="black", ls="--", label="teacher")
+    axes[1].axhline(100 * MEAN_CHANCE, color="black", ls=":", label="chance")
     axes[0].set(xlabel="retraining tokens", ylabel="held-out perplexity", yscale="log",
                 title="held-out perplexity during retraining")
     axes[1].set(xlabel="retraining tokens", ylabel="mean accuracy (%)",
