@@ -480,47 +480,40 @@ def prepare_text(rst_root: Path, out: Path, heldout_every: int = 20) -> None:
         print(f"{out / (name + '.jsonl')}: {len(lines)} documents")
 
 
+def _study_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every subcommand working on a study needs to find its models and results."""
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    parser.add_argument("--teacher", default="builtin:smollm2-135m")
+    parser.add_argument("--data", default="builtin:stdlib-docs")
+    parser.add_argument("--heldout", default="builtin:stdlib-docs-heldout")
+    parser.add_argument("--work", default="out/accuracy-study")
+    parser.add_argument("--results", default="benchmarks/accuracy/results/cpu")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="make, retrain and evaluate every row; write the report")
-    run.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
-    run.add_argument("--teacher", default="builtin:smollm2-135m")
-    run.add_argument("--data", default="builtin:stdlib-docs")
-    run.add_argument("--heldout", default="builtin:stdlib-docs-heldout")
-    run.add_argument("--work", default="out/accuracy-study")
-    run.add_argument("--results", default="benchmarks/accuracy/results/cpu")
-    run.add_argument("--device", default="auto")
+    _study_arguments(run)
     run.add_argument("--criteria", default=",".join(CRITERIA))
     run.add_argument("--only", default=None, help="comma-separated row names to run, in this order")
-    run.add_argument("--seed", type=int, default=0)
     run.add_argument("--commit", default=None, help="commit to record (default: git HEAD)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a profile setting, e.g. --set tokens=1000000")
     report = sub.add_parser("report", help="rewrite tables, claims and plots from results")
     report.add_argument("--results", required=True)
     prb = sub.add_parser("probe", help="perplexity on extra texts and KL to the teacher")
-    prb.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
-    prb.add_argument("--teacher", default="builtin:smollm2-135m")
-    prb.add_argument("--data", default="builtin:stdlib-docs")
-    prb.add_argument("--heldout", default="builtin:stdlib-docs-heldout")
-    prb.add_argument("--work", default="out/accuracy-study")
-    prb.add_argument("--results", default="benchmarks/accuracy/results/cpu")
-    prb.add_argument("--device", default="auto")
+    _study_arguments(prb)
     prb.add_argument("--rows", required=True, help="comma-separated row names")
     prb.add_argument("--text", action="append", default=[], metavar="NAME=PATH",
                      help="extra held-out text (the study's held-out text comes first)")
     prb.add_argument("--seqs", type=int, default=32)
     swap = sub.add_parser("axis-swap", help="activation scores with one axis from another "
                           "criterion: perplexity before retraining")
-    for flag, default in (("--profile", "cpu"), ("--teacher", "builtin:smollm2-135m"),
-                          ("--data", "builtin:stdlib-docs"),
-                          ("--heldout", "builtin:stdlib-docs-heldout"),
-                          ("--work", "out/accuracy-study"),
-                          ("--results", "benchmarks/accuracy/results/cpu"), ("--device", "auto"),
-                          ("--criteria", "magnitude,random,mini-llm,loss-delta")):
-        swap.add_argument(flag, default=default)
-    swap.add_argument("--seed", type=int, default=0)
+    _study_arguments(swap)
+    swap.add_argument("--criteria", default="magnitude,random,mini-llm,loss-delta")
     swap.add_argument("--agreement-only", action="store_true",
                       help="only compare the score files (no pruning or evaluation)")
     prep = sub.add_parser("prepare-text", help="Python docs reST sources -> train/heldout JSONL")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from minitron_deploy.stages import write_text_atomic
@@ -76,7 +77,7 @@ def verdict(c: dict) -> str:
             f"`{c['b']}` {c['ppl_b']:.2f}; {acc}")
 
 
-def claims(evals: dict, criteria: list[str]) -> list[tuple[str, list[dict]]]:
+def claims(evals: dict) -> list[tuple[str, list[dict]]]:
     """Each claim with the comparisons that decide it."""
     depth_kd = sorted((r for r in evals if r.startswith("depth/") and r.endswith("/kd")),
                       key=lambda r: evals[r]["ppl"])
@@ -153,7 +154,7 @@ def markdown(meta: dict, evals: dict) -> str:
         "## Results\n", table(meta, evals),
         "## Claims\n",
     ]
-    for text, comps in claims(evals, criteria):
+    for text, comps in claims(evals):
         parts.append(f"- {text}:")
         parts += [f"  - {verdict(c)}" for c in comps] or ["  - (rows missing)"]
     if "mmlu" in evals.get("teacher", {}):
@@ -169,13 +170,29 @@ def markdown(meta: dict, evals: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
-def plot_training_loss(meta: dict, path: Path) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    return plt
+
+
+def _save(fig, axes, path: Path) -> None:
+    """Grid and legend on every panel, then write ``path`` and free the figure."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=110, format="png")
+    _pyplot().close(fig)
+    os.replace(tmp, path)
+
+
+def plot_training_loss(meta: dict, path: Path) -> None:
+    fig, axes = _pyplot().subplots(1, 2, figsize=(13, 4.5))
     for row in meta["rows"]:
         log = row.get("train_log")
         if not log:
@@ -185,20 +202,11 @@ def plot_training_loss(meta: dict, path: Path) -> None:
     for ax, title in zip(axes, ("forward KL to the teacher (KD runs)",
                                 "next-token cross-entropy (LM run)")):
         ax.set(xlabel="training tokens", ylabel="loss per token", title=title, yscale="log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, axes, path)
 
 
 def plot_curves(curves: dict, evals: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = _pyplot().subplots(1, 2, figsize=(13, 4.5))
     for name, curve in curves.items():
         tokens = sorted(int(t) for t in curve)
         axes[0].plot(tokens, [curve[str(t)]["ppl"] for t in tokens], marker="o", ms=3, label=name)
@@ -211,23 +219,13 @@ def plot_curves(curves: dict, evals: dict, path: Path) -> None:
                 title="held-out perplexity during retraining")
     axes[1].set(xlabel="retraining tokens", ylabel="mean accuracy (%)",
                 title="mean zero-shot accuracy (curve subset) during retraining")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, axes, path)
 
 
 def plot_criteria(meta: dict, evals: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     groups = [r["name"].rsplit("/", 1)[0] for r in meta["rows"]
               if r["retrain"] == "none" and r["shape"] in ("width", "depth")]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig, ax = _pyplot().subplots(figsize=(10, 4.5))
     width = 0.4
     for k, (stage, label) in enumerate((("none", "pruned, no retraining"), ("kd", "after KD"))):
         values = [evals.get(f"{g}/{stage}", {}).get("ppl", float("nan")) for g in groups]
@@ -236,20 +234,15 @@ def plot_criteria(meta: dict, evals: dict, path: Path) -> None:
         ax.axhline(evals["teacher"]["ppl"], color="black", ls="--", label="teacher")
     ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
     ax.set(ylabel="held-out perplexity", yscale="log", title="pruning criteria at equal size")
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, [ax], path)
 
 
 def write_report(results: Path) -> None:
     """Write results.json, results.md and the plots from what the study recorded."""
     meta, evals, curves = _load(results)
-    criteria = [r["chosen_by"] for r in meta["rows"] if r["shape"] == "width" and r["retrain"] == "none"]
     combined = {"meta": meta, "evals": evals, "curves": curves,
                 "claims": [{"claim": text, "comparisons": comps}
-                           for text, comps in claims(evals, criteria)]}
+                           for text, comps in claims(evals)]}
     write_text_atomic(results / "results.json", json.dumps(combined, indent=1) + "\n")
     write_text_atomic(results / "results.md", markdown(meta, evals))
     plot_training_loss(meta, results / "training_loss.png")
