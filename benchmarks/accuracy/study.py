@@ -21,19 +21,20 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_report import mmlu_above_chance, write_report
+from study_report import TASKS, mmlu_above_chance, write_report
 
 from minitron_deploy.assets import resolve
+from minitron_deploy.bench.hardware import machine_info, resolve_device
 from minitron_deploy.data import load_texts, pack_tokens
 from minitron_deploy.distill.api import DistillConfig, distill, work_dir_for
 from minitron_deploy.eval.api import evaluate
@@ -41,15 +42,14 @@ from minitron_deploy.eval.multiple_choice import evaluate_items
 from minitron_deploy.eval.perplexity import perplexity
 from minitron_deploy.eval.tasks import load_named_task
 from minitron_deploy.importance.criteria import CRITERIA
+from minitron_deploy.importance.depth import DEPTH_METRICS
+from minitron_deploy.importance.scores import ImportanceScores
 from minitron_deploy.modeling import load_config, load_model, save_checkpoint_atomic
 from minitron_deploy.prune import prune
 from minitron_deploy.scoring import ScoringSettings
 from minitron_deploy.shape import ModelShape, count_params
 from minitron_deploy.stages import write_text_atomic
 from minitron_deploy.target import TargetSpec, resolve_target
-
-TASKS = ["hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande"]
-DEPTH_METRICS = ["loss", "bi", "accuracy"]
 
 
 @dataclass
@@ -121,9 +121,17 @@ def study_rows(criteria: list[str]) -> list[Row]:
 def equal_size_depth(config, width_params: int) -> int:
     """The layer count whose depth-pruned model is closest in parameters to the width shape."""
     source = ModelShape.from_config(config)
-    best = min(range(1, source.num_layers),
+    return min(range(1, source.num_layers),
                key=lambda n: abs(count_params(config, replace(source, num_layers=n)) - width_params))
-    return best
+
+
+def select_rows(rows: list[Row], names: str) -> list[Row]:
+    """The rows named in ``names`` (comma-separated), in that order; unknown names refused."""
+    by_name = {r.name: r for r in rows}
+    unknown = [n for n in names.split(",") if n not in by_name]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; choose from {sorted(by_name)}")
+    return [by_name[n] for n in names.split(",")]
 
 
 class Study:
@@ -133,8 +141,7 @@ class Study:
         self.args, self.p = args, profile
         self.work = Path(args.work)
         self.work.mkdir(parents=True, exist_ok=True)
-        self.device = args.device if args.device != "auto" else \
-            ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = str(resolve_device(args.device))
         self.teacher = resolve(args.teacher, self.work)
         self.data = resolve(args.data, self.work)
         self.heldout = resolve(args.heldout, self.work)
@@ -166,6 +173,24 @@ class Study:
         start = Row(row.shape, row.chosen_by, "none")
         self.make_pruned(start)
         return self.model_dir(start)
+
+    def scores(self, criterion: str) -> ImportanceScores:
+        """The importance scores the width row of ``criterion`` was pruned with."""
+        row = Row("width", criterion, "none")
+        self.make_pruned(row)
+        return ImportanceScores.load(self.model_dir(row) / "importance.safetensors")
+
+    @cached_property
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(self.teacher))
+
+    @cached_property
+    def heldout_sequences(self) -> torch.Tensor:
+        """The held-out perplexity sequences (``ppl_seqs`` x ``seq_len``)."""
+        return pack_tokens(load_texts(self.heldout), self.tokenizer, self.p.seq_len,
+                           self.p.ppl_seqs, seed=0)
 
     # -- steps -------------------------------------------------------------------------------
     def make_pruned(self, row: Row) -> None:
@@ -254,22 +279,18 @@ class Study:
         return teacher.is_file() and mmlu_above_chance(json.loads(teacher.read_text())["mmlu"])
 
     # -- quick evaluation at checkpoints -----------------------------------------------------
+    @cached_property
+    def curve_items(self) -> dict:
+        return {t: load_named_task(t, self.p.curve_limit) for t in TASKS}
+
     def quick_eval(self, model) -> dict:
         """Held-out perplexity and accuracy on the first ``curve_limit`` items of each task."""
-        if not hasattr(self, "_quick"):
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(str(self.teacher))
-            seqs = pack_tokens(load_texts(self.heldout), tokenizer, self.p.seq_len,
-                               self.p.ppl_seqs, seed=0)
-            items = {t: load_named_task(t, self.p.curve_limit) for t in TASKS}
-            self._quick = (tokenizer, seqs, items)
-        tokenizer, seqs, items = self._quick
         was_training = model.training
         model.eval()
-        out: dict = {"ppl": perplexity(model, seqs)}
-        for task, task_items in items.items():
-            out[task] = asdict(evaluate_items(model, tokenizer, task_items, self.p.eval_batch))
+        out: dict = {"ppl": perplexity(model, self.heldout_sequences)}
+        for task, task_items in self.curve_items.items():
+            out[task] = asdict(evaluate_items(model, self.tokenizer, task_items,
+                                              self.p.eval_batch))
         model.train(was_training)
         return out
 
@@ -289,20 +310,16 @@ class Study:
         write_report(self.results)
 
     def write_meta(self, rows: list[Row]) -> None:
-        texts = load_texts(self.data)
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(self.teacher))
         meta = {
             "command": " ".join(sys.argv),
             "date": datetime.date.today().isoformat(),
             "commit": self.args.commit or _git_commit(),
-            "machine": _machine(self.device),
+            "machine": machine_info(torch.device(self.device)),
             "profile": self.args.profile, "settings": asdict(self.p),
             "device": self.device, "seed": self.args.seed,
             "teacher": self.args.teacher, "data": self.args.data, "heldout": self.args.heldout,
-            "data_tokens": sum(len(tokenizer(t, add_special_tokens=False)["input_ids"])
-                               for t in texts),
+            "data_tokens": sum(len(self.tokenizer(t, add_special_tokens=False)["input_ids"])
+                               for t in load_texts(self.data)),
             "params": self.params, "depth_layers": self.depth_layers,
             "width_shape": {k: v for k, v in asdict(self.width_spec).items() if v is not None},
             "rows": [{"name": r.name, **asdict(r),
@@ -331,14 +348,10 @@ class Study:
 def probe(study: Study, rows: list[Row], texts: dict[str, str], seqs: int) -> dict:
     """Per row: perplexity on each named text, and forward KL(teacher || row) per token on the
     first one; to see what a retraining objective bought (in-domain fit vs teacher match)."""
-    from transformers import AutoTokenizer
-
     from minitron_deploy.distill.losses import logit_kd_loss, shifted_labels
 
-    p = study.p
-    tokenizer = AutoTokenizer.from_pretrained(str(study.teacher))
-    packed = {name: pack_tokens(load_texts(resolve(src, study.work)), tokenizer, p.seq_len, seqs,
-                                seed=0) for name, src in texts.items()}
+    packed = {name: pack_tokens(load_texts(resolve(src, study.work)), study.tokenizer,
+                                study.p.seq_len, seqs, seed=0) for name, src in texts.items()}
     first = next(iter(packed.values()))
     teacher, _ = load_model(study.teacher, device=study.device)
     with torch.no_grad():
@@ -380,18 +393,12 @@ def score_agreement(study: Study, criteria: list[str]) -> dict:
     """Per criterion, against the activation scores: Spearman correlation and the overlap of the
     kept sets at the width shape, for embedding channels and MLP neurons (mean over layers).
     Chance overlap is keep / total."""
-    from minitron_deploy.importance.scores import ImportanceScores
-
-    def scores_of(criterion: str) -> dict[str, torch.Tensor]:
-        path = study.model_dir(Row("width", criterion, "none")) / "importance.safetensors"
-        return ImportanceScores.load(path).tensors
-
-    base, spec = scores_of("activation"), study.width_spec
+    base, spec = study.scores("activation").tensors, study.width_spec
     layers = sum(1 for k in base if k.startswith("mlp."))
     out: dict = {"chance_overlap": {"hidden": spec.hidden_size / len(base["hidden"]),
                                     "mlp": spec.ffn_hidden_size / len(base["mlp.0"])}}
     for criterion in criteria:
-        other = scores_of(criterion)
+        other = study.scores(criterion).tensors
         mlp = [(base[f"mlp.{i}"], other[f"mlp.{i}"]) for i in range(layers)]
         out[criterion] = {
             "spearman_hidden": _spearman(base["hidden"], other["hidden"]),
@@ -408,23 +415,10 @@ SWAP_AXES = {"heads": ("heads.", "kv_heads."), "mlp": ("mlp.",), "hidden": ("hid
 def axis_swap(study: Study, criteria: list[str]) -> dict:
     """Held-out perplexity (no retraining) of the width shape pruned with the activation scores
     except one axis taken from another criterion: which axis makes that criterion worse."""
-    from transformers import AutoTokenizer
-
-    from minitron_deploy.importance.scores import ImportanceScores
-
-    p = study.p
-    tokenizer = AutoTokenizer.from_pretrained(str(study.teacher))
-    seqs = pack_tokens(load_texts(study.heldout), tokenizer, p.seq_len, p.ppl_seqs, seed=0)
-
-    def scores_of(criterion: str) -> ImportanceScores:
-        row = Row("width", criterion, "none")
-        study.make_pruned(row)
-        return ImportanceScores.load(study.model_dir(row) / "importance.safetensors")
-
-    base = scores_of("activation")
+    base = study.scores("activation")
     variants = {"activation": base.tensors}
     for criterion in criteria:
-        donor = scores_of(criterion)
+        donor = study.scores(criterion)
         for axis, prefixes in SWAP_AXES.items():
             variants[f"{criterion}:{axis}"] = {
                 k: donor.tensors[k] if k.startswith(prefixes) else v
@@ -438,7 +432,7 @@ def axis_swap(study: Study, criteria: list[str]) -> dict:
             prune(study.teacher, dest, study.width_spec, scores_path=scores_file,
                   device=study.device)
         model, _ = load_model(dest, device=study.device)
-        out[name] = perplexity(model, seqs)
+        out[name] = perplexity(model, study.heldout_sequences)
         print(f"{name}: held-out ppl {out[name]:.1f}", flush=True)
         del model
     return out
@@ -450,17 +444,6 @@ def _git_commit() -> str:
                               text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def _machine(device: str) -> dict:
-    import transformers
-
-    info = {"platform": platform.platform(), "processor": platform.processor(),
-            "cpus": __import__("os").cpu_count(), "torch": torch.__version__,
-            "transformers": transformers.__version__}
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def prepare_text(rst_root: Path, out: Path, heldout_every: int = 20) -> None:
@@ -525,9 +508,8 @@ def main(argv: list[str] | None = None) -> None:
         write_report(Path(args.results))
     elif args.command == "probe":
         study = Study(args, PROFILES[args.profile])
-        by_name = {r.name: r for r in study_rows(list(CRITERIA))}
         texts = {"heldout": args.heldout, **dict(t.split("=", 1) for t in args.text)}
-        result = probe(study, [by_name[n] for n in args.rows.split(",")], texts, args.seqs)
+        result = probe(study, select_rows(study_rows(list(CRITERIA)), args.rows), texts, args.seqs)
         write_text_atomic(study.results / "probe.json", json.dumps(
             {"command": " ".join(sys.argv), "texts": texts, "rows": result}, indent=1) + "\n")
     elif args.command == "axis-swap":
@@ -550,11 +532,7 @@ def main(argv: list[str] | None = None) -> None:
                                           (int(float(value)) if kind is int else kind(value))})
         rows = study_rows([c.strip() for c in args.criteria.split(",")])
         if args.only:  # in the order given, after the teacher
-            by_name = {r.name: r for r in rows}
-            unknown = [n for n in args.only.split(",") if n not in by_name]
-            if unknown:
-                raise SystemExit(f"unknown rows {unknown}; choose from {sorted(by_name)}")
-            rows = [rows[0]] + [by_name[n] for n in args.only.split(",") if n != "teacher"]
+            rows = [rows[0]] + [r for r in select_rows(rows, args.only) if r.shape != "teacher"]
         Study(args, profile).run(rows)
 
 
