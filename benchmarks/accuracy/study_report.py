@@ -9,10 +9,10 @@ import math
 import os
 from pathlib import Path
 
+from minitron_deploy.eval.api import NORMED
 from minitron_deploy.stages import write_text_atomic
 
 TASKS = ["hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande"]
-NORMED = {"hellaswag", "piqa", "arc_easy", "arc_challenge"}  # lm-eval's headline is acc_norm
 TASK_LABELS = {"hellaswag": "HellaSwag", "piqa": "PIQA", "arc_easy": "ARC-E",
                "arc_challenge": "ARC-C", "winogrande": "Winogr.", "mmlu": "MMLU"}
 # chance accuracy per task (answer options: HellaSwag 4, PIQA 2, ARC mostly 4, Winogrande 2)
@@ -48,7 +48,8 @@ def _load(results: Path) -> tuple[dict, dict, dict]:
 
 
 def compare(evals: dict, a: str, b: str) -> dict | None:
-    """How row ``a`` fares against row ``b``: perplexity ratio and accuracy gap with 2 sigma."""
+    """How row ``a`` fares against row ``b``: both perplexities, and the mean-accuracy gap with
+    its 2-sigma noise band."""
     if a not in evals or b not in evals:
         return None
     (acc_a, se_a), (acc_b, se_b) = mean_accuracy(evals[a]), mean_accuracy(evals[b])
