@@ -1,58 +1,152 @@
 """Local text for calibration, distillation and perplexity: a ``save_to_disk`` folder, a
-.txt/.jsonl/.json/.parquet file, or a folder of such files; split into train and held-out
-documents, tokenized and packed into fixed-length sequences, all deterministic from a seed."""
+.txt/.jsonl/.json/.parquet file, or a folder of such files (read recursively, in sorted
+order); a .txt file holds one document per line. Documents stream one at a time, or are split
+into train and held-out documents and packed into fixed-length sequences, all deterministic
+from a seed."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from .errors import MinitronError
 
-_LOADERS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json",
-            ".parquet": "parquet"}
+_SUFFIXES = (".txt", ".text", ".md", ".jsonl", ".json", ".parquet")
+_SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+_ROWS_PER_READ = 1024
 
 
-def _text_column(dataset) -> str:
-    if "text" in dataset.column_names:
-        return "text"
-    for name, feature in dataset.features.items():
-        if getattr(feature, "dtype", None) in ("string", "large_string"):
-            return name
-    raise MinitronError(f"no text column in the data (columns: {dataset.column_names})")
+def _is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and any((path / name).exists() for name in _SAVED_MARKERS)
 
 
-def load_texts(source: str | Path) -> list[str]:
-    """Every non-empty text of a local dataset (see module docstring for formats)."""
-    import datasets
-
+def source_files(source: str | Path) -> list[Path]:
+    """The files holding ``source``'s text, sorted: every file of a ``save_to_disk`` folder,
+    else the .txt/.jsonl/.json/.parquet files of a file or folder (recursively)."""
     path = Path(source)
     if not path.exists():
         raise MinitronError(f"data {path} does not exist")
-    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()
-                          or (path / "dataset_dict.json").exists()):
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-        texts = ds[_text_column(ds)]
-    else:
-        files = sorted(p for p in (path.rglob("*") if path.is_dir() else [path])
-                       if p.is_file() and p.suffix in _LOADERS)
-        if not files:
-            raise MinitronError(f"no .txt/.jsonl/.json/.parquet files in {path}")
-        texts = []
-        for file in files:
-            try:
-                ds = datasets.load_dataset(_LOADERS[file.suffix], data_files=str(file),
-                                           split="train")
-            except Exception as exc:  # datasets raises many types for malformed files
-                raise MinitronError(f"cannot read {file}: {type(exc).__name__}: {exc}".splitlines()[0])
-            texts.extend(ds[_text_column(ds)] if len(ds) else [])
-    texts = [t for t in texts if t and t.strip()]
-    if not texts:
+    if _is_saved_dataset(path):
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    files = sorted(p for p in (path.rglob("*") if path.is_dir() else [path])
+                   if p.is_file() and p.suffix in _SUFFIXES)
+    if not files:
+        raise MinitronError(f"no .txt/.jsonl/.json/.parquet files in {path}")
+    return files
+
+
+def _column(names: list[str], is_text: list[bool], where: str) -> str:
+    """``text`` when present, else the first string column."""
+    if "text" in names:
+        return "text"
+    for name, text in zip(names, is_text):
+        if text:
+            return name
+    raise MinitronError(f"no text column in {where} (columns: {names})")
+
+
+def _saved_texts(path: Path) -> Iterator[str]:
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))  # memory-mapped Arrow, not read into memory
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    names = list(ds.features)
+    column = _column(names, [getattr(f, "dtype", None) in ("string", "large_string")
+                             for f in ds.features.values()], str(path))
+    for batch in ds.select_columns([column]).iter(batch_size=_ROWS_PER_READ):
+        yield from batch[column]
+
+
+def _line_texts(file: Path) -> Iterator[str]:
+    with file.open(encoding="utf-8") as fh:
+        for line in fh:
+            yield line.rstrip("\n")
+
+
+def _record_texts(records: Iterator[tuple[int, object]], file: Path) -> Iterator[str]:
+    """The text field of JSON records (``(line, record)`` pairs); the field is chosen from
+    the first record."""
+    column = None
+    for line, record in records:
+        if not isinstance(record, dict):
+            raise MinitronError(f"cannot read {file}: record {line} is not a JSON object")
+        if column is None:
+            column = _column(list(record), [isinstance(v, str) for v in record.values()],
+                             str(file))
+        text = record.get(column)
+        if isinstance(text, str):
+            yield text
+
+
+def _jsonl_records(file: Path) -> Iterator[tuple[int, object]]:
+    with file.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise MinitronError(f"cannot read {file}: line {number}: {exc}") from None
+
+
+def _json_records(file: Path) -> Iterator[tuple[int, object]]:
+    """Rows of a .json file (JSON lines or one array/table), via ``datasets`` streaming."""
+    import datasets
+
+    ds = datasets.load_dataset("json", data_files=str(file), split="train", streaming=True)
+    yield from enumerate(ds, 1)
+
+
+def _parquet_texts(file: Path) -> Iterator[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(file)
+    schema = parquet.schema_arrow
+    column = _column(schema.names, [pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+                                    for f in schema], str(file))
+    for batch in parquet.iter_batches(batch_size=_ROWS_PER_READ, columns=[column]):
+        yield from batch.column(0).to_pylist()
+
+
+def _file_texts(file: Path) -> Iterator[str]:
+    if file.suffix == ".parquet":
+        return _parquet_texts(file)
+    if file.suffix == ".jsonl":
+        return _record_texts(_jsonl_records(file), file)
+    if file.suffix == ".json":
+        return _record_texts(_json_records(file), file)
+    return _line_texts(file)
+
+
+def iter_texts(source: str | Path) -> Iterator[str]:
+    """Every non-empty text of a local dataset (see module docstring for formats), one at a
+    time in file order; only a read batch is held in memory."""
+    path = Path(source)
+    readers = ([(path, _saved_texts(path))] if _is_saved_dataset(path)
+               else [(file, _file_texts(file)) for file in source_files(path)])
+    found = False
+    for where, texts in readers:
+        try:
+            for text in texts:
+                if text and text.strip():
+                    found = True
+                    yield text
+        except MinitronError:
+            raise
+        except Exception as exc:  # decoders and Arrow raise many types for malformed files
+            raise MinitronError(f"cannot read {where}: {type(exc).__name__}: {exc}"
+                                .splitlines()[0]) from None
+    if not found:
         raise MinitronError(f"data {path} contains no text")
-    return texts
+
+
+def load_texts(source: str | Path) -> list[str]:
+    """Every non-empty text of a local dataset, in memory (see :func:`iter_texts`)."""
+    return list(iter_texts(source))
 
 
 def split_documents(texts: list[str], heldout_fraction: float,
