@@ -8,18 +8,27 @@ buffers plus one gradient in the student logits' own dtype (measurements in
 benchmarks/distill/README.md).
 
 ``HiddenStateLoss`` matches student hidden states to the teacher's at mapped layers (cosine or
-MSE), through a learned linear map where the widths differ.
+MSE), through a learned linear map where the channels differ. ``hidden_state_loss`` builds it
+from the student's pruning record when there is one: states pair by the teacher layer each
+student layer came from, and the maps start as the kept-channel selection.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..arch import get_adapter
 from ..errors import MinitronError
+from ..shape import ModelShape
 
 #: Label value ignored by the LM term (as in transformers).
 IGNORE_INDEX = -100
@@ -150,29 +159,77 @@ def default_layer_map(student_layers: int, teacher_layers: int, count: int) -> l
             for k in range(1, count + 1)]
 
 
+def pruned_layer_map(kept_layers: Sequence[int], teacher_layers: int,
+                     count: int) -> list[tuple[int, int]]:
+    """``count`` (student, teacher) hidden-state indices, evenly spaced over the student's layers,
+    each pairing a student state with the teacher state of the layer it was trimmed from
+    (student layer ``j`` is teacher layer ``kept_layers[j]``).
+
+    The last state of both models is taken after the final norm (transformers replaces it with
+    the normed output) while the others are raw residual streams, so the student's last state
+    always pairs with the teacher's last, even when the teacher's last layers were dropped.
+    """
+    student_layers = len(kept_layers)
+
+    def teacher_index(s: int) -> int:
+        if s == student_layers:
+            return teacher_layers
+        return 0 if s == 0 else kept_layers[s - 1] + 1
+
+    spaced = default_layer_map(student_layers, teacher_layers, count)
+    return [(s, teacher_index(s)) for s, _ in spaced]
+
+
+def _projection(student_hidden: int, teacher_hidden: int, kept_hidden: torch.Tensor | None,
+                scale: float) -> nn.Module:
+    """``Linear(student_hidden, teacher_hidden)`` starting as ``scale`` x the channel selection
+    (student channel ``j`` -> teacher channel ``kept_hidden[j]``; the first channels when
+    ``kept_hidden`` is None), or ``Identity`` where that selection is the identity."""
+    kept = torch.arange(student_hidden) if kept_hidden is None else kept_hidden
+    if student_hidden == teacher_hidden and scale == 1.0 \
+            and torch.equal(kept, torch.arange(student_hidden)):
+        return nn.Identity()
+    proj = nn.Linear(student_hidden, teacher_hidden, bias=False)
+    with torch.no_grad():
+        if kept_hidden is None:
+            nn.init.eye_(proj.weight)
+            proj.weight.mul_(scale)
+        else:
+            proj.weight.zero_()
+            proj.weight[kept_hidden, torch.arange(student_hidden)] = scale
+    return proj
+
+
 class HiddenStateLoss(nn.Module):
     """Cosine or MSE distance between mapped student and teacher hidden states.
 
-    Where the widths differ, a learned ``Linear(student_hidden, teacher_hidden)`` per mapped
-    layer projects the student's states (trained with the student, not saved into it).
+    Where the student's channels are not the teacher's (other width, or kept channels out of
+    order), a learned ``Linear(student_hidden, teacher_hidden)`` per mapped layer projects the
+    student's states (trained with the student, not saved into it). It starts as the selection
+    of the teacher channels in ``kept_hidden`` (student channel ``j`` is teacher channel
+    ``kept_hidden[j]``; the first channels when None), times ``scales[k]`` for pair ``k``.
     """
 
     def __init__(self, kind: str, layer_map: list[tuple[int, int]], student_hidden: int,
-                 teacher_hidden: int):
+                 teacher_hidden: int, kept_hidden: torch.Tensor | None = None,
+                 scales: Sequence[float] | None = None):
         super().__init__()
         if kind not in ("cosine", "mse"):
             raise MinitronError(f"intermediate loss must be cosine or mse, got {kind!r}")
+        if kept_hidden is not None and (len(kept_hidden) != student_hidden
+                                        or int(kept_hidden.max()) >= teacher_hidden):
+            raise MinitronError(f"{len(kept_hidden)} kept hidden channels do not map a "
+                                f"{student_hidden}-wide student into a {teacher_hidden}-wide "
+                                "teacher")
         self.kind = kind
         self.layer_map = list(layer_map)
+        scales = [1.0] * len(self.layer_map) if scales is None else list(scales)
         self.projections = nn.ModuleList(
-            nn.Linear(student_hidden, teacher_hidden, bias=False) if student_hidden != teacher_hidden
-            else nn.Identity() for _ in self.layer_map)
-        for proj in self.projections:
-            if isinstance(proj, nn.Linear):  # start as the channel-selection map when possible
-                nn.init.eye_(proj.weight)
+            _projection(student_hidden, teacher_hidden, kept_hidden, scale) for scale in scales)
 
-    def forward(self, student_states: tuple[torch.Tensor, ...],
-                teacher_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def pair_losses(self, student_states: tuple[torch.Tensor, ...],
+                    teacher_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The distance at every mapped pair, in ``layer_map`` order."""
         losses = []
         for (s_idx, t_idx), proj in zip(self.layer_map, self.projections):
             s = proj(student_states[s_idx].float())
@@ -181,4 +238,78 @@ class HiddenStateLoss(nn.Module):
                 losses.append((1.0 - F.cosine_similarity(s, t, dim=-1)).mean())
             else:
                 losses.append(F.mse_loss(s, t))
-        return torch.stack(losses).mean()
+        return torch.stack(losses)
+
+    def forward(self, student_states: tuple[torch.Tensor, ...],
+                teacher_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.pair_losses(student_states, teacher_states).mean()
+
+
+#: What ``minitron prune`` writes into the pruned checkpoint's directory.
+PRUNING_RECORD = "minitron.json"
+
+
+def read_pruning_record(student_dir: str | Path) -> dict | None:
+    """The parsed pruning record of ``student_dir``, or None when it has none."""
+    path = Path(student_dir) / PRUNING_RECORD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MinitronError(f"{path} is not valid JSON ({exc})") from exc
+
+
+def _record_mismatch(pruning: dict, student: ModelShape, teacher: ModelShape) -> str | None:
+    """Why ``pruning`` does not describe trimming ``teacher`` into ``student``, or None."""
+    missing = [k for k in ("source_shape", "target_shape", "kept", "rescale_norms")
+               if k not in pruning]
+    if missing:
+        raise MinitronError(f"the student's {PRUNING_RECORD} lacks {', '.join(missing)}")
+    if pruning["source_shape"] != teacher.as_dict():
+        return f"it was pruned from a {pruning['source_shape']} model, not this teacher"
+    if pruning["target_shape"] != student.as_dict():
+        return f"it records a {pruning['target_shape']} student, not this one"
+    return None
+
+
+def _final_state_scale(pruning: dict, student: ModelShape, teacher: ModelShape,
+                       teacher_cfg) -> float:
+    """Factor taking the student's last (final-normed) state to the teacher's at kept channels.
+
+    The reference is the teacher with the pruned channels zeroed, which trimming reproduces.
+    Trimming an RMSNorm family without ``rescale_norms`` normalizes over the kept channels only,
+    so its normed outputs are sqrt(H_kept / H) times that reference's: this factor undoes it.
+    Rescaled norms already match it (factor 1); LayerNorm families, which no scale matches, get
+    1. The other states are residual streams, which no norm scales.
+    """
+    if pruning["rescale_norms"] or get_adapter(teacher_cfg).norm_kind != "rms":
+        return 1.0
+    return math.sqrt(teacher.hidden_size / student.hidden_size)
+
+
+def hidden_state_loss(kind: str, count: int, student_cfg, teacher_cfg,
+                      pruning: dict | None) -> HiddenStateLoss:
+    """The hidden-state loss for distilling ``teacher_cfg``'s model into ``student_cfg``'s.
+
+    With the student's pruning record (``read_pruning_record``), states pair by source layer
+    (``pruned_layer_map``) and the projections start as the kept-channel selection, so that at
+    initialisation they reproduce the teacher with the pruned units zeroed. Without one, or
+    when it describes another teacher or student (then with a warning), the states pair evenly
+    spaced (``default_layer_map``) and the projections start as the first-channel selection.
+    """
+    student = ModelShape.from_config(student_cfg)
+    teacher = ModelShape.from_config(teacher_cfg)
+    reason = None if pruning is None else _record_mismatch(pruning, student, teacher)
+    if pruning is None or reason is not None:
+        if reason is not None:
+            warnings.warn(f"ignoring the student's {PRUNING_RECORD} ({reason}): intermediate "
+                          "states pair evenly spaced layers", stacklevel=2)
+        return HiddenStateLoss(kind, default_layer_map(student.num_layers, teacher.num_layers,
+                                                       count), student.hidden_size,
+                               teacher.hidden_size)
+    layer_map = pruned_layer_map(pruning["kept"]["layers"], teacher.num_layers, count)
+    final = _final_state_scale(pruning, student, teacher, teacher_cfg)
+    scales = [final if s == student.num_layers else 1.0 for s, _ in layer_map]
+    return HiddenStateLoss(kind, layer_map, student.hidden_size, teacher.hidden_size,
+                           torch.tensor(pruning["kept"]["hidden"], dtype=torch.long), scales)
