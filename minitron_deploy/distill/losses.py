@@ -170,14 +170,9 @@ def pruned_layer_map(kept_layers: Sequence[int], teacher_layers: int,
     always pairs with the teacher's last, even when the teacher's last layers were dropped.
     """
     student_layers = len(kept_layers)
-
-    def teacher_index(s: int) -> int:
-        if s == student_layers:
-            return teacher_layers
-        return 0 if s == 0 else kept_layers[s - 1] + 1
-
-    spaced = default_layer_map(student_layers, teacher_layers, count)
-    return [(s, teacher_index(s)) for s, _ in spaced]
+    spaced = default_layer_map(student_layers, teacher_layers, count)  # student indices >= 1
+    return [(s, teacher_layers if s == student_layers else kept_layers[s - 1] + 1)
+            for s, _ in spaced]
 
 
 def _projection(student_hidden: int, teacher_hidden: int, kept_hidden: torch.Tensor | None,
