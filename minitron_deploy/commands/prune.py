@@ -41,5 +41,5 @@ def run(args: argparse.Namespace) -> None:
                    seq_len=args.seq_len, batch_size=args.batch_size, task=args.task,
                    task_limit=args.task_limit, device=args.device, dtype=args.dtype,
                    rescale_norms=RESCALE_CHOICES[args.rescale_norms],
-                   seed=args.seed)
+                   seed=args.seed, offload=args.offload)
     print_prune_summary(report)

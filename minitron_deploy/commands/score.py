@@ -29,5 +29,5 @@ def run(args: argparse.Namespace) -> None:
                             calib_samples=args.calib_samples, seq_len=args.seq_len,
                             batch_size=args.batch_size, task=args.task,
                             task_limit=args.task_limit, device=args.device, dtype=args.dtype,
-                            seed=args.seed)
+                            seed=args.seed, offload=args.offload)
     print(f"wrote {path} and {path.with_suffix('.json')}")
