@@ -178,7 +178,8 @@ def test_cli_distill_and_two_process_data_parallel(pair, tmp_path):
     assert main([*common, "--batch-size", "2", "--out", str(tmp_path / "single")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                           "--master-port", "29533", "-m", "minitron_deploy.cli", *common,
+                           "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0",
+                           "-m", "minitron_deploy.cli", *common, "--strategy", "ddp",
                            "--batch-size", "1", "--out", str(tmp_path / "ddp")],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

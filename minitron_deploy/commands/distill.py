@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ..distill.api import DistillConfig
+from ..distill.parallel import STRATEGIES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("distill", help="retrain a pruned student from its teacher (forward KL)",
                        description="Forward-KL distillation on local text. Multi-GPU: launch "
                                    "with `torchrun --nproc-per-node N -m minitron_deploy.cli "
-                                   "distill ...` (data parallel).")
+                                   "distill ...` (DDP or FSDP2, see --strategy).")
     p.add_argument("--teacher", required=True, help="teacher checkpoint directory")
     p.add_argument("--student", required=True, help="student (pruned) checkpoint directory")
     p.add_argument("--data", required=True, help="training text: save_to_disk folder, "
@@ -46,6 +47,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=d.precision,
                    help="auto: bf16 autocast on GPU, fp32 on CPU (bit-reproducible)")
+    p.add_argument("--strategy", choices=list(STRATEGIES), default=d.strategy,
+                   help="single process, DDP or FSDP2 under torchrun (default auto: the memory "
+                        "planner's choice: DDP where replicas fit, else FSDP)")
+    p.add_argument("--teacher-sharding", choices=["auto", "shard", "replicate"],
+                   default=d.teacher_sharding,
+                   help="FSDP only: shard the frozen teacher for forward or replicate it on "
+                        "every rank (default auto: replicate where it fits)")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each decoder layer in the backward pass: less activation "
+                        "memory for about 30%% more compute (default off)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="hold out this share of documents; distill.json reports their loss "
                         "before and after training")

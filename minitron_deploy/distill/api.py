@@ -12,20 +12,24 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..data import check_seq_len, load_texts, pack_tokens, split_documents
+from ..data import check_seq_len
 from ..errors import MinitronError
 from ..modeling import (check_not_inside, check_output_dir, load_config, load_model,
                         save_checkpoint_atomic)
-from .losses import HiddenStateLoss, default_layer_map
+from ..tokens import prepare_token_file
+from .losses import HiddenStateLoss, hidden_state_loss, read_pruning_record
 from .objectives import KDObjective, LMObjective
+from .objectives import uses_bf16
+from .parallel import (DistEnv, barrier, check_strategy, distributed_env, full_state_dict, is_sharded,
+                       plain_copy, shard_model)
 from .plot import plot_loss_curve
-from .trainer import LOG_NAME, TrainConfig, distributed_env, mean_losses, train
+from .trainer import LOG_NAME, TrainConfig, mean_losses, train
 
 
 @dataclass
@@ -54,11 +58,15 @@ class DistillConfig:
     chunk_tokens: int = 512
     device: str = "cpu"
     precision: str = "auto"
+    strategy: str = "auto"  # single, ddp, fsdp; auto: the memory planner's choice
+    teacher_sharding: str = "auto"  # fsdp only: shard, replicate; auto: the planner's choice
+    activation_checkpointing: bool = False
     val_fraction: float = 0.0  # documents held out to report validation losses before/after
     val_sequences: int = 16
 
     @property
     def uses_teacher(self) -> bool:
+        """Whether a teacher forward is needed (not for LM-only retraining)."""
         return self.lm_loss_weight < 1.0 or self.intermediate_loss is not None
 
     def train_config(self, world: int) -> TrainConfig:
@@ -79,6 +87,10 @@ class DistillReport:
     first_loss: float
     last_loss: float
     seconds: float
+
+
+#: The packed training tokens inside the work dir (reused by a resumed run).
+TOKEN_FILE = "tokens/train.bin"
 
 
 def work_dir_for(out: Path) -> Path:
@@ -114,95 +126,153 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
                             "or delete it to start over")
     device = torch.device(config.device if env.world == 1 or config.device == "cpu"
                           else f"cuda:{env.local_rank}")
+    layout = resolve_layout(config, env, teacher_cfg, student_cfg, device)
+    train_cfg = replace(train_cfg, strategy=layout.strategy,
+                        activation_checkpointing=layout.activation_checkpointing)
+    barrier(env)  # every rank checked the paths before any rank creates the work dir
 
-    student, tokenizer = load_model(student_dir, device=str(device))
+    student, tokenizer = load_model(student_dir, device="cpu" if layout.strategy == "fsdp"
+                                    else str(device))
     if tokenizer is None:
         raise MinitronError(f"{student_dir} has no tokenizer to tokenize the data")
     needed = train_cfg.steps * train_cfg.batch_size * train_cfg.grad_accum * env.world
-    train_texts, val_texts = split_documents(load_texts(data), config.val_fraction, config.seed)
-    sequences = pack_tokens(train_texts, tokenizer, config.seq_len, needed, seed=config.seed)
-    val = (pack_tokens(val_texts, tokenizer, config.seq_len, config.val_sequences, config.seed)
-           if val_texts else None)
     started = time.perf_counter()
-    with _discard_if_unresumable(work):
+    with _discard_if_unresumable(work, env):
+        sequences, val = prepare_token_file(
+            data, tokenizer, config.seq_len, work / TOKEN_FILE, max_sequences=needed,
+            heldout_fraction=config.val_fraction, seed=config.seed,
+            heldout_sequences=config.val_sequences)
         if config.uses_teacher:
-            teacher = _teacher(teacher_dir, config, work, resume, sequences, device)
+            teacher = _teacher(teacher_dir, config, train_cfg, layout, work, resume, sequences,
+                               device, env)
             objective = KDObjective(student, teacher, config.kd_temperature,
                                     config.lm_loss_weight,
-                                    _hidden_loss(config, student_cfg, teacher_cfg),
-                                    config.intermediate_weight, config.chunk_tokens).to(device)
+                                    _hidden_loss(config, student_dir, student_cfg,
+                                                 teacher_cfg),
+                                    config.intermediate_weight, config.chunk_tokens)
         else:
             objective = LMObjective(student, config.chunk_tokens)
+        if layout.strategy != "fsdp":
+            objective.to(device)
         val_before = mean_losses(objective, val, train_cfg) if val is not None else None
         records = train(objective, sequences, train_cfg, work / "student", resume=resume,
                         desc="distill" if config.uses_teacher else "lm-retrain", on_step=on_step,
                         on_checkpoint=None if on_checkpoint is None
-                        else lambda step: on_checkpoint(step, student))
+                        else lambda step: on_checkpoint(step, student), device=device)
+        val_after = mean_losses(objective, val, train_cfg) if val is not None else None
     seconds = time.perf_counter() - started
     report = DistillReport(out, train_cfg.steps, records[-1]["tokens"], records[0]["loss"],
                            records[-1]["loss"], seconds)
+    summary = {"teacher": str(Path(teacher_dir).resolve()),
+               "student": str(Path(student_dir).resolve()), "data": str(Path(data).resolve()),
+               "sequences_available": len(sequences), "config": asdict(config),
+               "layout": asdict(layout), "world_size": env.world,
+               "steps": report.steps, "tokens": report.tokens,
+               "first_loss": report.first_loss, "last_loss": report.last_loss,
+               "train_seconds": seconds}
+    if val is not None:
+        summary["validation"] = {"sequences": len(val), "before": val_before, "after": val_after}
+
+    def write_logs(tmp: Path) -> None:
+        shutil.copy2(work / "student" / LOG_NAME, tmp / LOG_NAME)
+        plot_loss_curve(records, tmp / "loss_curve.png",
+                        f"{Path(student_dir).name}: distillation loss")
+
+    save_model(student, out, env, source_dir=student_dir, extra_json={"distill.json": summary},
+               write_extra=write_logs)
     if env.is_main:
-        summary = {"teacher": str(Path(teacher_dir).resolve()),
-                   "student": str(Path(student_dir).resolve()), "data": str(Path(data).resolve()),
-                   "sequences_available": len(sequences), "config": asdict(config),
-                   "steps": report.steps, "tokens": report.tokens,
-                   "first_loss": report.first_loss, "last_loss": report.last_loss,
-                   "train_seconds": seconds}
-        if val is not None:
-            summary["validation"] = {"sequences": len(val), "before": val_before,
-                                     "after": mean_losses(objective, val, train_cfg)}
-
-        def write_logs(tmp: Path) -> None:
-            shutil.copy2(work / "student" / LOG_NAME, tmp / LOG_NAME)
-            plot_loss_curve(records, tmp / "loss_curve.png",
-                            f"{Path(student_dir).name}: distillation loss")
-
-        save_checkpoint_atomic(student, out, source_dir=student_dir,
-                               extra_json={"distill.json": summary}, write_extra=write_logs)
         shutil.rmtree(work, ignore_errors=True)
+    barrier(env)
     return report
 
 
+@dataclass
+class Layout:
+    """How a run is spread over the ranks (``parallel.py``)."""
+
+    strategy: str
+    shard_teacher: bool = False
+    activation_checkpointing: bool = False
+
+
+def resolve_layout(config: DistillConfig, env: DistEnv, teacher_cfg, student_cfg,
+                   device: torch.device) -> Layout:
+    """The strategy, teacher placement and activation checkpointing of this run: as given, or
+    for ``auto`` the memory planner's choice for this many ranks of this device's memory."""
+    strategy = config.strategy
+    if strategy == "auto":
+        strategy = "single" if env.world == 1 else "fsdp"
+    check_strategy(strategy, env)
+    shard = config.teacher_sharding == "shard" or (strategy == "fsdp"
+                                                   and config.teacher_sharding == "auto")
+    return Layout(strategy, shard, config.activation_checkpointing)
+
+
+def save_model(model: nn.Module, out: Path, env: DistEnv, **kwargs) -> None:
+    """``save_checkpoint_atomic`` of a possibly sharded model: gathered onto rank 0 (a stock,
+    unsharded checkpoint), written there; collective."""
+    if is_sharded(model):
+        state = full_state_dict(model)
+        model = plain_copy(model, state) if env.is_main else model
+    if env.is_main:
+        save_checkpoint_atomic(model, out, **kwargs)
+
+
 @contextlib.contextmanager
-def _discard_if_unresumable(work: Path):
+def _discard_if_unresumable(work: Path, env: DistEnv):
     """On failure, remove a work dir this run created if it holds nothing to resume from
     (no checkpoint, no corrected teacher): a failed fresh run leaves no partial output."""
     fresh = not work.exists()
     try:
         yield
     except BaseException:
-        if fresh and work.is_dir() and not any(work.glob("*/latest")) \
+        if env.is_main and fresh and work.is_dir() and not any(work.glob("*/latest")) \
                 and not (work / "teacher-corrected").exists():
             shutil.rmtree(work, ignore_errors=True)
         raise
 
 
-def _teacher(teacher_dir, config: DistillConfig, work: Path, resume: bool,
-             sequences: torch.Tensor, device: torch.device):
-    """The frozen teacher (bf16 on GPU), after teacher correction when asked."""
-    dtype = "bf16" if device.type == "cuda" else "fp32"
-    if config.teacher_correction_steps <= 0:
-        return load_model(teacher_dir, dtype=dtype, device=str(device))[0]
-    corrected = work / "teacher-corrected"
-    if not (corrected / "config.json").is_file():
-        teacher, _ = load_model(teacher_dir, device=str(device))
-        tc = TrainConfig(steps=config.teacher_correction_steps, batch_size=config.batch_size,
-                         grad_accum=config.grad_accum, lr=config.teacher_correction_lr,
-                         checkpoint_every=config.checkpoint_every, seed=config.seed + 1,
-                         precision=config.precision)
-        train(LMObjective(teacher, config.chunk_tokens), sequences, tc,
-              work / "teacher-correction", resume=resume, desc="teacher-correction")
-        if distributed_env().is_main:
-            save_checkpoint_atomic(teacher, corrected, source_dir=teacher_dir)
+def _teacher(teacher_dir, config: DistillConfig, train_cfg: TrainConfig, layout: Layout,
+             work: Path, resume: bool, sequences, device: torch.device, env: DistEnv):
+    """The frozen teacher (bf16 where the run computes in bf16), after teacher correction when
+    asked; sharded for forward only when the layout says so."""
+    bf16 = uses_bf16(device, config.precision) and device.type == "cuda"
+    source = teacher_dir
+    if config.teacher_correction_steps > 0:
+        source = work / "teacher-corrected"
+        if not (source / "config.json").is_file():
+            _correct_teacher(teacher_dir, config, train_cfg, work, resume, sequences, device, env)
+        barrier(env)  # rank 0 wrote the corrected teacher that every rank loads next
+    dtype = "bf16" if bf16 else "fp32"
+    if not layout.shard_teacher:
+        return load_model(source, dtype=dtype, device=str(device))[0]
+    teacher = load_model(source, dtype=dtype, device="cpu")[0]
+    shard_model(teacher, device, bf16)
+    return teacher
+
+
+def _correct_teacher(teacher_dir, config: DistillConfig, train_cfg: TrainConfig, work: Path,
+                     resume: bool, sequences, device: torch.device, env: DistEnv) -> None:
+    """A short LM fine-tune of the teacher on the distillation data, written to
+    ``work/teacher-corrected`` (collective, same strategy as the distillation)."""
+    teacher, _ = load_model(teacher_dir, device="cpu" if train_cfg.strategy == "fsdp"
+                            else str(device))
+    tc = replace(train_cfg, steps=config.teacher_correction_steps,
+                 lr=config.teacher_correction_lr, seed=config.seed + 1, warmup_steps=None,
+                 min_lr_ratio=TrainConfig.min_lr_ratio, weight_decay=TrainConfig.weight_decay,
+                 max_grad_norm=TrainConfig.max_grad_norm)
+    train(LMObjective(teacher, config.chunk_tokens), sequences, tc,
+          work / "teacher-correction", resume=resume, desc="teacher-correction", device=device)
+    save_model(teacher, work / "teacher-corrected", env, source_dir=teacher_dir)
+    if env.is_main:
         shutil.rmtree(work / "teacher-correction", ignore_errors=True)
-    return load_model(corrected, dtype=dtype, device=str(device))[0]
 
 
-def _hidden_loss(config: DistillConfig, student_cfg, teacher_cfg) -> HiddenStateLoss | None:
+def _hidden_loss(config: DistillConfig, student_dir, student_cfg,
+                 teacher_cfg) -> HiddenStateLoss | None:
+    """The hidden-state term, pairing student layers with the teacher layers they were pruned
+    from (``minitron.json``) and starting its projections as the kept-channel selection."""
     if config.intermediate_loss is None:
         return None
-    layer_map = default_layer_map(student_cfg.num_hidden_layers, teacher_cfg.num_hidden_layers,
-                                  config.intermediate_layers)
-    return HiddenStateLoss(config.intermediate_loss, layer_map, student_cfg.hidden_size,
-                           teacher_cfg.hidden_size)
-
+    return hidden_state_loss(config.intermediate_loss, config.intermediate_layers, student_cfg,
+                             teacher_cfg, read_pruning_record(student_dir))

@@ -1,11 +1,11 @@
 """The training loop shared by distillation, LM retraining and teacher correction.
 
 AdamW with linear warmup and cosine decay, gradient accumulation and clipping, bf16 autocast
-on GPU (fp32 on CPU), atomic checkpoints every N steps and exact resumption: data order is a
+on GPU (fp32 on CPU), sharded checkpoints every N steps and exact resumption: data order is a
 function of the step, and weights, optimizer and RNG state are restored, so on CPU a resumed
-run reproduces an uninterrupted one step for step. Data parallel under ``torchrun``
-(DistributedDataParallel; gloo on CPU, NCCL on GPU): each rank takes its own slice of every
-global batch. Logs are JSONL; a progress bar shows loss, tokens/s and ETA.
+run reproduces an uninterrupted one step for step. Under ``torchrun`` each rank takes its own
+slice of every global batch, with DDP or FSDP2 (``parallel.py``). Logs are JSONL; a progress
+bar shows loss, tokens/s and ETA.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -26,7 +25,9 @@ from tqdm.auto import tqdm
 
 from ..errors import MinitronError
 from .checkpoint import TrainState, load_training_checkpoint, save_training_checkpoint
-from .objectives import PRECISIONS, autocast_for
+from .objectives import PRECISIONS, autocast_for, uses_bf16
+from .parallel import (all_mean, barrier, check_strategy, distributed_env, is_sharded,
+                       shard_model, shard_root, wrap_ddp)
 
 LOG_NAME = "train_log.jsonl"
 
@@ -46,6 +47,8 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; or "bf16" / "fp32"
+    strategy: str = "single"  # single, ddp or fsdp (resolved; see parallel.py)
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -87,29 +90,6 @@ def _epoch_order(n_sequences: int, seed: int) -> torch.Tensor:
     return torch.randperm(n_sequences, generator=torch.Generator().manual_seed(seed))
 
 
-@dataclass
-class DistEnv:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def distributed_env() -> DistEnv:
-    """Rank and world size from ``torchrun``'s environment; starts the process group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return DistEnv()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return DistEnv(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
 def _param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for p in module.parameters():
@@ -126,41 +106,56 @@ def _read_log(path: Path, upto_step: int) -> list[dict]:
     return [r for r in records if r["step"] <= upto_step]
 
 
-def train(objective: nn.Module, sequences: torch.Tensor, cfg: TrainConfig, work_dir: Path,
+def train(objective: nn.Module, sequences, cfg: TrainConfig, work_dir: Path,
           resume: bool = False, desc: str = "distill",
           on_step: Callable[[dict], None] | None = None,
-          on_checkpoint: Callable[[int], None] | None = None) -> list[dict]:
+          on_checkpoint: Callable[[int], None] | None = None,
+          device: torch.device | None = None) -> list[dict]:
     """Train ``objective``'s trainable parameters on ``sequences`` [N, seq_len] for ``cfg.steps``.
 
-    ``work_dir`` receives checkpoints and ``train_log.jsonl``; with ``resume`` the latest
-    checkpoint there is restored first. ``on_step(record)`` is called after every step and
-    ``on_checkpoint(step)`` after every checkpoint is written (both on the main rank; the
-    objective is back in train mode afterwards). Returns every step's log record.
+    ``sequences`` is anything indexable by a tensor of sequence indices with a ``shape``
+    (a tensor, or a memory-mapped token file). ``work_dir`` receives checkpoints and
+    ``train_log.jsonl``; with ``resume`` the latest checkpoint there is restored first.
+    ``on_step(record)`` is called after every step and ``on_checkpoint(step)`` after every
+    checkpoint is written (both on the main rank; the objective is back in train mode
+    afterwards; not with FSDP, whose forward needs every rank). With ``cfg.strategy == "fsdp"``
+    the objective is sharded here onto ``device`` (default: where its parameters are).
+    Returns every step's log record.
     """
     cfg.validate()
     env = distributed_env()
-    device = next(objective.parameters()).device
+    check_strategy(cfg.strategy, env)
+    device = device or next(objective.parameters()).device
     work_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.activation_checkpointing:
+        objective.student.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    model: nn.Module = objective
+    if cfg.strategy == "fsdp":
+        if on_checkpoint is not None:
+            raise MinitronError("checkpoint callbacks are not supported with FSDP")
+        bf16 = uses_bf16(device, cfg.precision)
+        if not is_sharded(objective.student):
+            shard_model(objective.student, device, bf16)
+        shard_root(objective, device, bf16)
+    elif cfg.strategy == "ddp":
+        model = wrap_ddp(objective, device)
     optimizer = torch.optim.AdamW(_param_groups(objective, cfg.weight_decay), lr=cfg.lr,
                                   betas=(0.9, 0.95), eps=1e-8)
     torch.manual_seed(cfg.seed)
-    state = load_training_checkpoint(work_dir, objective, optimizer) if resume else None
+    seq_len = sequences.shape[1]
+    micro = cfg.batch_size
+    tokens_per_step = micro * cfg.grad_accum * env.world * seq_len
+    state = (load_training_checkpoint(work_dir, objective, optimizer, env, tokens_per_step)
+             if resume else None)
     state = state or TrainState(step=0, elapsed_s=0.0)
     log_path = work_dir / LOG_NAME
     records = _read_log(log_path, state.step) if resume else []
     if env.is_main:
         log_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    barrier(env)
 
-    model: nn.Module = objective
-    if env.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(objective, device_ids=[device.index]
-                                        if device.type == "cuda" else None)
     params = [p for p in objective.parameters() if p.requires_grad]
-    seq_len = sequences.shape[1]
-    micro = cfg.batch_size
-    tokens_per_step = micro * cfg.grad_accum * env.world * seq_len
     bar = tqdm(total=cfg.steps, initial=state.step, desc=desc, unit="step",
                disable=not env.is_main, dynamic_ncols=True)
     objective.train()
@@ -174,19 +169,22 @@ def train(objective: nn.Module, sequences: torch.Tensor, cfg: TrainConfig, work_
         for k in range(cfg.grad_accum):
             first = ((step * cfg.grad_accum + k) * env.world + env.rank) * micro
             ids = sequences[sample_indices(len(sequences), first, micro, cfg.seed)].to(device)
-            sync = k == cfg.grad_accum - 1 or env.world == 1
-            with (nullcontext() if sync else model.no_sync()), autocast_for(device, cfg.precision):
+            skip_sync = cfg.strategy == "ddp" and k < cfg.grad_accum - 1
+            with (model.no_sync() if skip_sync else nullcontext()), \
+                    autocast_for(device, cfg.precision):
                 parts = model(ids)
                 (parts.total / cfg.grad_accum).backward()
             hidden = parts.hidden if parts.hidden is not None else torch.zeros((), device=device)
             sums += torch.stack([parts.total.detach(), parts.kd, parts.lm, hidden]).double()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+            grad_norm = grad_norm.full_tensor()
         if not torch.isfinite(grad_norm):
             raise MinitronError(f"non-finite loss or gradient at step {step + 1}; lower --lr "
                                 "or check the data and weights for NaN")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        means = _all_mean(sums / cfg.grad_accum, env)
+        means = all_mean(sums / cfg.grad_accum, env)
         dt = time.perf_counter() - t0
         record = {"step": step + 1, "loss": float(means[0]), "kd": float(means[1]),
                   "lm": float(means[2]), "hidden": float(means[3]), "lr": lr,
@@ -201,13 +199,13 @@ def train(objective: nn.Module, sequences: torch.Tensor, cfg: TrainConfig, work_
             if on_step is not None:
                 on_step(record)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            if env.is_main:
-                save_training_checkpoint(work_dir, objective, optimizer,
-                                         TrainState(step + 1, record["elapsed_s"]))
-                if on_checkpoint is not None:
-                    on_checkpoint(step + 1)
-                    objective.train()
-            _barrier(env)
+            save_training_checkpoint(work_dir, objective, optimizer,
+                                     TrainState(step + 1, record["elapsed_s"], env.world,
+                                                tokens_per_step), env)
+            if env.is_main and on_checkpoint is not None:
+                on_checkpoint(step + 1)
+                objective.train()
+            barrier(env)
     bar.close()
     objective.eval()
     return records
@@ -226,21 +224,3 @@ def mean_losses(objective: nn.Module, sequences: torch.Tensor, cfg: TrainConfig)
     objective.train(was_training)
     total, kd, lm = (sums / len(sequences)).tolist()
     return {"loss": total, "kd": kd, "lm": lm}
-
-
-def _all_mean(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    if env.world > 1:
-        import torch.distributed as dist
-
-        values = values.clone()
-        dist.all_reduce(values)
-        values /= env.world
-    return values.cpu()
-
-
-def _barrier(env: DistEnv) -> None:
-    if env.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
