@@ -64,7 +64,8 @@ def llama(tmp_path_factory):
 def llama_fsdp(llama):
     """An uninterrupted 2-rank FSDP run (micro-batch 1 per rank)."""
     out = llama / "fsdp"
-    done = torchrun(2, llama, out, {**BASE, "batch_size": 1, "strategy": "fsdp"})
+    done = torchrun(2, llama, out, {**BASE, "batch_size": 1, "strategy": "fsdp",
+                                    "teacher_sharding": "shard"})
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -108,7 +109,7 @@ def test_fsdp_two_ranks_equal_one_process_qwen3_replicated_teacher(tmp_path):
 
 def test_sigkill_and_resume_on_two_ranks_is_bitwise_identical(llama, llama_fsdp):
     out = llama / "killed"
-    settings = {**BASE, "batch_size": 1, "strategy": "fsdp"}
+    settings = {**BASE, "batch_size": 1, "strategy": "fsdp", "teacher_sharding": "shard"}
     killed = torchrun(2, llama, out, settings, kill_after=3)
     assert killed.returncode != 0 and not out.exists()
     work = work_dir_for(out)
@@ -123,8 +124,8 @@ def test_sigkill_and_resume_on_two_ranks_is_bitwise_identical(llama, llama_fsdp)
 
 def test_two_rank_checkpoint_resumes_on_one_process(llama, llama_fsdp):
     out = llama / "killed-then-single"
-    killed = torchrun(2, llama, out, {**BASE, "batch_size": 1, "strategy": "fsdp"},
-                      kill_after=3)
+    killed = torchrun(2, llama, out, {**BASE, "batch_size": 1, "strategy": "fsdp",
+                                      "teacher_sharding": "shard"}, kill_after=3)
     assert killed.returncode != 0
     # One process takes the global batch of the two ranks: the same tokens per step.
     distill(llama / "teacher", llama / "student", llama / "text.txt", out,
@@ -156,3 +157,22 @@ def test_fsdp_without_torchrun_is_refused(llama, tmp_path):
     with pytest.raises(MinitronError, match="torchrun"):
         single_process(llama, "no-torchrun", strategy="fsdp")
     assert not (llama / "no-torchrun").exists() and not work_dir_for(llama / "no-torchrun").exists()
+
+
+def test_auto_layout_is_the_planners_choice(llama, monkeypatch):
+    """``auto`` asks the memory planner: one process here; refused before loading when even
+    the leanest layout does not fit, saying what would."""
+    from minitron_deploy import plan
+    from minitron_deploy.distill.api import resolve_layout
+    from minitron_deploy.distill.parallel import DistEnv
+    from minitron_deploy.errors import MinitronError
+    from minitron_deploy.modeling import load_config
+
+    teacher, student = load_config(llama / "teacher"), load_config(llama / "student")
+    cfg = DistillConfig(**{**BASE, "batch_size": 2})
+    cpu = torch.device("cpu")
+    layout = resolve_layout(cfg, DistEnv(), teacher, student, cpu)
+    assert (layout.strategy, layout.activation_checkpointing) == ("single", False)
+    monkeypatch.setattr(plan, "device_memory", lambda device: 64 << 10)
+    with pytest.raises(MinitronError, match="would fit|fits"):
+        resolve_layout(cfg, DistEnv(), teacher, student, cpu)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -197,15 +198,22 @@ class Layout:
 
 def resolve_layout(config: DistillConfig, env: DistEnv, teacher_cfg, student_cfg,
                    device: torch.device) -> Layout:
-    """The strategy, teacher placement and activation checkpointing of this run: as given, or
-    for ``auto`` the memory planner's choice for this many ranks of this device's memory."""
-    strategy = config.strategy
-    if strategy == "auto":
-        strategy = "single" if env.world == 1 else "fsdp"
-    check_strategy(strategy, env)
-    shard = config.teacher_sharding == "shard" or (strategy == "fsdp"
-                                                   and config.teacher_sharding == "auto")
-    return Layout(strategy, shard, config.activation_checkpointing)
+    """The strategy, teacher placement and activation checkpointing of this run: what the
+    config fixes, and for its ``auto`` parts the memory planner's first choice that fits this
+    many ranks of this device's memory (ranks on one host share its RAM on the CPU). Refuses,
+    before anything is loaded, a run that fits no way, saying what would."""
+    from ..plan import choose_strategy, device_memory
+
+    check_strategy(config.strategy, env)
+    available = device_memory(str(device))
+    if available is None:
+        raise MinitronError(f"device {device} is not available here")
+    if device.type == "cpu":
+        available //= int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    choice = choose_strategy(teacher_cfg, student_cfg, config, env.world, available,
+                             gpu=device.type == "cuda")
+    check_strategy(choice.strategy, env)
+    return Layout(choice.strategy, choice.teacher_sharded, choice.activation_checkpointing)
 
 
 def save_model(model: nn.Module, out: Path, env: DistEnv, **kwargs) -> None:
