@@ -2,7 +2,10 @@
 benchmark, driven by a recipe, as resumable stages (``stages.py``). Each stage writes its own
 output under the work dir plus a manifest; a re-run skips stages whose settings and inputs are
 unchanged, and an interrupted distillation resumes from its last checkpoint. A final report
-(``report.md``, ``report.json``, ``report.png``) puts teacher and student side by side."""
+(``report.md``, ``report.json``, ``report.png``) puts teacher and student side by side.
+
+Under ``torchrun`` distillation runs data parallel on every rank; asset resolution, pruning,
+export, evaluation, benchmarking and the report run on rank 0 while the other ranks wait."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from .distill.api import distill, work_dir_for
 from .eval.api import evaluate, headline, markdown_table, write_results
 from .modeling import atomic_dir, load_config
 from .prune import prune
+from .ranks import on_main_rank
 from .recipe import BenchStage, ExportStage, Iteration, Recipe
 from .report import print_prune_summary
 from .shape import count_params
@@ -104,11 +108,13 @@ def build_stages(recipe: Recipe, work: Path, teacher: Path, data: Path,
                             {"prune": asdict(rnd.prune), "device": recipe.device},
                             lambda out, r=rnd, t=current: _prune_stage(r, recipe.device, t,
                                                                        data, out)))
+        # resume=True: the stage has already discarded scratch of other settings, and a
+        # checkpoint-less work dir starts afresh; checking it here would race with rank 0
         stages.append(Stage(f"{tag}distill", distilled,
                             {"teacher": current, "student": pruned, "data": data}, asdict(cfg),
                             lambda out, t=current, s=pruned, c=cfg: distill(
-                                t, s, data, out, c, resume=work_dir_for(out.resolve()).exists()),
-                            scratch=(work_dir_for(distilled.resolve()),)))
+                                t, s, data, out, c, resume=True),
+                            scratch=(work_dir_for(distilled.resolve()),), collective=True))
         current, last_pruned = distilled, pruned
     for spec in recipe.export:
         name = f"export-{spec.format}-{spec.dtype}-tp{spec.tp}"
@@ -129,25 +135,37 @@ def build_stages(recipe: Recipe, work: Path, teacher: Path, data: Path,
 
 
 def run_pipeline(recipe: Recipe, work_dir: str | Path) -> PipelineResult:
-    """Run (or finish) every stage of ``recipe`` under ``work_dir``; write the final report."""
+    """Run (or finish) every stage of ``recipe`` under ``work_dir``; write the final report.
+
+    Under ``torchrun`` every rank calls this; all of them return rank 0's result."""
     work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    teacher = assets.resolve(recipe.teacher, work)
-    data = assets.resolve(recipe.data, work)
-    heldout = assets.resolve(recipe.heldout, work)
+    teacher, data, heldout = on_main_rank(lambda: _resolve_assets(recipe, work))
     seconds["assets"] = time.perf_counter() - t0
     stages = build_stages(recipe, work, teacher, data, heldout)
     for stage in stages:
         t0 = time.perf_counter()
         stage.execute()
         seconds[stage.name] = time.perf_counter() - t0
+    return on_main_rank(lambda: _finish(recipe, stages, seconds, work))
+
+
+def _resolve_assets(recipe: Recipe, work: Path) -> tuple[Path, Path, Path]:
+    """Local paths of teacher, training data and held-out text (built-ins materialized)."""
+    work.mkdir(parents=True, exist_ok=True)
+    return tuple(assets.resolve(ref, work) for ref in (recipe.teacher, recipe.data,
+                                                       recipe.heldout))
+
+
+def _finish(recipe: Recipe, stages: list[Stage], seconds: dict[str, float],
+            work: Path) -> PipelineResult:
+    """The result of finished stages, with the final report written."""
     by_name = {s.name: s for s in stages}
     evaluation = by_name["eval"]
     results = json.loads((evaluation.output / RESULTS).read_text())["results"]
-    result = PipelineResult(teacher, evaluation.inputs["pruned"], evaluation.inputs["distilled"],
-                            evaluation.output, results, seconds)
+    result = PipelineResult(evaluation.inputs["teacher"], evaluation.inputs["pruned"],
+                            evaluation.inputs["distilled"], evaluation.output, results, seconds)
     bench = by_name.get("bench")
     result.report = write_final_report(recipe, result, bench.output if bench else None, work)
     return result

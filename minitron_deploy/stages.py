@@ -9,6 +9,12 @@ removed and the stage runs again, so downstream stages see changed inputs and re
 A stage may keep resumable scratch state (distillation checkpoints): a ``.pending`` file
 records the settings and inputs it was started with; an interrupted stage resumes from its
 scratch only if those are unchanged, else the scratch is discarded.
+
+Under ``torchrun`` rank 0 alone checks manifests and pending files, removes stale outputs and
+writes manifests; its decision (skip or run) is broadcast rather than re-checked by each rank,
+so ranks never disagree over what a shared filesystem shows them. A ``collective`` stage
+(distillation) runs on every rank; any other runs on rank 0 while the others wait. The work
+dir must be on a filesystem every rank sees.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MinitronError
+from .ranks import on_main_rank
 
 MANIFEST_SUFFIX = ".manifest.json"
 _HASH_CHUNK = 1 << 20
@@ -62,7 +69,11 @@ def settings_hash(settings: dict) -> str:
 
 @dataclass
 class Stage:
-    """One step: ``run(output)`` must create ``output`` (atomically) from ``inputs``."""
+    """One step: ``run(output)`` must create ``output`` (atomically) from ``inputs``.
+
+    ``collective`` stages are run by every rank (e.g. data-parallel training that writes its
+    output from rank 0); the others by rank 0 only.
+    """
 
     name: str
     output: Path
@@ -70,6 +81,7 @@ class Stage:
     settings: dict
     run: Callable[[Path], object]
     scratch: tuple[Path, ...] = ()
+    collective: bool = False
 
     @property
     def manifest_path(self) -> Path:
@@ -99,10 +111,22 @@ class Stage:
         return manifest.get("output_fingerprint") == fingerprint(self.output)
 
     def execute(self, log: Callable[[str], None] = print) -> dict:
-        """Run the stage unless complete; returns its manifest."""
+        """Run the stage unless complete; returns its manifest on every rank."""
+        skipped, plan = on_main_rank(lambda: self._prepare(log))
+        if skipped:
+            return plan
+        if not self.collective:
+            return on_main_rank(lambda: self._run_and_record(plan))
+        started, t0 = time.time(), time.perf_counter()
+        self.run(self.output)
+        return on_main_rank(lambda: self._record(plan, started, t0))
+
+    def _prepare(self, log: Callable[[str], None]) -> tuple[bool, dict]:
+        """``(True, manifest)`` when up to date; else clear stale output (and scratch of other
+        settings), write the pending file and return ``(False, expected)``."""
         if self.is_complete():
             log(f"[{self.name}] up to date, skipped")
-            return json.loads(self.manifest_path.read_text())
+            return True, json.loads(self.manifest_path.read_text())
         missing = [k for k, v in self.inputs.items() if not v.exists()]
         if missing:
             raise MinitronError(f"stage {self.name}: missing input(s) {', '.join(missing)}")
@@ -118,9 +142,15 @@ class Stage:
                     _remove(path)
         write_json_atomic(self.pending_path, expected)
         log(f"[{self.name}] running")
-        started = time.time()
-        t0 = time.perf_counter()
+        return False, expected
+
+    def _run_and_record(self, expected: dict) -> dict:
+        started, t0 = time.time(), time.perf_counter()
         self.run(self.output)
+        return self._record(expected, started, t0)
+
+    def _record(self, expected: dict, started: float, t0: float) -> dict:
+        """Check the output exists, write the manifest, drop the pending file."""
         if not self.output.exists():
             raise MinitronError(f"stage {self.name} finished without writing {self.output}")
         manifest = {"stage": self.name, "settings": self.settings,

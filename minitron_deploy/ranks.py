@@ -1,0 +1,93 @@
+"""Work that only the main rank does under ``torchrun`` while the other ranks wait.
+
+``on_main_rank(fn)`` runs ``fn`` on rank 0 and hands its result (or its failure) to every
+rank, so decisions are made once and shared, and a failure on rank 0 ends every rank with the
+same one-line :class:`MinitronError` instead of leaving them waiting. In one process it just
+calls ``fn``.
+
+While ``fn`` runs, rank 0's default process group is a group of rank 0 alone: libraries that
+synchronise over the default group whenever one exists (ModelOpt's FP8 calibration and HF
+export do) then behave as in one process instead of waiting for ranks that are not there. The
+other ranks wait on a separate gloo group with a long timeout, as rank 0 may prune, evaluate
+or export for longer than the default (NCCL) group's timeout allows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import TypeVar
+
+from .distill.trainer import distributed_env
+from .errors import MinitronError
+
+T = TypeVar("T")
+WAIT_TIMEOUT = timedelta(days=7)
+_groups: tuple | None = None  # (the group the others wait on, the group of rank 0 alone)
+_inside = False
+
+
+def _make_groups() -> tuple:
+    """Both groups, made once, collectively (every rank calls this at the same point)."""
+    global _groups
+    if _groups is None:
+        import torch.distributed as dist
+
+        _groups = (dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT), dist.new_group([0]))
+    return _groups
+
+
+@contextlib.contextmanager
+def _alone(solo) -> Iterator[None]:
+    """Inside the block the default process group is ``solo`` (rank 0 alone)."""
+    global _inside
+    from torch.distributed import distributed_c10d as c10d
+
+    world = c10d._get_default_group()
+    c10d._update_default_pg(solo)
+    _inside = True
+    try:
+        yield
+    finally:
+        _inside = False
+        c10d._update_default_pg(world)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, MinitronError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def on_main_rank(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and return its (picklable) result on every rank.
+
+    Every rank must call this at the same point (a call from inside ``fn`` just runs). The
+    others return only after ``fn`` has finished, so whatever it wrote is there to read. If
+    ``fn`` raises, rank 0 re-raises its exception and every other rank raises a
+    :class:`MinitronError` carrying its message.
+    """
+    env = distributed_env()
+    if env.world == 1 or _inside:
+        return fn()
+    import torch.distributed as dist
+
+    wait, solo = _make_groups()
+    box: list = [None]
+    failure: BaseException | None = None
+    if env.is_main:
+        try:
+            with _alone(solo):
+                box[0] = (True, fn())
+        except BaseException as exc:  # shared before re-raising, so no rank is left waiting
+            failure = exc
+            box[0] = (False, _one_line(exc))
+    dist.broadcast_object_list(box, src=0, group=wait)
+    ok, value = box[0]
+    if failure is not None:
+        raise failure
+    if not ok:
+        raise MinitronError(f"rank 0 failed: {value}")
+    return value
