@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import TypeVar
 
-from .distill.trainer import distributed_env
+from .distill.parallel import distributed_env
 from .errors import MinitronError
 
 T = TypeVar("T")
