@@ -58,7 +58,8 @@ def format_plan(plans: list, device: str, world: int, available: int | None) -> 
     ``*`` marks the one a run would use)."""
     rows = [f"{'stage':<22} {'params':>15} {'est. memory':>12}  detail"]
     for p in plans:
-        rows.append(f"{p.name:<22} {p.params:>15,} {_gib(p.memory_bytes):>8} GiB  {p.detail}")
+        rows.append(f"{p.name:<22} {p.params:>15,} {_gib(p.memory_bytes):>8} GiB  "
+                    f"{p.detail}".rstrip())
     have = f"{_gib(available)} GiB" if available else "unknown memory (not present here)"
     rows.append(f"device {device}: {world} x {have}")
     for p in plans:
