@@ -14,6 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .arch import get_adapter
+from .artifacts import ARTIFACTS_DIR
 from .errors import MinitronError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -129,9 +130,12 @@ def atomic_dir(out_dir: str | Path, source_dir: str | Path | None = None) -> Ite
 
 def save_checkpoint_atomic(model, out_dir: str | Path, source_dir: str | Path | None = None,
                            extra_json: dict[str, dict] | None = None,
-                           write_extra: Callable[[Path], object] | None = None) -> Path:
+                           write_extra: Callable[[Path], object] | None = None,
+                           write_artifacts: Callable[[Path], object] | None = None) -> Path:
     """``save_pretrained`` into a temp dir beside ``out_dir``, copy tokenizer files, run
-    ``write_extra(tmp_dir)`` for further artifacts, then rename: all or nothing."""
+    ``write_extra(tmp_dir)`` for further loader files (a tokenizer), write ``extra_json`` and run
+    ``write_artifacts(artifacts_dir)`` in the ``minitron/`` subfolder, then rename: all or
+    nothing."""
     with atomic_dir(out_dir, source_dir) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         if source_dir is not None:
@@ -139,8 +143,13 @@ def save_checkpoint_atomic(model, out_dir: str | Path, source_dir: str | Path | 
                 for f in Path(source_dir).glob(pattern):
                     if f.is_file():
                         shutil.copy2(f, tmp / f.name)
-        for name, data in (extra_json or {}).items():
-            (tmp / name).write_text(json.dumps(data, indent=2) + "\n")
         if write_extra is not None:
             write_extra(tmp)
+        if extra_json or write_artifacts is not None:
+            artifacts = tmp / ARTIFACTS_DIR
+            artifacts.mkdir()
+            for name, data in (extra_json or {}).items():
+                (artifacts / name).write_text(json.dumps(data, indent=2) + "\n")
+            if write_artifacts is not None:
+                write_artifacts(artifacts)
     return Path(out_dir).resolve()

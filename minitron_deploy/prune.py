@@ -10,6 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from . import __version__
+from .artifacts import PRUNING_RECORD, SCORES
 from .data import calibration_batches
 from .errors import MinitronError
 from .eval.multiple_choice import load_task
@@ -37,7 +38,7 @@ def prune_model(model: nn.Module, scores: ImportanceScores, target: ResolvedTarg
 
 @dataclass
 class PruneReport:
-    """What ``prune`` did, for the summary table and ``minitron.json``."""
+    """What ``prune`` did, for the summary table and ``minitron/minitron.json``."""
 
     out_dir: Path
     source_shape: ModelShape
@@ -56,7 +57,8 @@ def prune(model_dir: str | Path, out_dir: str | Path, spec: TargetSpec, *,
 
     Scores come from ``scores_path`` if given, else from calibrating on ``calib`` with
     ``settings.criterion`` (activation, magnitude, random, mini-llm, loss-delta); either way
-    they are written to ``out_dir/importance.safetensors`` for reuse with other targets.
+    they are written to ``out_dir/minitron/importance.safetensors`` for reuse with other targets
+    (``scores_path`` may name that file or a folder pruned before).
     ``offload`` ("none", "layer", "auto") keeps the weights on the CPU and calibrates one layer
     at a time on ``device`` (see :func:`~minitron_deploy.scoring.score_model`).
     Every check on the request runs before any weight is loaded.
@@ -124,8 +126,8 @@ def prune(model_dir: str | Path, out_dir: str | Path, spec: TargetSpec, *,
         "kept": plan.to_json(),
     }
     t0 = time.perf_counter()
-    save_checkpoint_atomic(model, out, source_dir=model_dir, extra_json={"minitron.json": record},
-                           write_extra=lambda tmp: scores.save(tmp / "importance.safetensors"))
+    save_checkpoint_atomic(model, out, source_dir=model_dir, extra_json={PRUNING_RECORD: record},
+                           write_artifacts=lambda folder: scores.save(folder / SCORES))
     times["save"] = time.perf_counter() - t0
     times["total"] = time.perf_counter() - start
     return PruneReport(out_dir=out, source_shape=source, target=target, dropped_layers=dropped,

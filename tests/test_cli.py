@@ -33,10 +33,11 @@ def test_prune_writes_stock_checkpoint_equal_to_masked_source(workspace, family)
                "--out", str(out), "--hidden-size", "36", "--ffn-hidden-size", "40",
                "--num-layers", "3", *CALIB_ARGS])
     assert rc == 0
-    record = json.loads((out / "minitron.json").read_text())
+    record = json.loads((out / "minitron" / "minitron.json").read_text())
     assert record["target_shape"]["hidden_size"] == 36 and len(record["dropped_layers"]) == 1
     assert record["rescale_norms"] is (family != "nemotron")  # the value applied, not the request
-    assert (out / "importance.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert (out / "minitron" / "importance.safetensors").is_file()
+    assert (out / "tokenizer.json").is_file()
     config = json.loads((out / "config.json").read_text())
     assert config["head_dim"] == model.config.hidden_size // model.config.num_attention_heads
     pruned = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=False).eval()
@@ -50,14 +51,14 @@ def test_prune_writes_stock_checkpoint_equal_to_masked_source(workspace, family)
 
 def test_scores_reuse_gives_same_model(workspace):
     src = workspace / "src-llama"
-    scores = workspace / "out-llama" / "importance.safetensors"
+    scores = workspace / "out-llama" / "minitron" / "importance.safetensors"
     if not scores.exists():
         pytest.skip("depends on the llama prune test")
     out = workspace / "reuse"
     assert main(["prune", "--model", str(src), "--scores", str(scores), "--out", str(out),
                  "--hidden-size", "36", "--ffn-hidden-size", "40", "--num-layers", "3"]) == 0
-    first = json.loads((workspace / "out-llama" / "minitron.json").read_text())["kept"]
-    assert json.loads((out / "minitron.json").read_text())["kept"] == first
+    first = json.loads((workspace / "out-llama" / "minitron" / "minitron.json").read_text())["kept"]
+    assert json.loads((out / "minitron" / "minitron.json").read_text())["kept"] == first
 
 
 def test_modelopt_route_equals_cli_route(workspace, tmp_path):
@@ -76,7 +77,7 @@ def test_modelopt_route_equals_cli_route(workspace, tmp_path):
                           constraints={"export_config": {"hidden_size": 40, "num_attention_heads": 4,
                                                          "num_layers": 3}},
                           dummy_input=tiny_batch(),
-                          config={"scores_path": str(out / "importance.safetensors"),
+                          config={"scores_path": str(out / "minitron" / "importance.safetensors"),
                                   "depth_metric": "bi"})
     cli_state, mo_state = cli_model.state_dict(), pruned.state_dict()
     assert cli_state.keys() == mo_state.keys()

@@ -108,5 +108,5 @@ eval: {{tasks: [ppl], seq_len: 32, ppl_seqs: 2}}
     assert sha256_file(work / "distilled" / "model.safetensors") == \
         sha256_file(tmp_path / "straight" / "distilled" / "model.safetensors")
     log = lambda p: [json.loads(x)["loss"] for x in  # noqa: E731
-                     (p / "distilled" / "train_log.jsonl").read_text().splitlines()]
+                     (p / "distilled" / "minitron" / "train_log.jsonl").read_text().splitlines()]
     assert log(work) == log(tmp_path / "straight")

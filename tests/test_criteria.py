@@ -249,19 +249,21 @@ def test_cli_prune_with_magnitude_keeps_the_heaviest_units(tmp_path, capsys):
                  "--out", str(out), "--ffn-hidden-size", "40", "--num-heads", "4",
                  "--criterion", "magnitude", "--calib-samples", "4", "--seq-len", "16",
                  "--batch-size", "2"]) == 0
-    record = json.loads((out / "minitron.json").read_text())
+    record = json.loads((out / "minitron" / "minitron.json").read_text())
     assert record["criterion"] == "magnitude"
-    assert ImportanceScores.load(out / "importance.safetensors").meta["criterion"] == "magnitude"
+    scores = ImportanceScores.load(out / "minitron" / "importance.safetensors")
+    assert scores.meta["criterion"] == "magnitude"
     norms = weight_norms(model)
     for i in range(4):
         assert record["kept"]["mlp"][str(i)] == sorted(norms[f"mlp.{i}"].topk(40).indices.tolist())
         assert record["kept"]["kv_heads"][str(i)] == [0, 1]
-    reuse = ["prune", "--model", str(src), "--scores", str(out / "importance.safetensors"),
+    reuse = ["prune", "--model", str(src), "--scores", str(out),
              "--ffn-hidden-size", "40", "--num-heads", "4"]
     assert main([*reuse, "--out", str(tmp_path / "reuse")]) == 2
     assert "holds 'magnitude' scores, not 'activation'" in capsys.readouterr().err
     assert main([*reuse, "--out", str(tmp_path / "reuse"), "--criterion", "magnitude"]) == 0
-    assert json.loads((tmp_path / "reuse" / "minitron.json").read_text())["kept"] == record["kept"]
+    reused = json.loads((tmp_path / "reuse" / "minitron" / "minitron.json").read_text())
+    assert reused["kept"] == record["kept"]
 
 
 def test_cli_score_records_the_criterion_and_its_settings(tmp_path):

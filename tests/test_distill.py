@@ -44,7 +44,8 @@ def run(pair, name, cfg, resume=False, on_step=None):
 
 
 def log(path):
-    return [json.loads(line) for line in (path / "train_log.jsonl").read_text().splitlines()]
+    text = (path / "minitron" / "train_log.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
 
 
 def test_distillation_lowers_kd_loss_and_writes_stock_checkpoint(pair):
@@ -53,12 +54,12 @@ def test_distillation_lowers_kd_loss_and_writes_stock_checkpoint(pair):
     assert len(records) == 12 and records[-1]["tokens"] == 12 * 2 * 2 * 32
     assert records[-1]["kd"] < 0.8 * records[0]["kd"]
     assert report.last_loss == records[-1]["loss"]
-    assert (pair / "out" / "loss_curve.png").stat().st_size > 1000
+    assert (pair / "out" / "minitron" / "loss_curve.png").stat().st_size > 1000
     assert (pair / "out" / "tokenizer.json").is_file()
     assert not work_dir_for(pair / "out").exists()
     model = AutoModelForCausalLM.from_pretrained(str(pair / "out"), trust_remote_code=False)
     assert model.config.hidden_size == 36 and model.config.num_hidden_layers == 3
-    summary = json.loads((pair / "out" / "distill.json").read_text())
+    summary = json.loads((pair / "out" / "minitron" / "distill.json").read_text())
     assert summary["steps"] == 12 and summary["config"]["kd_temperature"] == 1.0
     val = summary["validation"]
     assert val["sequences"] == 4 and val["after"]["kd"] < val["before"]["kd"]

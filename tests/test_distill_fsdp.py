@@ -52,7 +52,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 def losses(path: Path) -> list[float]:
     return [json.loads(line)["loss"]
-            for line in (path / "train_log.jsonl").read_text().splitlines()]
+            for line in (path / "minitron" / "train_log.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_fsdp_two_ranks_equal_one_process_llama(llama, llama_fsdp):
     single = single_process(llama, "single")
     assert_close_weights(single, llama_fsdp)
     assert losses(single) == pytest.approx(losses(llama_fsdp), rel=1e-5)
-    layout = json.loads((llama_fsdp / "distill.json").read_text())["layout"]
+    layout = json.loads((llama_fsdp / "minitron" / "distill.json").read_text())["layout"]
     assert layout["strategy"] == "fsdp" and layout["shard_teacher"]
     # The gathered output is a stock, unsharded checkpoint of the student's shape.
     config = json.loads((llama_fsdp / "config.json").read_text())
@@ -104,7 +104,8 @@ def test_fsdp_two_ranks_equal_one_process_qwen3_replicated_teacher(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     single = single_process(pair, "single", intermediate_loss="mse")
     assert_close_weights(single, out)
-    assert not json.loads((out / "distill.json").read_text())["layout"]["shard_teacher"]
+    summary = json.loads((out / "minitron" / "distill.json").read_text())
+    assert not summary["layout"]["shard_teacher"]
 
 
 def test_sigkill_and_resume_on_two_ranks_is_bitwise_identical(llama, llama_fsdp):

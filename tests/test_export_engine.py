@@ -85,7 +85,7 @@ def test_failed_build_leaves_nothing(checkpoint, tmp_path, fake_trtllm_build, mo
 
 def test_pytorch_backend_serves_the_hf_directory(checkpoint, tmp_path):
     result = build_engine(checkpoint, tmp_path / "engine", version="1.3.0")
-    hf_dir = json.loads((checkpoint / "export_manifest.json").read_text())["source"]
+    hf_dir = json.loads((checkpoint / "minitron" / "export_manifest.json").read_text())["source"]
     assert not result.built and not (tmp_path / "engine").exists()
     assert result.serve_command == f"trtllm-serve {hf_dir} --backend pytorch --host 0.0.0.0 " \
                                    "--port 8000"
@@ -100,7 +100,7 @@ def test_engine_flow_by_version(version, engines):
 
 
 def test_hf_dir_is_refused_for_engines(checkpoint, tmp_path):
-    hf_dir = json.loads((checkpoint / "export_manifest.json").read_text())["source"]
+    hf_dir = json.loads((checkpoint / "minitron" / "export_manifest.json").read_text())["source"]
     with pytest.raises(MinitronError, match="not a TensorRT-LLM checkpoint"):
         build_engine(hf_dir, tmp_path / "engine", version="1.2.1")
 

@@ -131,7 +131,7 @@ def test_cli_prune_offload_layer_gives_same_weights(tmp_path, capsys):
     assert weights[0].keys() == weights[1].keys()
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
-    scores = [load_file(str(tmp_path / mode / "importance.safetensors"))
+    scores = [load_file(str(tmp_path / mode / "minitron" / "importance.safetensors"))
               for mode in ("none", "layer")]
     assert "depth.loss.block2" in scores[1]
     for key in scores[0]:

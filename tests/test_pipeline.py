@@ -82,8 +82,8 @@ bench: {{isl: 8, osl: 4, batch_sizes: [1], reps: 1}}
     assert student.config.intermediate_size == 40 and student.config.num_hidden_layers == 3
     r1 = json.loads((work / "round2-prune.manifest.json").read_text())
     assert r1["inputs"]["teacher"] == str((work / "round1-distilled").resolve())
-    assert json.loads((work / "round1-pruned" / "minitron.json").read_text())["criterion"] == \
-        "magnitude"
+    record = json.loads((work / "round1-pruned" / "minitron" / "minitron.json").read_text())
+    assert record["criterion"] == "magnitude"
     exported = AutoModelForCausalLM.from_pretrained(
         str(work / "export" / "export-hf-fp32-tp1")).eval()
     x = tiny_batch()

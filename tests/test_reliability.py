@@ -279,8 +279,8 @@ def kill_inputs(tmp_path_factory) -> Path:
 
 
 def _losses(out: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().split("\n")
-            if line.strip()]
+    text = (out / "minitron" / "train_log.jsonl").read_text()
+    return [json.loads(line)["loss"] for line in text.split("\n") if line.strip()]
 
 
 def test_distill_killed_then_resumed_equals_uninterrupted(kill_inputs, tmp_path):
@@ -339,7 +339,7 @@ def test_prune_killed_mid_calibration_leaves_nothing_and_reruns_identically(kill
 
     _finish(_cli(*args, "--out", str(out)))
     _finish(reference)
-    for name in ("model.safetensors", "importance.safetensors", "config.json"):
+    for name in ("model.safetensors", "minitron/importance.safetensors", "config.json"):
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref", "run"]
 

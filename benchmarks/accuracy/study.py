@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study_report import TASKS, mmlu_above_chance, write_report
 
+from minitron_deploy.artifacts import DISTILL_SUMMARY, PRUNING_RECORD, TRAIN_LOG, artifact_path
 from minitron_deploy.assets import resolve
 from minitron_deploy.bench.hardware import machine_info, resolve_device
 from minitron_deploy.data import load_texts, pack_tokens
@@ -178,7 +179,7 @@ class Study:
         """The importance scores the width row of ``criterion`` was pruned with."""
         row = Row("width", criterion, "none")
         self.make_pruned(row)
-        return ImportanceScores.load(self.model_dir(row) / "importance.safetensors")
+        return ImportanceScores.load(self.model_dir(row))
 
     @cached_property
     def tokenizer(self):
@@ -195,7 +196,7 @@ class Study:
     # -- steps -------------------------------------------------------------------------------
     def make_pruned(self, row: Row) -> None:
         out = self.model_dir(row)
-        if (out / "minitron.json").is_file():
+        if artifact_path(out, PRUNING_RECORD).is_file():
             return
         p = self.p
         if row.shape == "width":
@@ -237,7 +238,7 @@ class Study:
 
     def retrain(self, row: Row) -> None:
         out = self.model_dir(row)
-        if (out / "distill.json").is_file():
+        if artifact_path(out, DISTILL_SUMMARY).is_file():
             return
         start = self.make_start(row)
         curve_file = self.results / "curves" / f"{row.slug}.json"
@@ -332,15 +333,15 @@ class Study:
     def _provenance(self, row: Row) -> dict:
         folder = self.model_dir(row)
         out: dict = {}
-        if (folder / "minitron.json").is_file():
-            rec = json.loads((folder / "minitron.json").read_text())
+        if artifact_path(folder, PRUNING_RECORD).is_file():
+            rec = json.loads(artifact_path(folder, PRUNING_RECORD).read_text())
             out.update(dropped_layers=rec["dropped_layers"], target_shape=rec["target_shape"],
                        params=rec["params_after"])
-        if (folder / "distill.json").is_file():
-            rec = json.loads((folder / "distill.json").read_text())
+        if artifact_path(folder, DISTILL_SUMMARY).is_file():
+            rec = json.loads(artifact_path(folder, DISTILL_SUMMARY).read_text())
             out.update(train_tokens=rec["tokens"], train_seconds=rec["train_seconds"],
                        first_loss=rec["first_loss"], last_loss=rec["last_loss"])
-            log = folder / "train_log.jsonl"
+            log = artifact_path(folder, TRAIN_LOG)
             out["train_log"] = [json.loads(line) for line in log.read_text().splitlines()]
         return out
 
@@ -426,7 +427,7 @@ def axis_swap(study: Study, criteria: list[str]) -> dict:
     out: dict = {}
     for name, tensors in variants.items():
         dest = study.work / "swap" / name.replace(":", "-")
-        if not (dest / "minitron.json").is_file():
+        if not artifact_path(dest, PRUNING_RECORD).is_file():
             scores_file = study.work / "swap" / f"{dest.name}.safetensors"
             ImportanceScores(tensors, base.meta).save(scores_file)
             prune(study.teacher, dest, study.width_spec, scores_path=scores_file,

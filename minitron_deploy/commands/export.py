@@ -32,4 +32,4 @@ def run(args: argparse.Namespace) -> None:
                     calib=calib, device=args.device)
     files = result.manifest["files"]
     print(f"wrote {result.format} ({result.dtype}) to {result.out_dir}: {len(files)} files, "
-          f"manifest export_manifest.json")
+          f"manifest minitron/export_manifest.json")

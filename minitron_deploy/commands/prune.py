@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="score importance and trim a checkpoint to a target shape")
     add_calibration_args(p)
     p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
-    p.add_argument("--scores", help="reuse an importance.safetensors instead of calibrating")
+    p.add_argument("--scores", help="reuse scores instead of calibrating: a scores file or a "
+                                    "folder pruned before (its minitron/importance.safetensors)")
     p.add_argument("--hidden-size", type=int)
     p.add_argument("--ffn-hidden-size", type=int)
     p.add_argument("--num-heads", type=int)

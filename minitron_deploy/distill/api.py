@@ -2,7 +2,8 @@
 
 Checkpoints and the running log live in a work dir beside the output (``.<out>.partial``);
 the output directory appears only when training completed, as a stock Hugging Face
-checkpoint plus ``train_log.jsonl``, ``loss_curve.png`` and ``distill.json``.
+checkpoint plus ``train_log.jsonl``, ``loss_curve.png`` and ``distill.json`` in its ``minitron/``
+subfolder.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..artifacts import DISTILL_SUMMARY, LOSS_CURVE, TRAIN_LOG
 from ..data import check_seq_len
 from ..errors import MinitronError
 from ..modeling import (check_not_inside, check_output_dir, load_config, load_model,
@@ -30,7 +32,7 @@ from .objectives import uses_bf16
 from .parallel import (DistEnv, barrier, check_strategy, distributed_env, full_state_dict, is_sharded,
                        plain_copy, shard_model)
 from .plot import plot_loss_curve
-from .trainer import LOG_NAME, TrainConfig, mean_losses, train
+from .trainer import TrainConfig, mean_losses, train
 
 
 @dataclass
@@ -174,13 +176,13 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
     if val is not None:
         summary["validation"] = {"sequences": len(val), "before": val_before, "after": val_after}
 
-    def write_logs(tmp: Path) -> None:
-        shutil.copy2(work / "student" / LOG_NAME, tmp / LOG_NAME)
-        plot_loss_curve(records, tmp / "loss_curve.png",
+    def write_logs(folder: Path) -> None:
+        shutil.copy2(work / "student" / TRAIN_LOG, folder / TRAIN_LOG)
+        plot_loss_curve(records, folder / LOSS_CURVE,
                         f"{Path(student_dir).name}: distillation loss")
 
-    save_model(student, out, env, source_dir=student_dir, extra_json={"distill.json": summary},
-               write_extra=write_logs)
+    save_model(student, out, env, source_dir=student_dir, extra_json={DISTILL_SUMMARY: summary},
+               write_artifacts=write_logs)
     if env.is_main:
         shutil.rmtree(work, ignore_errors=True)
     barrier(env)
@@ -279,7 +281,7 @@ def _correct_teacher(teacher_dir, config: DistillConfig, train_cfg: TrainConfig,
 def _hidden_loss(config: DistillConfig, student_dir, student_cfg,
                  teacher_cfg) -> HiddenStateLoss | None:
     """The hidden-state term, pairing student layers with the teacher layers they were pruned
-    from (``minitron.json``) and starting its projections as the kept-channel selection."""
+    from (its pruning record) and starting its projections as the kept-channel selection."""
     if config.intermediate_loss is None:
         return None
     return hidden_state_loss(config.intermediate_loss, config.intermediate_layers, student_cfg,

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..arch import get_adapter
+from ..artifacts import PRUNING_RECORD, artifact_path
 from ..errors import MinitronError
 from ..shape import ModelShape
 
@@ -240,13 +241,12 @@ class HiddenStateLoss(nn.Module):
         return self.pair_losses(student_states, teacher_states).mean()
 
 
-#: What ``minitron prune`` writes into the pruned checkpoint's directory.
-PRUNING_RECORD = "minitron.json"
-
-
 def read_pruning_record(student_dir: str | Path) -> dict | None:
-    """The parsed pruning record of ``student_dir``, or None when it has none."""
-    path = Path(student_dir) / PRUNING_RECORD
+    """The parsed pruning record of ``student_dir`` (``minitron/minitron.json``, or a top-level
+    one in folders pruned by older versions), or None when it has none."""
+    path = artifact_path(student_dir, PRUNING_RECORD)
+    if not path.is_file():  # older versions wrote it at the top level
+        path = Path(student_dir) / PRUNING_RECORD
     if not path.is_file():
         return None
     try:

@@ -23,13 +23,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..artifacts import TRAIN_LOG
 from ..errors import MinitronError
 from .checkpoint import TrainState, load_training_checkpoint, save_training_checkpoint
 from .objectives import PRECISIONS, autocast_for, uses_bf16
 from .parallel import (all_mean, barrier, check_strategy, distributed_env, is_sharded,
                        shard_model, shard_root, wrap_ddp)
-
-LOG_NAME = "train_log.jsonl"
 
 
 @dataclass
@@ -149,7 +148,7 @@ def train(objective: nn.Module, sequences, cfg: TrainConfig, work_dir: Path,
     state = (load_training_checkpoint(work_dir, objective, optimizer, env, tokens_per_step)
              if resume else None)
     state = state or TrainState(step=0, elapsed_s=0.0)
-    log_path = work_dir / LOG_NAME
+    log_path = work_dir / TRAIN_LOG
     records = _read_log(log_path, state.step) if resume else []
     if env.is_main:
         log_path.write_text("".join(json.dumps(r) + "\n" for r in records))

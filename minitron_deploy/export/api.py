@@ -78,8 +78,8 @@ def export(model_dir: str | Path, out_dir: str | Path, format: str = "hf", dtype
     """Export the checkpoint at ``model_dir`` to ``out_dir`` as ``format`` ("hf", "trtllm",
     "onnx") in ``dtype`` ("bf16", "fp16", "fp32", "fp8"). FP8 is calibrated on ``calib``.
 
-    Written atomically with ``export_manifest.json`` (source, format, dtype, shape, sha256 of
-    every file); any error leaves nothing behind.
+    Written atomically with ``minitron/export_manifest.json`` (source, format, dtype, shape,
+    sha256 of every file); any error leaves nothing behind.
     """
     check_request(format, dtype, tp)
     calib = calib or CalibrationSettings()

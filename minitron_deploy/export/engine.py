@@ -15,6 +15,7 @@ from pathlib import Path
 
 from minitron_plugins import tensorrt_llm as trt
 
+from ..artifacts import ARTIFACTS_DIR, artifact_path
 from ..errors import MinitronError
 from .output import MANIFEST, atomic_dir, write_manifest
 
@@ -54,11 +55,11 @@ def _hf_source(checkpoint: Path, config: dict) -> Path:
     """The Hugging Face directory behind ``checkpoint`` (itself, or its export's source)."""
     if "model_type" in config:
         return checkpoint
-    manifest = checkpoint / MANIFEST
+    manifest = artifact_path(checkpoint, MANIFEST)
     if manifest.is_file():
         return Path(json.loads(manifest.read_text())["source"])
-    raise MinitronError(f"{checkpoint} is a TensorRT-LLM checkpoint without {MANIFEST}; "
-                        "pass the Hugging Face directory for the PyTorch backend")
+    raise MinitronError(f"{checkpoint} is a TensorRT-LLM checkpoint without {ARTIFACTS_DIR}/"
+                        f"{MANIFEST}; pass the Hugging Face directory for the PyTorch backend")
 
 
 def build_engine(checkpoint: str | Path, out_dir: str | Path, limits: EngineLimits | None = None,

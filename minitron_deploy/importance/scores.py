@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from ..artifacts import SCORES, artifact_path
 from ..errors import MinitronError
 from ..shape import ModelShape
 
@@ -57,7 +58,10 @@ class ImportanceScores:
 
     @classmethod
     def load(cls, path: str | Path) -> "ImportanceScores":
+        """Scores from a scores file or a pruned model folder (its ``minitron/`` scores)."""
         path = Path(path)
+        if path.is_dir():
+            path = artifact_path(path, SCORES)
         if not path.is_file():
             raise MinitronError(f"scores file {path} does not exist")
         try:
