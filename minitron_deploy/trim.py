@@ -158,8 +158,11 @@ def trim_model(model: nn.Module, plan: KeepPlan, rescale_norms: bool | None = No
     scale = math.sqrt(source.hidden_size / target.hidden_size) if rescale else 1.0
     tied = adapter.lm_head(model).weight is adapter.embed_tokens(model).weight
 
+    layers = adapter.layers(model)
+    embed, head = adapter.embed_tokens(model), adapter.lm_head(model)
+    touched = [layers[i] for i in plan.layers] + [adapter.final_norm(model), embed, head]
+    frozen = [{n for n, p in m.named_parameters() if not p.requires_grad} for m in touched]
     with torch.no_grad():
-        layers = adapter.layers(model)
         kept = nn.ModuleList()
         for new_idx, i in enumerate(plan.layers):
             layer = layers[i]
@@ -172,15 +175,16 @@ def trim_model(model: nn.Module, plan: KeepPlan, rescale_norms: bool | None = No
         adapter.decoder(model).layers = kept
         _trim_norm(adapter.final_norm(model), plan.hidden, scale)
 
-        embed = adapter.embed_tokens(model)
         embed.weight = nn.Parameter(_cols(embed.weight.data, plan.hidden))
         embed.embedding_dim = len(plan.hidden)
-        head = adapter.lm_head(model)
         if tied:
             head.weight = embed.weight
         else:
             head.weight = nn.Parameter(_cols(head.weight.data, plan.hidden))
         head.in_features = len(plan.hidden)
+    for module, names in zip(touched, frozen):  # the new parameters keep the source's flags
+        for name, param in module.named_parameters():
+            param.requires_grad_(name not in names)
 
     target.apply_to_config(config)
     adapter.update_config(config, plan.layers)

@@ -96,6 +96,49 @@ def test_pruned_model_distils_through_modelopt_with_our_trainer(tmp_path):
     assert torch.isfinite(logits(student, tiny_batch())).all()
 
 
+def _frozen(model) -> list[str]:
+    return [n for n, p in model.named_parameters() if not p.requires_grad]
+
+
+def test_every_parameter_trainable_after_prune_and_restore(tmp_path):
+    model = _pruned()
+    assert _frozen(model) == []
+    mto.save(model, str(tmp_path / "m.pth"))
+    assert _frozen(mto.restore(tiny_model("llama", seed=7), str(tmp_path / "m.pth"))) == []
+
+
+def test_frozen_source_parameters_stay_frozen():
+    model = tiny_model("llama")
+    model.model.embed_tokens.requires_grad_(False)
+    model.model.layers[0].mlp.up_proj.weight.requires_grad_(False)
+    pruned, _ = mtp.prune(model, mode="hf_minitron", constraints={"export_config": EXPORT},
+                          dummy_input=tiny_batch(), config={"forward_loop": loop})
+    assert set(_frozen(pruned)) >= {"model.embed_tokens.weight",
+                                    "model.layers.0.mlp.up_proj.weight"}
+    assert len(_frozen(pruned)) == 2
+
+
+def test_modelopt_kd_route_trains_every_student_linear(tmp_path):
+    import modelopt.torch.distill as mtd
+
+    from minitron_deploy.distill.trainer import TrainConfig, train
+    from minitron_plugins.modelopt_distill import modelopt_kd_objective
+
+    objective = modelopt_kd_objective(_pruned(), tiny_model("llama"))
+    student = objective.model
+    linears = {n: m.weight for n, m in student.named_modules()
+               if isinstance(m, torch.nn.Linear) and not n.startswith("_teacher_model")}
+    assert linears and all(w.requires_grad for w in linears.values())
+    before = {n: w.detach().clone() for n, w in linears.items()}
+    sequences = torch.randint(3, 97, (8, 16), generator=torch.Generator().manual_seed(0))
+    train(objective, sequences, TrainConfig(steps=3, batch_size=4, lr=1e-3, strategy="single"),
+          tmp_path / "work")
+    exported = mtd.export(student)
+    assert _frozen(exported) == []
+    unchanged = [n for n, w in linears.items() if torch.equal(w.detach(), before[n])]
+    assert unchanged == []
+
+
 def test_bad_constraint_refused():
     with pytest.raises(MinitronError, match="unsupported export_config"):
         mtp.prune(tiny_model("llama"), mode="hf_minitron",

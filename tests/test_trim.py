@@ -89,6 +89,15 @@ def test_tied_embeddings_stay_tied():
     assert model.lm_head.weight is model.model.embed_tokens.weight
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trimmed_parameters_keep_requires_grad(family):
+    model = tiny_model(family)
+    model.lm_head.requires_grad_(False)
+    trimmed = trim_model(model, random_plan(model, hidden=30, ffn=24, per_group=1, layers=[1, 2]))
+    frozen = {n for n, p in trimmed.named_parameters() if not p.requires_grad}
+    assert frozen == {"lm_head.weight" if family != "llama_tied" else "model.embed_tokens.weight"}
+
+
 def test_non_uniform_plan_refused():
     model = tiny_model("llama")
     plan = random_plan(model, ffn=40)

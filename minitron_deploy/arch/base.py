@@ -41,12 +41,13 @@ class MLPWeights:
 
 
 def new_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    """An nn.Linear holding exactly ``weight`` (and ``bias``), same dtype and device."""
+    """An nn.Linear holding exactly ``weight`` (and ``bias``), same dtype and device; trainable
+    (``trim_model`` carries over frozen flags of the source)."""
     out_features, in_features = weight.shape
     linear = nn.Linear(in_features, out_features, bias=bias is not None, device="meta")
-    linear.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
+    linear.weight = nn.Parameter(weight.detach().clone())
     if bias is not None:
-        linear.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+        linear.bias = nn.Parameter(bias.detach().clone())
     return linear
 
 
