@@ -19,6 +19,7 @@ from .importance.layerwise import check_streamable, resolve_offload
 from .importance.scores import ImportanceScores
 from .modeling import (DTYPES, check_not_inside, check_output_dir, load_config, load_model,
                        save_checkpoint_atomic)
+from .precision import resolve_precision
 from .scoring import ScoringSettings, score_model
 from .select import build_plan
 from .shape import ModelShape, count_params
@@ -51,7 +52,7 @@ def prune(model_dir: str | Path, out_dir: str | Path, spec: TargetSpec, *,
           calib: str | Path | None = None, scores_path: str | Path | None = None,
           settings: ScoringSettings = ScoringSettings(), calib_samples: int = 1024,
           seq_len: int = 512, batch_size: int = 8, task: str | None = None,
-          task_limit: int | None = 200, device: str = "cpu", dtype: str = "fp32",
+          task_limit: int | None = 200, device: str = "cpu", dtype: str = "auto",
           rescale_norms: bool | None = None, seed: int = 0, offload: str = "auto") -> PruneReport:
     """Prune the checkpoint in ``model_dir`` to ``spec`` and write a stock HF checkpoint.
 
@@ -65,6 +66,7 @@ def prune(model_dir: str | Path, out_dir: str | Path, spec: TargetSpec, *,
     """
     times: dict[str, float] = {}
     start = time.perf_counter()
+    dtype = resolve_precision(device, dtype)
     check_settings(settings)
     config = load_config(model_dir)
     source = ModelShape.from_config(config)
@@ -152,9 +154,10 @@ def score_checkpoint(model_dir: str | Path, out_path: str | Path, *, calib: str 
                      settings: ScoringSettings = ScoringSettings(),
                      block_sizes: list[int] = (1,), calib_samples: int = 1024,
                      seq_len: int = 512, batch_size: int = 8, task: str | None = None,
-                     task_limit: int | None = 200, device: str = "cpu", dtype: str = "fp32",
+                     task_limit: int | None = 200, device: str = "cpu", dtype: str = "auto",
                      seed: int = 0, offload: str = "auto") -> Path:
     """Compute and save the importance artifact of a checkpoint (``minitron score``)."""
+    dtype = resolve_precision(device, dtype)
     check_settings(settings)
     config = load_config(model_dir)
     check_not_inside(out_path, model_dir)

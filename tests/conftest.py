@@ -1,4 +1,7 @@
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+# fp32 on every CPU: exact comparisons hold and no precision probe runs or writes ~/.cache
+os.environ.setdefault("MINITRON_CPU_PRECISION", "fp32")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+#: Minutes the whole demo may take by default: under 10 on a 2-core AVX2 CPU.
+DEFAULT_BUDGET_MIN = 9.0
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="prune, distill and evaluate the embedded SmolLM2-135M "
@@ -11,7 +14,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--work-dir", default="out/demo", help="stage outputs; re-runs reuse them")
     d.add_argument("--recipe", help="another recipe file (default: the packaged demo recipe)")
     d.add_argument("--target-params", type=float, help="override prune.target_params")
-    d.add_argument("--tokens", type=int, help="override distill.tokens")
+    d.add_argument("--time-budget", type=float, default=DEFAULT_BUDGET_MIN, metavar="MINUTES",
+                   help="minutes the whole demo may take: distillation tokens are sized to "
+                        "this machine's measured speed, up to the recipe's (default "
+                        f"{DEFAULT_BUDGET_MIN:g})")
+    d.add_argument("--tokens", type=int,
+                   help="override distill.tokens (and skip the sizing to --time-budget)")
     d.set_defaults(func=run)
 
 
@@ -20,4 +28,5 @@ def run(args: argparse.Namespace) -> None:
 
     overrides = {k: v for k, v in (("prune.target_params", args.target_params),
                                    ("distill.tokens", args.tokens)) if v is not None}
-    run_demo(args.work_dir, args.recipe, overrides)
+    run_demo(args.work_dir, args.recipe, overrides,
+             None if args.tokens is not None else args.time_budget)

@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="tokens per chunk of the KL computation (memory vs speed)")
     p.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=d.precision,
-                   help="auto: bf16 autocast on GPU, fp32 on CPU (bit-reproducible)")
+                   help="auto: bf16 autocast where it is faster (GPUs; CPUs measured once, "
+                        "e.g. with AMX), else fp32")
     p.add_argument("--strategy", choices=list(STRATEGIES), default=d.strategy,
                    help="single process, DDP or FSDP2 under torchrun (default auto: the memory "
                         "planner's choice: DDP where replicas fit, else FSDP)")

@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from ..precision import resolve_precision
 from .losses import HiddenStateLoss, LossParts, logit_kd_loss, shifted_labels
 
 
@@ -91,9 +92,9 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def uses_bf16(device: torch.device, precision: str) -> bool:
-    """bf16 compute for "bf16", and for "auto" on GPU. (On CPUs with AMX, bf16 trains about
-    2x faster than fp32; "auto" keeps CPU runs exactly reproducible.)"""
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    """bf16 compute for "bf16", and for "auto" where bf16 is faster on ``device`` (GPUs that
+    support it; CPUs where a probe measured it faster, e.g. with AMX)."""
+    return resolve_precision(device, precision) == "bf16"
 
 
 def autocast_for(device: torch.device, precision: str):

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from ..data import check_seq_len, load_texts, pack_tokens
 from ..errors import MinitronError
 from ..modeling import load_model
+from ..precision import resolve_precision
 from ..stages import write_text_atomic
 from .multiple_choice import evaluate_items
 from .perplexity import perplexity
@@ -35,11 +36,13 @@ def parse_tasks(spec: str) -> list[str]:
 
 def evaluate(model_dir: str | Path, tasks: list[str], limit: int | None = None,
              ppl_data: str | Path | None = None, seq_len: int = 512, ppl_seqs: int = 64,
-             device: str = "cpu", dtype: str = "fp32", batch_size: int = 16) -> dict:
-    """Metrics of one checkpoint: ``{"ppl": float, task: {n, acc, acc_stderr, ...}}``."""
+             device: str = "cpu", dtype: str = "auto", batch_size: int = 16) -> dict:
+    """Metrics of one checkpoint: ``{"ppl": float, task: {n, acc, acc_stderr, ...}}``.
+    ``dtype`` "auto" is bf16 where it is faster on ``device`` (``precision.py``), else fp32."""
     if PPL in tasks and ppl_data is None:
         raise MinitronError("perplexity needs held-out text (--ppl-data)")
-    model, tokenizer = load_model(model_dir, dtype=dtype, device=device)
+    model, tokenizer = load_model(model_dir, dtype=resolve_precision(device, dtype),
+                                  device=device)
     if tokenizer is None:
         raise MinitronError(f"{model_dir} has no tokenizer")
     results: dict = {}

@@ -1,0 +1,109 @@
+"""Sizing a distillation to a time budget: time a few logit-KD steps and forwards of the real
+teacher and pruned student on this machine, estimate the evaluation that follows, and pick
+the number of steps that fits what is left of the budget."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .distill.api import DistillConfig
+from .distill.objectives import KDObjective, autocast_for
+from .eval.api import PPL
+from .eval.tasks import load_named_task
+from .modeling import load_model
+from .recipe import EvalStage
+
+#: Fewest optimizer steps a sized run takes, however short the budget.
+MIN_STEPS = 4
+#: Measured seconds are scaled by this before sizing (noise, neighbours on a shared CPU).
+SAFETY = 1.15
+
+
+@dataclass
+class Speed:
+    """What the probe measured on this machine."""
+
+    step_s: float  # one optimizer step at the run's batch size (scaled from a smaller batch)
+    teacher_token_s: float  # no-grad forward seconds per token, evaluation precision
+    student_token_s: float
+    load_s: float  # loading teacher and student
+
+
+def measure_speed(teacher: Path, student: Path, cfg: DistillConfig, batch: int = 2,
+                  steps: int = 2) -> Speed:
+    """Time ``steps`` KD steps (forward, backward, AdamW) at ``batch`` sequences after one
+    warm-up step, and one no-grad forward of each model, on random tokens."""
+    device = torch.device(cfg.device)
+    t0 = time.perf_counter()
+    teacher_model = load_model(teacher, device=cfg.device)[0]
+    student_model = load_model(student, device=cfg.device)[0]
+    load_s = time.perf_counter() - t0
+    objective = KDObjective(student_model, teacher_model, cfg.kd_temperature, cfg.lm_loss_weight,
+                            chunk_tokens=cfg.chunk_tokens).train()
+    optimizer = torch.optim.AdamW(student_model.parameters(), lr=cfg.lr)
+    generator = torch.Generator().manual_seed(0)
+
+    def ids(n: int) -> torch.Tensor:
+        return torch.randint(student_model.config.vocab_size, (n, cfg.seq_len),
+                             generator=generator).to(device)
+
+    def step(n: int) -> None:
+        with autocast_for(device, cfg.precision):
+            objective(ids(n)).total.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step(1)
+    step_s = sum(_seconds(lambda: step(batch)) for _ in range(steps)) / steps
+    tokens = batch * cfg.seq_len
+    with torch.no_grad(), autocast_for(device, "auto"):
+        teacher_s = _seconds(lambda: teacher_model(input_ids=ids(batch), use_cache=False))
+        student_s = _seconds(lambda: student_model(input_ids=ids(batch), use_cache=False))
+    return Speed(step_s * cfg.batch_size * cfg.grad_accum / batch, teacher_s / tokens,
+                 student_s / tokens, load_s)
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def eval_tokens(spec: EvalStage, tokenizer) -> int:
+    """Tokens one model's evaluation runs through, right padding of its batches included."""
+    total = spec.ppl_seqs * spec.seq_len if PPL in spec.tasks else 0
+    for task in (t for t in spec.tasks if t != PPL):
+        lengths = sorted((len(tokenizer(c + k)["input_ids"])
+                          for item in load_named_task(task, spec.limit)
+                          for c, k in zip(item.contexts, item.continuations)), reverse=True)
+        total += sum(lengths[i] * len(lengths[i:i + spec.batch_size])
+                     for i in range(0, len(lengths), spec.batch_size))
+    return total
+
+
+def eval_seconds(speed: Speed, tokens: int, students: int = 2) -> float:
+    """Evaluating the teacher and ``students`` student-sized models on ``tokens`` each."""
+    per_model_load = speed.load_s / 2
+    return SAFETY * (tokens * (speed.teacher_token_s + students * speed.student_token_s)
+                     + (1 + students) * per_model_load)
+
+
+def distill_overhead_seconds(speed: Speed, steps: int, cfg: DistillConfig) -> float:
+    """Loading, checkpoints and the final save around the training steps (each costed like a
+    model load: all are reads or writes of the same weights)."""
+    checkpoints = steps // cfg.checkpoint_every + 1
+    return SAFETY * speed.load_s * (2 + checkpoints)
+
+
+def fit_steps(spare_s: float, speed: Speed, cfg: DistillConfig) -> int:
+    """Optimizer steps that fit ``spare_s`` seconds, overhead included: at most the recipe's
+    own, at least ``MIN_STEPS``."""
+    most = cfg.train_config(world=1).steps
+    per_step_s = SAFETY * (speed.step_s + speed.load_s / cfg.checkpoint_every)
+    fitting = int((spare_s - distill_overhead_seconds(speed, 0, cfg)) // per_step_s)
+    return min(most, max(MIN_STEPS, fitting))
