@@ -45,7 +45,7 @@ def target_spec(p) -> TargetSpec:
     """TargetSpec from a recipe's prune section."""
     return TargetSpec(hidden_size=p.hidden_size, ffn_hidden_size=p.ffn_hidden_size,
                       num_heads=p.num_heads, num_kv_heads=p.num_kv_heads,
-                      num_layers=p.num_layers, target_params=p.target_params,
+                      num_layers=p.num_layers, target_params=p.target_params, align=p.align,
                       drop_layers=parse_layer_ranges(p.drop_layers) if p.drop_layers else None)
 
 

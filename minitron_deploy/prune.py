@@ -4,7 +4,7 @@ pipeline behind ``minitron prune``."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from torch import nn
@@ -117,10 +117,11 @@ def prune(model_dir: str | Path, out_dir: str | Path, spec: TargetSpec, *,
         "criterion": scores.meta.get("criterion", "activation"),
         "depth_metric": settings.depth_metric,
         "scores_settings": scores.meta,
-        "request": {k: v for k, v in spec.__dict__.items() if v is not None},
+        "request": {k: v for k, v in asdict(spec).items() if v is not None},
         "source_shape": source.as_dict(),
         "target_shape": target.shape.as_dict(),
         "reason": target.reason,
+        "align": target.align.as_dict(),
         "params_before": target.params_before,
         "params_after": target.params_after,
         "dropped_layers": dropped,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from .align import Alignment
 from .distill.api import DistillConfig
 from .errors import MinitronError
 
@@ -36,6 +37,7 @@ class PruneStage:
     num_kv_heads: int | None = None
     num_layers: int | None = None
     drop_layers: str | None = None
+    align: Alignment = field(default_factory=Alignment)  # {hidden: 64, ffn: 64, heads: 1}
     criterion: str = "activation"
     depth_metric: str = "loss"
     calib_samples: int = 1024

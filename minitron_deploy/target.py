@@ -3,25 +3,36 @@
 No NAS: a budget is met with a fixed rule taken from the paper, MLP first and most, then the
 hidden size, attention heads last. The MLP/hidden ratio is the one of Llama-3.1-Minitron-4B-Width
 (MLP 14336 -> 9216 is -35.7%, hidden 4096 -> 3072 is -25%, so hidden shrinks at 0.7x the MLP rate).
+Sizes the rule picks are kernel-aligned (``align.py``); an explicit unaligned size warns.
 Every refusal happens here, before any weights are loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import functools
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
+from .align import KERNEL_NOTE, Alignment
 from .errors import MinitronError
 from .shape import ModelShape, count_params, loadability_error
 
 HIDDEN_TO_MLP_RATE = 0.7
 MAX_MLP_PRUNE = 0.6
 _STEPS = 240
+#: The rule's coarsest steps (ModelOpt's Minitron search steps hidden by 256, FFN by 512).
+_HIDDEN_STEP_CAP, _FFN_STEP_CAP = 256, 512
+_SHAPE_FIELDS = ("hidden_size", "ffn_hidden_size", "num_heads", "num_kv_heads", "num_layers",
+                 "drop_layers", "target_params")
 
 
 @dataclass
 class TargetSpec:
-    """A pruning request. Unset fields keep the source value (or are solved for by the budget)."""
+    """A pruning request. Unset fields keep the source value (or are solved for by the budget);
+    ``align`` holds the multiples the chosen sizes keep (see :class:`Alignment`)."""
 
     hidden_size: int | None = None
     ffn_hidden_size: int | None = None
@@ -30,20 +41,23 @@ class TargetSpec:
     num_layers: int | None = None
     drop_layers: list[int] | None = None
     target_params: float | None = None
+    align: Alignment = field(default_factory=Alignment)
 
     def is_empty(self) -> bool:
-        return all(v is None for v in dataclasses.asdict(self).values())
+        return all(getattr(self, name) is None for name in _SHAPE_FIELDS)
 
 
 @dataclass
 class ResolvedTarget:
-    """The shape to trim to, which layers go (None: chosen by depth importance), and why."""
+    """The shape to trim to, which layers go (None: chosen by depth importance), why, and the
+    alignment applied (the request's, fitted to the source)."""
 
     shape: ModelShape
     drop_layers: list[int] | None
     reason: str
     params_before: int = 0
     params_after: int = 0
+    align: Alignment = field(default_factory=Alignment)
 
 
 def parse_layer_ranges(text: str) -> list[int]:
@@ -64,12 +78,18 @@ def parse_layer_ranges(text: str) -> list[int]:
     return sorted(layers)
 
 
-def round_to_divisor(value: float, full: int, cap: int) -> int:
-    """Round down to a multiple of a power-of-two divisor (<= full/16, <= cap), at least one step."""
+def search_step(full: int, cap: int, align: int) -> int:
+    """The rule's size step: a power-of-two divisor (<= full/16, <= cap) that is also a multiple
+    of the alignment."""
     divisor = 1
     while divisor * 2 <= min(cap, full // 16):
         divisor *= 2
-    return max(divisor, int(value // divisor) * divisor)
+    return math.lcm(divisor, align)
+
+
+def round_to_step(value: float, step: int) -> int:
+    """Round down to a multiple of ``step``, at least one step."""
+    return max(step, int(value // step) * step)
 
 
 def _check_explicit(src: ModelShape, spec: TargetSpec) -> None:
@@ -114,46 +134,86 @@ def _explicit_shape(src: ModelShape, spec: TargetSpec) -> ModelShape:
     )
 
 
-def _budget_shape(config, base: ModelShape, spec: TargetSpec, budget: int) -> tuple[ModelShape, str]:
-    """Smallest pruning along the paper's rule whose parameter count fits ``budget``."""
-    src = ModelShape.from_config(config)
+def _loadable_hidden(config, shape: ModelShape, align: int, source: int) -> int | None:
+    """The largest loadable multiple of ``align`` up to ``shape.hidden_size``, else the smallest
+    above it (up to ``source``); some configs constrain it (Llama: a multiple of the head count).
+    None when no multiple up to ``source`` loads."""
+    below = range(shape.hidden_size, 0, -align)
+    above = range(shape.hidden_size + align, source + 1, align)
+    for hidden in (*below, *above):
+        if not loadability_error(config, dataclasses.replace(shape, hidden_size=hidden)):
+            return hidden
+    return None
 
-    def width_at(s: float) -> ModelShape:
-        ffn = spec.ffn_hidden_size or round_to_divisor(
-            src.ffn_hidden_size * (1 - s), src.ffn_hidden_size, 512)
-        shape = dataclasses.replace(base, ffn_hidden_size=ffn, hidden_size=spec.hidden_size or
-                                    round_to_divisor(src.hidden_size * (1 - HIDDEN_TO_MLP_RATE * s),
-                                                     src.hidden_size, 256))
-        # Some configs constrain the hidden size (Llama: a multiple of the head count): prefer a
-        # loadable shape over the power-of-two multiple, stepping down one channel at a time.
-        while spec.hidden_size is None and shape.hidden_size > 1 and loadability_error(config, shape):
-            shape = dataclasses.replace(shape, hidden_size=shape.hidden_size - 1)
+
+def _width_for_budget(config, src: ModelShape, base: ModelShape, spec: TargetSpec,
+                      align: Alignment, fits_budget: Callable[[ModelShape], bool]
+                      ) -> ModelShape | None:
+    """Least MLP and hidden pruning along the paper's rule (aligned sizes) that fits the budget,
+    for the heads of ``base``; None when even the widest pruning does not."""
+    hidden_step = search_step(src.hidden_size, _HIDDEN_STEP_CAP, align.hidden)
+    ffn_step = search_step(src.ffn_hidden_size, _FFN_STEP_CAP, align.ffn)
+
+    def width_at(s: float) -> ModelShape | None:
+        ffn = spec.ffn_hidden_size or round_to_step(src.ffn_hidden_size * (1 - s), ffn_step)
+        hidden = spec.hidden_size or round_to_step(
+            src.hidden_size * (1 - HIDDEN_TO_MLP_RATE * s), hidden_step)
+        shape = dataclasses.replace(base, ffn_hidden_size=ffn, hidden_size=hidden)
+        if spec.hidden_size is None:
+            hidden = _loadable_hidden(config, shape, align.hidden, src.hidden_size)
+            shape = None if hidden is None else dataclasses.replace(shape, hidden_size=hidden)
         return shape
 
-    widest = width_at(MAX_MLP_PRUNE)
-    if count_params(config, widest) <= budget:
-        low, high = 0, _STEPS  # parameter count falls monotonically with the step: bisect
-        while low < high:
-            mid = (low + high) // 2
-            if count_params(config, width_at(MAX_MLP_PRUNE * mid / _STEPS)) <= budget:
-                high = mid
-            else:
-                low = mid + 1
-        return width_at(MAX_MLP_PRUNE * low / _STEPS), (
-            f"MLP and hidden pruned at the paper's {HIDDEN_TO_MLP_RATE}:1 hidden:MLP rate until "
-            "the budget was met; heads kept")
-    if spec.num_heads is None:
-        per_group = base.num_heads // base.num_kv_heads
-        for keep in range(per_group - 1, 0, -1):
-            shape = dataclasses.replace(widest, num_heads=keep * base.num_kv_heads)
-            if count_params(config, shape) <= budget:
-                return shape, (f"MLP -{MAX_MLP_PRUNE:.0%} and hidden "
-                               f"-{HIDDEN_TO_MLP_RATE * MAX_MLP_PRUNE:.0%} were not enough; "
-                               f"heads pruned to {keep} per KV group")
+    def fits(step: int) -> bool:
+        shape = width_at(MAX_MLP_PRUNE * step / _STEPS)
+        return shape is not None and fits_budget(shape)
+
+    if not fits(_STEPS):
+        return None
+    low, high = 0, _STEPS  # parameter count falls monotonically with the step: bisect
+    while low < high:
+        mid = (low + high) // 2
+        if fits(mid):
+            high = mid
+        else:
+            low = mid + 1
+    return width_at(MAX_MLP_PRUNE * low / _STEPS)
+
+
+def _budget_shape(config, base: ModelShape, spec: TargetSpec, align: Alignment,
+                  budget: int) -> tuple[ModelShape, str]:
+    """The paper's rule: MLP and hidden first; heads (per KV group, kept aligned) only when
+    those alone cannot meet ``budget``, and then as few as possible."""
+    src = ModelShape.from_config(config)
+    fits_budget = functools.cache(lambda shape: count_params(config, shape) <= budget)
+    per_group = base.num_heads // base.num_kv_heads
+    keeps = [per_group] + ([k for k in range(per_group - 1, 0, -1)
+                            if k * base.num_kv_heads % align.heads == 0]
+                           if spec.num_heads is None else [])
+    for keep in keeps:
+        heads = dataclasses.replace(base, num_heads=keep * base.num_kv_heads)
+        shape = _width_for_budget(config, src, heads, spec, align, fits_budget)
+        if shape is None:
+            continue
+        rule = f"MLP and hidden pruned at the paper's {HIDDEN_TO_MLP_RATE}:1 hidden:MLP rate"
+        if keep == per_group:
+            return shape, f"{rule} until the budget was met; heads kept"
+        return shape, (f"heads pruned to {keep} per KV group (MLP -{MAX_MLP_PRUNE:.0%} and "
+                       f"hidden -{HIDDEN_TO_MLP_RATE * MAX_MLP_PRUNE:.0%} at aligned sizes were "
+                       f"not enough), then {rule} until the budget was met")
     raise MinitronError(
-        f"a budget of {budget:,} parameters cannot be met by width pruning alone (the "
-        f"narrowest allowed shape has {count_params(config, widest):,}); add --num-layers or "
-        "--drop-layers for depth pruning")
+        f"a budget of {budget:,} parameters cannot be met by width pruning alone at sizes "
+        f"aligned to {align.as_dict()}; add --num-layers or --drop-layers for depth pruning, "
+        "or lower --align")
+
+
+def _warn_unaligned(shape: ModelShape, align: Alignment) -> None:
+    """One warning naming every size of ``shape`` off its alignment."""
+    bad = align.unaligned(shape)
+    if bad:
+        sizes = ", ".join(f"{name}={value}" for name, value in bad.items())
+        warnings.warn(f"target {sizes} not aligned to {align.as_dict()}: it works, but "
+                      f"{KERNEL_NOTE}", stacklevel=3)
 
 
 def resolve_target(config, spec: TargetSpec) -> ResolvedTarget:
@@ -164,6 +224,7 @@ def resolve_target(config, spec: TargetSpec) -> ResolvedTarget:
                             "--target-params")
     src = ModelShape.from_config(config)
     _check_explicit(src, spec)
+    align = spec.align.for_source(src)
     params_before = count_params(config)
     base = _explicit_shape(src, spec)
     if spec.target_params is None:
@@ -176,12 +237,14 @@ def resolve_target(config, spec: TargetSpec) -> ResolvedTarget:
         if budget >= params_before:
             raise MinitronError(f"target of {budget:,} parameters is not smaller than the source "
                                 f"({params_before:,})")
-        shape, reason = _budget_shape(config, base, spec, budget)
+        shape, reason = _budget_shape(config, base, spec, align, budget)
     problem = loadability_error(config, shape)
     if problem:
         raise MinitronError(f"transformers would refuse the target shape {shape.as_dict()}: "
                             f"{problem}")
     if shape == src and spec.drop_layers is None:
         raise MinitronError("the target equals the source shape: nothing to prune")
+    _warn_unaligned(shape, align)
     return ResolvedTarget(shape=shape, drop_layers=spec.drop_layers, reason=reason,
-                          params_before=params_before, params_after=count_params(config, shape))
+                          params_before=params_before, params_after=count_params(config, shape),
+                          align=align)

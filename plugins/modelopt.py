@@ -11,7 +11,9 @@ Importing this module registers the mode with ModelOpt's prune (and NAS) registr
 It runs the same code as ``minitron prune`` (:func:`minitron_deploy.prune_model`). Scores come
 from the forward loop (width by ``config["criterion"]``, default ``activation``, + Block
 Importance, so depth uses ``bi``) or from a saved artifact
-(``config={"scores_path": ..., "depth_metric": "loss"}``). The kept indices are recorded in the
+(``config={"scores_path": ..., "depth_metric": "loss"}``). A ``params`` budget picks sizes aligned
+to ``config["align"]`` (default ``{"hidden": 64, "ffn": 64, "heads": 1}``, see
+:class:`~minitron_deploy.align.Alignment`). The kept indices are recorded in the
 ModelOpt state, so ``mto.save``/``mto.restore`` and HF checkpointing round-trip the model.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from minitron_deploy.align import Alignment
 from minitron_deploy.errors import MinitronError
 from minitron_deploy.importance.scores import ImportanceScores
 from minitron_deploy.prune import prune_model
@@ -46,21 +49,25 @@ class HFMinitronConfig(ModeloptBaseConfig):
     """Configuration of the ``hf_minitron`` mode (all settings live in the search config)."""
 
 
-def _spec_from_constraints(constraints: dict) -> TargetSpec:
+def _spec_from_constraints(constraints: dict, align: dict) -> TargetSpec:
     unknown = set(constraints) - {"export_config", "params"}
     if unknown or len(constraints) != 1:
         raise MinitronError("hf_minitron takes exactly one constraint: 'export_config' or 'params'")
+    bad = set(align) - set(Alignment().as_dict())
+    if bad:
+        raise MinitronError(f"unsupported align keys {sorted(bad)}; use hidden, ffn, heads")
     if "params" in constraints:
         value = constraints["params"]
         if isinstance(value, str) and value.endswith("%"):
             value = float(value[:-1]) / 100
-        return TargetSpec(target_params=float(value))
+        return TargetSpec(target_params=float(value), align=Alignment(**align))
     export = constraints["export_config"]
     bad = set(export) - set(_EXPORT_KEYS)
     if bad:
         raise MinitronError(f"unsupported export_config keys {sorted(bad)}; "
                             f"use {sorted(_EXPORT_KEYS)}")
-    return TargetSpec(**{_EXPORT_KEYS[k]: int(v) for k, v in export.items()})
+    return TargetSpec(**{_EXPORT_KEYS[k]: int(v) for k, v in export.items()},
+                      align=Alignment(**align))
 
 
 class HFMinitronSearcher(BaseSearcher):
@@ -70,7 +77,8 @@ class HFMinitronSearcher(BaseSearcher):
     def default_search_config(self) -> dict:
         defaults = ScoringSettings()
         return {**super().default_search_config, "scores_path": None, "depth_metric": "bi",
-                "rescale_norms": None, **{k: getattr(defaults, k) for k in _SCORING_KEYS}}
+                "rescale_norms": None, "align": Alignment().as_dict(),
+                **{k: getattr(defaults, k) for k in _SCORING_KEYS}}
 
     @property
     def default_state_dict(self) -> SearchStateDict:
@@ -78,7 +86,8 @@ class HFMinitronSearcher(BaseSearcher):
 
     def run_search(self) -> None:
         model = self.model
-        target = resolve_target(model.config, _spec_from_constraints(self.constraints))
+        target = resolve_target(model.config,
+                                _spec_from_constraints(self.constraints, self.config["align"]))
         source = ModelShape.from_config(model.config)
         block = source.num_layers - target.shape.num_layers
         if self.config["scores_path"]:
@@ -96,7 +105,7 @@ class HFMinitronSearcher(BaseSearcher):
         state = {"source_shape": source.as_dict(), "plan": plan.to_json()}
         setattr(model, _STATE_ATTR, state)
         self.best = {"export_config": target.shape.as_dict(), "reason": target.reason,
-                     "params": target.params_after}
+                     "params": target.params_after, "align": target.align.as_dict()}
 
 
 def _convert(model: nn.Module, config: ModeloptBaseConfig) -> ConvertReturnType:

@@ -61,6 +61,19 @@ def test_scores_reuse_gives_same_model(workspace):
     assert json.loads((out / "minitron" / "minitron.json").read_text())["kept"] == first
 
 
+def test_align_is_applied_and_recorded(workspace):
+    src, scores = workspace / "src-llama", workspace / "out-llama"
+    if not scores.exists():
+        pytest.skip("depends on the llama prune test")
+    out = workspace / "aligned"
+    assert main(["prune", "--model", str(src), "--scores", str(scores), "--out", str(out),
+                 "--target-params", "0.6", "--align", "8,8,2"]) == 0
+    record = json.loads((out / "minitron" / "minitron.json").read_text())
+    assert record["align"] == record["request"]["align"] == {"hidden": 8, "ffn": 8, "heads": 2}
+    shape = record["target_shape"]
+    assert shape["hidden_size"] % 8 == shape["ffn_hidden_size"] % 8 == shape["num_heads"] % 2 == 0
+
+
 def test_modelopt_route_equals_cli_route(workspace, tmp_path):
     import minitron_plugins.modelopt  # noqa: F401
     import modelopt.torch.prune as mtp
@@ -109,6 +122,7 @@ def test_bad_inputs_give_one_line_errors(workspace, tmp_path):
         (["--model", str(src), "--calib", calib, "--hidden-size", "96"], "larger than the source"),
         (["--model", str(src), "--calib", str(empty)], "contains no text"),
         (["--model", str(src), "--calib", calib, "--out", str(src)], "input model"),
+        (["--model", str(src), "--calib", calib, "--align", "64"], "HIDDEN,FFN"),
     ]
     for args, message in cases:
         full = ["prune", *args, *CALIB_ARGS]

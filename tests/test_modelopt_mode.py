@@ -139,6 +139,17 @@ def test_modelopt_kd_route_trains_every_student_linear(tmp_path):
     assert unchanged == []
 
 
+def test_params_budget_follows_align():
+    model, state = mtp.prune(tiny_model("llama"), mode="hf_minitron",
+                             constraints={"params": "60%"}, dummy_input=tiny_batch(),
+                             config={"forward_loop": loop, "align": {"hidden": 8, "ffn": 8}})
+    assert state["best"]["align"] == {"hidden": 8, "ffn": 8, "heads": 1}
+    assert model.config.hidden_size % 8 == 0 and model.config.intermediate_size % 8 == 0
+    with pytest.raises(MinitronError, match="unsupported align keys"):
+        mtp.prune(tiny_model("llama"), mode="hf_minitron", constraints={"params": 0.6},
+                  dummy_input=tiny_batch(), config={"forward_loop": loop, "align": {"h": 8}})
+
+
 def test_bad_constraint_refused():
     with pytest.raises(MinitronError, match="unsupported export_config"):
         mtp.prune(tiny_model("llama"), mode="hf_minitron",

@@ -23,12 +23,15 @@ name: tiny
 teacher: {tmp_path / 'teacher'}
 data: {tmp_path / 'train.txt'}
 heldout: {tmp_path / 'held.txt'}
-prune: {{target_params: 0.6, calib_samples: 8, seq_len: 32, batch_size: 4}}
+prune: {{target_params: 0.6, calib_samples: 8, seq_len: 32, batch_size: 4,
+        align: {{hidden: 1, ffn: 1}}}}
 distill: {{steps: 6, seq_len: 32, batch_size: 4, lr: 3.0e-3}}
 eval: {{tasks: {TASKS}, limit: 4, seq_len: 32, ppl_seqs: 4}}
 """)
     work = tmp_path / "work"
     first = run_pipeline(load_recipe(recipe_file), work)
+    record = json.loads((first.pruned / "minitron" / "minitron.json").read_text())
+    assert record["align"] == {"hidden": 1, "ffn": 1, "heads": 1}  # as asked (default: 16)
     assert set(first.results) == {"teacher", "pruned", "distilled"}
     assert first.results["distilled"]["ppl"] < first.results["pruned"]["ppl"]
     assert "| ppl |" in summary(first)

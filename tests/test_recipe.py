@@ -29,6 +29,16 @@ def test_numbers_are_coerced_where_unambiguous(tmp_path):
     assert recipe.distill.lr == 1.0 and isinstance(recipe.distill.lr, float)
 
 
+def test_prune_align_maps_onto_the_target(tmp_path):
+    from minitron_deploy.align import Alignment
+    from minitron_deploy.pipeline import target_spec
+
+    recipe = load_recipe(write(tmp_path, MINIMAL + "prune: {target_params: 0.5, "
+                                                   "align: {hidden: 128}}\n"))
+    assert target_spec(recipe.prune).align == Alignment(128, 64, 1)
+    assert load_recipe(write(tmp_path, MINIMAL)).prune.align == Alignment()
+
+
 def test_overrides_replace_values(tmp_path):
     recipe = load_recipe(write(tmp_path, MINIMAL), {"distill.tokens": 5, "device": "cuda"})
     assert recipe.distill.tokens == 5 and recipe.device == "cuda"
@@ -43,6 +53,8 @@ def test_overrides_replace_values(tmp_path):
     ("name: r\nteacher: /m\n", r"missing required key\(s\) data, heldout"),
     ("name: [unclosed\n", "not valid YAML"),
     (MINIMAL + "colour: blue\n", r"unknown key\(s\) colour"),
+    (MINIMAL + "prune: {align: {width: 64}}\n", r"prune.align: unknown key\(s\) width"),
+    (MINIMAL + "prune: {align: {ffn: 0}}\n", r"alignment ffn=0 must be a positive integer"),
 ])
 def test_bad_recipes_refused_with_the_key_path(tmp_path, text, message):
     with pytest.raises(MinitronError, match=message):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..align import Alignment
 from ..target import TargetSpec, parse_layer_ranges
 from ..trim import RESCALE_CHOICES
 from .common import add_calibration_args, scoring_settings
@@ -23,6 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drop-layers", type=parse_layer_ranges, help="e.g. 16-31 or 3,5,10-12")
     p.add_argument("--target-params", type=float,
                    help="parameter budget: absolute (4.5e9) or a fraction of the source (0.5)")
+    default = Alignment()
+    p.add_argument("--align", default=f"{default.hidden},{default.ffn},{default.heads}",
+                   metavar="HIDDEN,FFN[,HEADS]",
+                   help="multiples the budget rule keeps the hidden size, FFN size and head "
+                        "counts at (default %(default)s: FP8 and Marlin kernels stay usable; a "
+                        "source that is not a multiple gets the largest power of two dividing "
+                        "it; 1,1 turns it off); explicit sizes off it warn")
     p.add_argument("--rescale-norms", choices=list(RESCALE_CHOICES), default="auto",
                    help="scale RMSNorm weights by sqrt(H_old/H_new) after hidden pruning "
                         "(auto: on for RMSNorm families, off for LayerNorm)")
@@ -36,7 +44,7 @@ def run(args: argparse.Namespace) -> None:
     spec = TargetSpec(hidden_size=args.hidden_size, ffn_hidden_size=args.ffn_hidden_size,
                       num_heads=args.num_heads, num_kv_heads=args.num_kv_heads,
                       num_layers=args.num_layers, drop_layers=args.drop_layers,
-                      target_params=args.target_params)
+                      target_params=args.target_params, align=Alignment.parse(args.align))
     report = prune(args.model, args.out, spec, calib=args.calib, scores_path=args.scores,
                    settings=scoring_settings(args), calib_samples=args.calib_samples,
                    seq_len=args.seq_len, batch_size=args.batch_size, task=args.task,
