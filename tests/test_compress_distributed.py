@@ -82,7 +82,7 @@ def test_killed_two_rank_compress_resumes_to_the_single_process_student(tmp_path
     for k in a:
         assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
     loss = lambda w: [json.loads(x)["loss"] for x in  # noqa: E731
-                      (w / "distilled" / "train_log.jsonl").read_text().splitlines()]
+                      (w / "distilled" / "minitron" / "train_log.jsonl").read_text().splitlines()]
     assert loss(work) == pytest.approx(loss(tmp_path / "single"), rel=1e-5)
 
     killed, resumed = ([line.split(maxsplit=2) for line in
