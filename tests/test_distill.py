@@ -9,27 +9,13 @@ from transformers import AutoModelForCausalLM
 from minitron_deploy.distill.api import DistillConfig, distill, work_dir_for
 from minitron_deploy.distill.trainer import lr_at, sample_indices, TrainConfig
 from minitron_deploy.errors import MinitronError
-from minitron_deploy.shape import ModelShape
-from minitron_deploy.trim import KeepPlan, trim_model
-from tiny_models import CALIB_TEXT, save_tiny_checkpoint, tiny_model
+from tiny_models import save_distill_pair, save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """A tiny llama teacher, its width+depth-pruned student, and training text."""
-    root = tmp_path_factory.mktemp("distill")
-    teacher = save_tiny_checkpoint("llama", root / "teacher")
-    student = tiny_model("llama")
-    plan = KeepPlan.keep_all(ModelShape.from_config(student.config))
-    plan.layers = [0, 1, 3]
-    plan.hidden = torch.arange(36)
-    plan.mlp = {i: torch.arange(40) for i in plan.layers}
-    trim_model(student, plan)
-    student.save_pretrained(str(root / "student"))
-    for f in (root / "teacher").glob("tokenizer*"):
-        (root / "student" / f.name).write_bytes(f.read_bytes())
-    (root / "text.txt").write_text(CALIB_TEXT)
-    return root
+    return save_distill_pair("llama", tmp_path_factory.mktemp("distill"), hidden=36)
 
 
 def config(**kw) -> DistillConfig:

@@ -11,27 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from minitron_deploy.distill.api import DistillConfig, distill, work_dir_for
-from minitron_deploy.shape import ModelShape
-from minitron_deploy.trim import KeepPlan, trim_model
-from tiny_models import CALIB_TEXT, save_tiny_checkpoint, tiny_model
+from tiny_models import save_distill_pair
 
 WORKER = Path(__file__).with_name("distill_worker.py")
 BASE = dict(steps=4, seq_len=32, grad_accum=2, lr=3e-3, checkpoint_every=2)
-
-
-def make_pair(family: str, root: Path) -> Path:
-    """A tiny teacher of ``family``, a width- and depth-pruned student, and text."""
-    save_tiny_checkpoint(family, root / "teacher")
-    student = tiny_model(family)
-    plan = KeepPlan.keep_all(ModelShape.from_config(student.config))
-    plan.layers = [0, 1, 3]
-    plan.mlp = {i: torch.arange(40) for i in plan.layers}
-    trim_model(student, plan)
-    student.save_pretrained(str(root / "student"))
-    for f in (root / "teacher").glob("tokenizer*"):
-        (root / "student" / f.name).write_bytes(f.read_bytes())
-    (root / "text.txt").write_text(CALIB_TEXT)
-    return root
 
 
 def torchrun(nproc: int, pair: Path, out: Path, settings: dict,
@@ -57,7 +40,7 @@ def losses(path: Path) -> list[float]:
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-    return make_pair("llama", tmp_path_factory.mktemp("fsdp-llama"))
+    return save_distill_pair("llama", tmp_path_factory.mktemp("fsdp-llama"))
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +78,7 @@ def test_fsdp_two_ranks_equal_one_process_llama(llama, llama_fsdp):
 
 
 def test_fsdp_two_ranks_equal_one_process_qwen3_replicated_teacher(tmp_path):
-    pair = make_pair("qwen3", tmp_path)
+    pair = save_distill_pair("qwen3", tmp_path)
     out = pair / "fsdp"
     done = torchrun(2, pair, out, {**BASE, "batch_size": 1, "strategy": "fsdp",
                                    "teacher_sharding": "replicate",

@@ -85,3 +85,25 @@ def save_tiny_checkpoint(family: str, path, seed: int = 0, **overrides):
 CALIB_TEXT = "\n".join(
     f"Line {i}: the quick brown fox jumps over the lazy dog while pruning neurons {i * 7 % 13}."
     for i in range(200))
+
+
+def save_distill_pair(family: str, root, hidden: int | None = None):
+    """``root/teacher`` (a tiny checkpoint), ``root/student`` (it pruned to layers 0, 1, 3 and
+    40 MLP neurons, and to ``hidden`` embedding channels when given, with the teacher's
+    tokenizer) and ``root/text.txt``; returns ``root``."""
+    from minitron_deploy.shape import ModelShape
+    from minitron_deploy.trim import KeepPlan, trim_model
+
+    save_tiny_checkpoint(family, root / "teacher")
+    student = tiny_model(family)
+    plan = KeepPlan.keep_all(ModelShape.from_config(student.config))
+    plan.layers = [0, 1, 3]
+    if hidden is not None:
+        plan.hidden = torch.arange(hidden)
+    plan.mlp = {i: torch.arange(40) for i in plan.layers}
+    trim_model(student, plan)
+    student.save_pretrained(str(root / "student"))
+    for f in (root / "teacher").glob("tokenizer*"):
+        (root / "student" / f.name).write_bytes(f.read_bytes())
+    (root / "text.txt").write_text(CALIB_TEXT)
+    return root
