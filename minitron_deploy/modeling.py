@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from .arch import get_adapter
 from .artifacts import ARTIFACTS_DIR
 from .errors import MinitronError
+from .hub import hub_cache, resolve_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: Non-weight files copied from the source checkpoint (tokenizer, generation config, templates).
@@ -24,8 +25,9 @@ _COPIED = ("tokenizer*", "special_tokens_map.json", "vocab.*", "merges.txt", "*.
 
 
 def load_config(model_dir: str | Path):
-    """The config of a local checkpoint; refuses missing dirs and unsupported families."""
-    path = Path(model_dir)
+    """The config of a local checkpoint or Hub id (``org/name[@rev]``, see ``resolve_model``);
+    refuses missing dirs and unsupported families."""
+    path = resolve_model(model_dir)
     if not path.is_dir():
         raise MinitronError(f"model directory {path} does not exist")
     if not (path / "config.json").is_file():
@@ -55,7 +57,9 @@ def _refuse_remote_code(path: Path) -> None:
 
 
 def load_model(model_dir: str | Path, dtype: str = "fp32", device: str = "cpu"):
-    """Model (eval mode) and tokenizer (or None) from a local dir, without remote code."""
+    """Model (eval mode) and tokenizer (or None) from a local dir or Hub id, without remote
+    code."""
+    model_dir = resolve_model(model_dir)
     load_config(model_dir)
     if dtype not in DTYPES:
         raise MinitronError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
@@ -75,7 +79,7 @@ def load_model(model_dir: str | Path, dtype: str = "fp32", device: str = "cpu"):
 def check_output_dir(out_dir: str | Path, model_dir: str | Path | None = None) -> Path:
     """Refuse writing over the input model or over an existing non-empty directory."""
     out = Path(out_dir).resolve()
-    if model_dir is not None and out == Path(model_dir).resolve():
+    if model_dir is not None and out == resolve_model(model_dir).resolve():
         raise MinitronError("the output directory is the input model; refusing to overwrite it")
     check_not_inside(out, model_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -85,12 +89,17 @@ def check_output_dir(out_dir: str | Path, model_dir: str | Path | None = None) -
 
 
 def check_not_inside(out: str | Path, *model_dirs: str | Path | None) -> None:
-    """Refuse an output path inside an input model directory (it would modify the input)."""
+    """Refuse an output path inside an input model directory (it would modify the input) or
+    inside the Hugging Face cache."""
     out = Path(out).resolve()
     for model_dir in model_dirs:
-        if model_dir is not None and Path(model_dir).resolve() in out.parents:
+        if model_dir is not None and resolve_model(model_dir).resolve() in out.parents:
             raise MinitronError(f"output {out} is inside the input model {model_dir}; refusing "
                                 "to modify the input")
+    cache = hub_cache()
+    if out == cache or cache in out.parents:
+        raise MinitronError(f"output {out} is inside the Hugging Face cache {cache}; refusing "
+                            "to write there")
 
 
 def check_writable_parent(out: str | Path) -> None:
@@ -140,7 +149,7 @@ def save_checkpoint_atomic(model, out_dir: str | Path, source_dir: str | Path | 
         model.save_pretrained(str(tmp), safe_serialization=True)
         if source_dir is not None:
             for pattern in _COPIED:
-                for f in Path(source_dir).glob(pattern):
+                for f in resolve_model(source_dir).glob(pattern):
                     if f.is_file():
                         shutil.copy2(f, tmp / f.name)
         if write_extra is not None:

@@ -152,10 +152,11 @@ def run_pipeline(recipe: Recipe, work_dir: str | Path) -> PipelineResult:
 
 
 def _resolve_assets(recipe: Recipe, work: Path) -> tuple[Path, Path, Path]:
-    """Local paths of teacher, training data and held-out text (built-ins materialized)."""
+    """Local paths of teacher, training data and held-out text (built-ins materialized, Hub
+    teachers found in or downloaded into the Hugging Face cache)."""
     work.mkdir(parents=True, exist_ok=True)
-    return tuple(assets.resolve(ref, work) for ref in (recipe.teacher, recipe.data,
-                                                       recipe.heldout))
+    return (assets.resolve_checkpoint(recipe.teacher, work), assets.resolve(recipe.data, work),
+            assets.resolve(recipe.heldout, work))
 
 
 def _finish(recipe: Recipe, stages: list[Stage], seconds: dict[str, float],

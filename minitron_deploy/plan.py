@@ -411,7 +411,7 @@ def plan_recipe(recipe: Recipe, work_dir: str | Path, world: int = 1,
     """Every stage of ``recipe``: shapes resolved from the teacher's config, per-rank memory
     for ``world`` ranks of ``available`` bytes (None: unknown, nothing is chosen or refused).
     Pruning, export and evaluation run on one device; distillation on every rank."""
-    config = load_config(assets.resolve(recipe.teacher, Path(work_dir)))
+    config = load_config(assets.resolve_checkpoint(recipe.teacher, Path(work_dir)))
     teacher_params = count_params(config)
     gpu = recipe.device.startswith("cuda")
     plans: list[StagePlan] = []

@@ -14,6 +14,7 @@ from .artifacts import PRUNING_RECORD, SCORES
 from .data import calibration_batches
 from .errors import MinitronError
 from .eval.multiple_choice import load_task
+from .hub import resolve_model
 from .importance.criteria import check_settings
 from .importance.layerwise import check_streamable, resolve_offload
 from .importance.scores import ImportanceScores
@@ -54,7 +55,8 @@ def prune(model_dir: str | Path, out_dir: str | Path, spec: TargetSpec, *,
           seq_len: int = 512, batch_size: int = 8, task: str | None = None,
           task_limit: int | None = 200, device: str = "cpu", dtype: str = "auto",
           rescale_norms: bool | None = None, seed: int = 0, offload: str = "auto") -> PruneReport:
-    """Prune the checkpoint in ``model_dir`` to ``spec`` and write a stock HF checkpoint.
+    """Prune the checkpoint in ``model_dir`` (a folder or Hub id) to ``spec`` and write a
+    stock HF checkpoint.
 
     Scores come from ``scores_path`` if given, else from calibrating on ``calib`` with
     ``settings.criterion`` (activation, magnitude, random, mini-llm, loss-delta); either way
@@ -66,6 +68,7 @@ def prune(model_dir: str | Path, out_dir: str | Path, spec: TargetSpec, *,
     """
     times: dict[str, float] = {}
     start = time.perf_counter()
+    model_dir = resolve_model(model_dir)
     dtype = resolve_precision(device, dtype)
     check_settings(settings)
     config = load_config(model_dir)
@@ -158,6 +161,7 @@ def score_checkpoint(model_dir: str | Path, out_path: str | Path, *, calib: str 
                      task_limit: int | None = 200, device: str = "cpu", dtype: str = "auto",
                      seed: int = 0, offload: str = "auto") -> Path:
     """Compute and save the importance artifact of a checkpoint (``minitron score``)."""
+    model_dir = resolve_model(model_dir)
     dtype = resolve_precision(device, dtype)
     check_settings(settings)
     config = load_config(model_dir)

@@ -1,7 +1,7 @@
 """Recipes: one YAML file describing teacher, data and every stage's settings.
 
     name: demo
-    teacher: builtin:smollm2-135m        # or a local checkpoint directory
+    teacher: builtin:smollm2-135m        # or a checkpoint folder or Hub id (org/name[@rev])
     data: builtin:stdlib-docs            # calibration and distillation text
     heldout: builtin:stdlib-docs-heldout # perplexity text, kept apart from the above
     prune: {target_params: 0.5, calib_samples: 128, seq_len: 256}

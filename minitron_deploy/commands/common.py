@@ -14,7 +14,8 @@ from ..scoring import ScoringSettings
 
 def add_calibration_args(p: argparse.ArgumentParser) -> None:
     """Model, calibration data and importance settings (``prune`` and ``score``)."""
-    p.add_argument("--model", required=True, help="local Hugging Face checkpoint directory")
+    p.add_argument("--model", required=True,
+                   help="checkpoint folder, or Hugging Face Hub id org/name[@rev]")
     p.add_argument("--calib", help="calibration text: save_to_disk folder, .txt/.jsonl/.parquet "
                                    "file, or a folder of them")
     p.add_argument("--calib-samples", type=int, default=1024)

@@ -13,8 +13,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Forward-KL distillation on local text. Multi-GPU: launch "
                                    "with `torchrun --nproc-per-node N -m minitron_deploy.cli "
                                    "distill ...` (DDP or FSDP2, see --strategy).")
-    p.add_argument("--teacher", required=True, help="teacher checkpoint directory")
-    p.add_argument("--student", required=True, help="student (pruned) checkpoint directory")
+    p.add_argument("--teacher", required=True,
+                   help="teacher checkpoint folder, or Hugging Face Hub id org/name[@rev]")
+    p.add_argument("--student", required=True,
+                   help="student (pruned) checkpoint folder, or Hub id org/name[@rev]")
     p.add_argument("--data", required=True, help="training text: save_to_disk folder, "
                                                  ".txt/.jsonl/.parquet file, or a folder")
     p.add_argument("--out", required=True, help="output checkpoint directory (must not exist)")

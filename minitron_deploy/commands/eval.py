@@ -12,7 +12,8 @@ from .common import add_device_args
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="perplexity and zero-shot accuracy (lm-eval scoring)")
     p.add_argument("--model", required=True, action="append",
-                   help="checkpoint directory; repeat for a side-by-side table")
+                   help="checkpoint folder or Hub id org/name[@rev]; repeat for a "
+                        "side-by-side table")
     p.add_argument("--tasks", default="ppl,hellaswag,piqa,arc_easy,arc_challenge,winogrande",
                    help=f"comma separated: ppl, {', '.join(TASKS)}")
     p.add_argument("--limit", type=int, help="items per task (MMLU: per subject)")

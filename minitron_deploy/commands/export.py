@@ -9,7 +9,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..export import EXPORT_DTYPES, FORMATS
 
     p = sub.add_parser("export", help="export a checkpoint (hf, trtllm, onnx; bf16/fp16/fp32/fp8)")
-    p.add_argument("--model", required=True, help="local Hugging Face checkpoint directory")
+    p.add_argument("--model", required=True,
+                   help="checkpoint folder, or Hugging Face Hub id org/name[@rev]")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--dtype", choices=EXPORT_DTYPES, default="bf16",
                    help="fp8: ModelOpt FP8 weights and activations, calibrated on --calib")

@@ -23,6 +23,7 @@ from torch import nn
 from ..artifacts import DISTILL_SUMMARY, LOSS_CURVE, TRAIN_LOG
 from ..data import check_seq_len
 from ..errors import MinitronError
+from ..hub import resolve_model
 from ..modeling import (check_not_inside, check_output_dir, load_config, load_model,
                         save_checkpoint_atomic)
 from ..tokens import prepare_token_file
@@ -111,7 +112,8 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
     ``on_checkpoint(step, student)`` runs after every training checkpoint (evaluation during
     training; it may switch the student to eval mode, training resumes in train mode).
     """
-    if Path(out_dir).resolve() == Path(teacher_dir).resolve():
+    teacher_dir, student_dir = resolve_model(teacher_dir), resolve_model(student_dir)
+    if Path(out_dir).resolve() == teacher_dir.resolve():
         raise MinitronError("the output directory is the teacher; refusing to overwrite it")
     out = check_output_dir(out_dir, student_dir)
     check_not_inside(out, teacher_dir)

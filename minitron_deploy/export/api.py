@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MinitronError
+from ..hub import resolve_model
 from ..modeling import DTYPES, check_output_dir, load_config, load_model
 from ..shape import ModelShape
 from .output import atomic_dir, write_manifest
@@ -82,6 +83,7 @@ def export(model_dir: str | Path, out_dir: str | Path, format: str = "hf", dtype
     sha256 of every file); any error leaves nothing behind.
     """
     check_request(format, dtype, tp)
+    model_dir = resolve_model(model_dir)
     calib = calib or CalibrationSettings()
     check_output_dir(out_dir, model_dir)
     config = load_config(model_dir)
