@@ -24,6 +24,7 @@ import yaml
 from .align import Alignment
 from .distill.api import DistillConfig
 from .errors import MinitronError
+from .export.api import DEFAULT_DTYPES
 
 
 @dataclass
@@ -71,8 +72,12 @@ class ExportStage:
     """One ``minitron export`` of the final student."""
 
     format: str = "hf"
-    dtype: str = "bf16"
+    dtype: str | None = None  # None: the format's default (bf16; fp32 for onnx)
     tp: int = 1
+
+    def __post_init__(self) -> None:
+        if self.dtype is None:
+            self.dtype = DEFAULT_DTYPES.get(self.format)
 
 
 @dataclass

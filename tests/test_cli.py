@@ -123,6 +123,8 @@ def test_bad_inputs_give_one_line_errors(workspace, tmp_path):
         (["--model", str(src), "--calib", str(empty)], "contains no text"),
         (["--model", str(src), "--calib", calib, "--out", str(src)], "input model"),
         (["--model", str(src), "--calib", calib, "--align", "64"], "HIDDEN,FFN"),
+        (["--model", str(src), "--calib", calib, "--drop-layers", "5-x"],
+         "argument --drop-layers: cannot parse layer list '5-x'"),
     ]
     for args, message in cases:
         full = ["prune", *args, *CALIB_ARGS]

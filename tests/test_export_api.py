@@ -106,12 +106,14 @@ def test_trtllm_fp8_through_cli(llama_dir, tmp_path, calib_file):
     assert (got - ref).norm() / ref.norm() < 0.12
 
 
-def test_onnx_export_through_api(llama_dir, tmp_path):
+def test_onnx_export_with_the_default_dtype(llama_dir, tmp_path):
     from minitron_deploy.export.onnx import ONNX_FILE, onnx_logits
 
-    result = export(llama_dir, tmp_path / "onnx", format="onnx", dtype="fp32")
-    assert ONNX_FILE in result.manifest["files"]
-    torch.testing.assert_close(onnx_logits(result.out_dir / ONNX_FILE, IDS), reference(llama_dir),
+    out = tmp_path / "onnx"
+    assert main(["export", "--model", str(llama_dir), "--format", "onnx", "--out", str(out)]) == 0
+    manifest = verify_manifest(out)
+    assert ONNX_FILE in manifest["files"] and manifest["dtype"] == "fp32"
+    torch.testing.assert_close(onnx_logits(out / ONNX_FILE, IDS), reference(llama_dir),
                                atol=1e-4, rtol=0)
 
 

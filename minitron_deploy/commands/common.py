@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import TypeVar
 
+from ..errors import MinitronError
 from ..importance.aggregate import BATCH_AGGREGATIONS, SEQ_AGGREGATIONS
 from ..importance.criteria import CRITERIA
 from ..importance.depth import DEPTH_METRICS
 from ..importance.layerwise import OFFLOAD_MODES
 from ..modeling import DTYPES
 from ..scoring import ScoringSettings
+
+T = TypeVar("T")
+
+
+def checked(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """``parse`` as an argparse ``type=``: its MinitronError becomes the usage error."""
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except MinitronError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def add_calibration_args(p: argparse.ArgumentParser) -> None:

@@ -6,14 +6,16 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..export import EXPORT_DTYPES, FORMATS
+    from ..export import DEFAULT_DTYPES, EXPORT_DTYPES, FORMATS
 
     p = sub.add_parser("export", help="export a checkpoint (hf, trtllm, onnx; bf16/fp16/fp32/fp8)")
     p.add_argument("--model", required=True,
                    help="checkpoint folder, or Hugging Face Hub id org/name[@rev]")
     p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--dtype", choices=EXPORT_DTYPES, default="bf16",
-                   help="fp8: ModelOpt FP8 weights and activations, calibrated on --calib")
+    defaults = ", ".join(f"{v} for {k}" for k, v in DEFAULT_DTYPES.items())
+    p.add_argument("--dtype", choices=EXPORT_DTYPES,
+                   help=f"weight dtype (default: {defaults}); fp8: ModelOpt FP8 weights and "
+                        "activations, calibrated on --calib")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (trtllm only)")
     p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
     p.add_argument("--calib", help="calibration text for fp8 (same formats as prune --calib)")

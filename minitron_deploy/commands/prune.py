@@ -7,7 +7,7 @@ import argparse
 from ..align import Alignment
 from ..target import TargetSpec, parse_layer_ranges
 from ..trim import RESCALE_CHOICES
-from .common import add_calibration_args, scoring_settings
+from .common import add_calibration_args, checked, scoring_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-heads", type=int)
     p.add_argument("--num-kv-heads", type=int)
     p.add_argument("--num-layers", type=int)
-    p.add_argument("--drop-layers", type=parse_layer_ranges, help="e.g. 16-31 or 3,5,10-12")
+    p.add_argument("--drop-layers", type=checked(parse_layer_ranges),
+                   help="e.g. 16-31 or 3,5,10-12")
     p.add_argument("--target-params", type=float,
                    help="parameter budget: absolute (4.5e9) or a fraction of the source (0.5)")
     default = Alignment()

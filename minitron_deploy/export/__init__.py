@@ -11,9 +11,10 @@ Python API (the CLI's ``minitron export`` is a thin layer over it)::
 checkpoint runs in pure torch with ``TrtllmCheckpoint.load(dir).logits(ids)``.
 """
 
-from .api import EXPORT_DTYPES, FORMATS, CalibrationSettings, ExportResult, check_request, export
+from .api import (DEFAULT_DTYPES, EXPORT_DTYPES, FORMATS, CalibrationSettings, ExportResult,
+                  check_request, export)
 from .output import MANIFEST, verify_manifest
 from .runner import TrtllmCheckpoint
 
-__all__ = ["CalibrationSettings", "EXPORT_DTYPES", "ExportResult", "FORMATS", "MANIFEST",
+__all__ = ["CalibrationSettings", "DEFAULT_DTYPES", "EXPORT_DTYPES", "ExportResult", "FORMATS", "MANIFEST",
            "TrtllmCheckpoint", "check_request", "export", "verify_manifest"]

@@ -15,6 +15,8 @@ from .output import atomic_dir, write_manifest
 
 FORMATS = ("hf", "trtllm", "onnx")
 EXPORT_DTYPES = ("bf16", "fp16", "fp32", "fp8")
+#: The dtype of each format when none is asked for (ONNX export is float32 only).
+DEFAULT_DTYPES = {"hf": "bf16", "trtllm": "bf16", "onnx": "fp32"}
 _TRTLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8": "bfloat16"}
 #: FP8 GEMMs (cuBLASLt, TensorRT-LLM's FP8 kernels) need every GEMM dimension aligned to 16.
 FP8_ALIGNMENT = 16
@@ -73,15 +75,17 @@ def _fp8_batches(tokenizer, calib: CalibrationSettings) -> list[torch.Tensor]:
                                calib.batch_size, calib.seed)
 
 
-def export(model_dir: str | Path, out_dir: str | Path, format: str = "hf", dtype: str = "bf16",
-           tp: int = 1, calib: CalibrationSettings | None = None,
+def export(model_dir: str | Path, out_dir: str | Path, format: str = "hf",
+           dtype: str | None = None, tp: int = 1, calib: CalibrationSettings | None = None,
            device: str = "cpu") -> ExportResult:
     """Export the checkpoint at ``model_dir`` to ``out_dir`` as ``format`` ("hf", "trtllm",
-    "onnx") in ``dtype`` ("bf16", "fp16", "fp32", "fp8"). FP8 is calibrated on ``calib``.
+    "onnx") in ``dtype`` ("bf16", "fp16", "fp32", "fp8"; None: the format's
+    ``DEFAULT_DTYPES``). FP8 is calibrated on ``calib``.
 
     Written atomically with ``minitron/export_manifest.json`` (source, format, dtype, shape,
     sha256 of every file); any error leaves nothing behind.
     """
+    dtype = dtype or DEFAULT_DTYPES.get(format)
     check_request(format, dtype, tp)
     model_dir = resolve_model(model_dir)
     calib = calib or CalibrationSettings()
