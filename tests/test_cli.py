@@ -49,23 +49,30 @@ def test_prune_writes_stock_checkpoint_equal_to_masked_source(workspace, family)
     assert torch.allclose(logits(pruned, x), logits(reference, x), atol=1e-5, rtol=1e-4)
 
 
-def test_scores_reuse_gives_same_model(workspace):
-    src = workspace / "src-llama"
-    scores = workspace / "out-llama" / "minitron" / "importance.safetensors"
-    if not scores.exists():
-        pytest.skip("depends on the llama prune test")
-    out = workspace / "reuse"
+@pytest.fixture(scope="module")
+def pruned_llama(workspace):
+    """A tiny Llama checkpoint and a calibrated prune of it: (source, output folder)."""
+    src, out = workspace / "reuse-src", workspace / "reuse-pruned"
+    save_tiny_checkpoint("llama", src)
+    assert main(["prune", "--model", str(src), "--calib", str(workspace / "calib.txt"),
+                 "--out", str(out), "--hidden-size", "36", "--ffn-hidden-size", "40",
+                 "--num-layers", "3", *CALIB_ARGS]) == 0
+    return src, out
+
+
+def test_scores_reuse_gives_same_model(pruned_llama, tmp_path):
+    src, first = pruned_llama
+    scores = first / "minitron" / "importance.safetensors"
+    out = tmp_path / "reuse"
     assert main(["prune", "--model", str(src), "--scores", str(scores), "--out", str(out),
                  "--hidden-size", "36", "--ffn-hidden-size", "40", "--num-layers", "3"]) == 0
-    first = json.loads((workspace / "out-llama" / "minitron" / "minitron.json").read_text())["kept"]
-    assert json.loads((out / "minitron" / "minitron.json").read_text())["kept"] == first
+    kept = json.loads((first / "minitron" / "minitron.json").read_text())["kept"]
+    assert json.loads((out / "minitron" / "minitron.json").read_text())["kept"] == kept
 
 
-def test_align_is_applied_and_recorded(workspace):
-    src, scores = workspace / "src-llama", workspace / "out-llama"
-    if not scores.exists():
-        pytest.skip("depends on the llama prune test")
-    out = workspace / "aligned"
+def test_align_is_applied_and_recorded(pruned_llama, tmp_path):
+    src, scores = pruned_llama
+    out = tmp_path / "aligned"
     assert main(["prune", "--model", str(src), "--scores", str(scores), "--out", str(out),
                  "--target-params", "0.6", "--align", "8,8,2"]) == 0
     record = json.loads((out / "minitron" / "minitron.json").read_text())
