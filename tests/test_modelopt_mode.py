@@ -47,8 +47,28 @@ def test_save_restore_round_trip(tmp_path):
     assert torch.equal(logits(restored, x), logits(model, x))
 
 
-def test_huggingface_checkpointing_round_trip(tmp_path):
+@pytest.fixture
+def hf_checkpointing():
+    """ModelOpt's save/restore patches of the Hugging Face classes for one test: the classes
+    are restored afterwards, so other tests load and save stock checkpoints."""
+    from modelopt.torch.opt.plugins import huggingface as plugin
+
+    classes = [c for group, _ in plugin._LIBRARY_CLASSES_FOR_PATCHING.values() for c in group]
+    before = {cls: dict(vars(cls)) for cls in classes}
+    patched = set(plugin._PATCHED_CLASSES)
     mto.enable_huggingface_checkpointing()
+    yield
+    for cls, attributes in before.items():
+        for name in set(vars(cls)) - set(attributes):
+            delattr(cls, name)
+        for name, value in attributes.items():
+            if vars(cls).get(name) is not value:
+                setattr(cls, name, value)
+    plugin._PATCHED_CLASSES.clear()
+    plugin._PATCHED_CLASSES.update(patched)
+
+
+def test_huggingface_checkpointing_round_trip(tmp_path, hf_checkpointing):
     model = _pruned()
     model.save_pretrained(str(tmp_path / "hf"))
     loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"),
