@@ -44,6 +44,13 @@ def test_refuses_families_it_does_not_implement():
         EngineWeights(mistral, 40)
 
 
+@pytest.mark.parametrize("bias, names", [("attention_bias", "o_proj"),
+                                         ("mlp_bias", "gate_proj, up_proj, down_proj")])
+def test_refuses_biases_it_would_drop(bias, names):
+    with pytest.raises(MinitronError, match=f"no {names} biases"):
+        EngineWeights(tiny_model("llama", **{bias: True}), 40)
+
+
 def test_refuses_generation_past_its_length():
     generator = StaticGenerator(EngineWeights(tiny_model("llama"), 20), batch=1, max_len=20)
     with pytest.raises(ValueError, match="exceed"):

@@ -3,7 +3,8 @@
 Weights are taken once from a Hugging Face model through the arch adapters (q/k/v fused into
 one matrix, gate/up into another) and held as module buffers, so a CUDA graph captures their
 addresses instead of copying them. Llama, Mistral, Qwen2 (q/k/v biases), Qwen3 (q/k norms) and
-Phi-3 (already fused) are supported; other families are refused with a one-line reason.
+Phi-3 (already fused) are supported; other families, and models with o_proj or MLP biases (which
+the forward has no term for), are refused with a one-line reason.
 """
 
 from __future__ import annotations
@@ -106,6 +107,12 @@ class _LayerWeights(nn.Module):
     def __init__(self, adapter, layer: nn.Module):
         super().__init__()
         attn, mlp = adapter.get_attention(layer), adapter.get_mlp(layer)
+        biased = [name for name, bias in (("o_proj", attn.o_bias), ("gate_proj", mlp.gate_bias),
+                                          ("up_proj", mlp.up_bias), ("down_proj", mlp.down_bias))
+                  if bias is not None]
+        if biased:
+            raise MinitronError(f"the torch backend has no {', '.join(biased)} biases, which this "
+                                "model has; use --backend hf")
         ln1, ln2 = adapter.layer_norms(layer)
         self.register_buffer("ln1", ln1.weight.detach())
         self.register_buffer("ln2", ln2.weight.detach())
