@@ -1,4 +1,4 @@
-"""Accuracy study (issue 7): Minitron pruning + KD against other criteria, LM-loss retraining,
+"""Accuracy study: Minitron pruning + KD against other criteria, LM-loss retraining,
 depth pruning at equal size and training from scratch, on the demo teacher (SmolLM2-135M).
 
 Every model is made and scored through the public API (``prune``, ``distill``, ``evaluate``);

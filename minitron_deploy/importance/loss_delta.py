@@ -1,4 +1,4 @@
-"""Loss-delta criterion (seed 002's IFSO idea at affordable granularity): the exact change of
+"""Loss-delta criterion (IFSO's idea at affordable granularity): the exact change of
 the calibration LM loss when a unit is removed, without retraining.
 
 Each unit is removed by zeroing its gate (:class:`UnitGates`): an attention head, a KV group

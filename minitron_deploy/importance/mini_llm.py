@@ -1,5 +1,6 @@
-"""MINI-LLM criterion (seed 002): |W| x |activation| x |gradient|, the gradient estimated with
-forward passes only, so memory stays at inference level (no autograd graph, no weight copy).
+"""MINI-LLM criterion ("MINI-LLM: Memory-Efficient Structured Pruning for Large Language
+Models"): |W| x |activation| x |gradient|, the gradient estimated with forward passes only, so
+memory stays at inference level (no autograd graph, no weight copy).
 
 The gradient is taken with respect to each unit's gate (:class:`UnitGates`), i.e. along the
 unit's own output weights: dL/dm = <dL/dW_u, W_u>. It is estimated SPSA/MeZO style with seeded
