@@ -14,7 +14,7 @@ from .limits import ModelCost, memory_needed
 from .metrics import median_metrics
 from .models import ModelSpec, load_model, model_config
 
-BACKENDS = ("torch", "hf", "trtllm")
+BACKENDS = ("torch", "hf", "vllm", "trtllm")
 
 
 @dataclass
@@ -83,6 +83,8 @@ def benchmark(settings: BenchSettings, progress=print) -> dict:
         from .trtllm import check_available
 
         check_available()
+    if "vllm" in settings.backends:
+        _check_vllm(settings)
     check_memory(settings, configs, device, dtype_bytes)
     limits = measure_limits(device, dtype)
     runs = []
@@ -92,6 +94,17 @@ def benchmark(settings: BenchSettings, progress=print) -> dict:
             "limits": {"copy_bandwidth_bytes_s": limits.bandwidth,
                        "matmul_flops_s": limits.peak_flops},
             "runs": runs}
+
+
+def _check_vllm(settings: BenchSettings) -> None:
+    """Refuse, before anything runs, a missing vLLM environment or a model with no directory."""
+    from ..serve.vllm_env import vllm_python
+
+    vllm_python()
+    named = [s.name for s in settings.models if s.is_named]
+    if named:
+        raise MinitronError(f"the vllm backend needs checkpoint directories, not the named shape "
+                            f"{named[0]!r}; prune or export one first")
 
 
 def _settings_dict(settings: BenchSettings) -> dict:
@@ -115,6 +128,9 @@ def _bench_model(settings, spec, config, device, dtype, limits, progress) -> lis
 
             runs += run_trtllm(spec, config, settings, progress)
             continue
+        if name == "vllm":
+            runs += _bench_vllm(settings, spec, config, cost, dtype_bytes, limits, progress)
+            continue
         if model is None:
             model = load_model(spec, device, dtype)
         backend = _make_backend(name, model, max_len, settings)
@@ -123,16 +139,8 @@ def _bench_model(settings, spec, config, device, dtype, limits, progress) -> lis
         for batch in settings.batches_for(spec):
             progress(f"{spec.label} [{name}] batch {batch}: warm-up and {settings.reps} runs")
             record = _bench_batch(backend, batch, settings, device, config.vocab_size)
-            itl = record["metrics"]["itl_ms"]
-            record.update(model=spec.label, backend=name, params=cost.params,
-                          weight_bytes=cost.params * dtype_bytes,
-                          limits=limits.report(cost, batch, settings.isl, settings.osl,
-                                               dtype_bytes, itl and itl / 1e3,
-                                               record["metrics"]["ttft_ms"] / 1e3,
-                                               record["metrics"]["e2e_s"]))
-            runs.append(record)
-            progress(f"  {record['metrics']['output_tok_s']:.1f} tok/s, "
-                     f"decode at {100 * (record['limits']['decode_fraction'] or 0):.0f}% of limit")
+            runs.append(_finish_record(record, spec, name, cost, dtype_bytes, limits, settings,
+                                       progress))
         backend.release()
         del backend
         gc.collect()
@@ -140,6 +148,41 @@ def _bench_model(settings, spec, config, device, dtype, limits, progress) -> lis
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    return runs
+
+
+def _finish_record(record: dict, spec: ModelSpec, name: str, cost: ModelCost, dtype_bytes: int,
+                   limits, settings: BenchSettings, progress) -> dict:
+    """Add the model, backend and roofline fractions to a timed record; report its speed."""
+    metrics = record["metrics"]
+    itl = metrics["itl_ms"]
+    record.update(model=spec.label, backend=name, params=cost.params,
+                  weight_bytes=cost.params * dtype_bytes,
+                  limits=limits.report(cost, record["batch"], settings.isl, settings.osl,
+                                       dtype_bytes, itl and itl / 1e3, metrics["ttft_ms"] / 1e3,
+                                       metrics["e2e_s"]))
+    progress(f"  {metrics['output_tok_s']:.1f} tok/s, "
+             f"decode at {100 * (record['limits']['decode_fraction'] or 0):.0f}% of limit")
+    return record
+
+
+def _bench_vllm(settings: BenchSettings, spec: ModelSpec, config, cost: ModelCost,
+                dtype_bytes: int, limits, progress) -> list[dict]:
+    """Every batch size of one model in one vLLM engine run (same prompts as the others)."""
+    from .backends import run_vllm_batches
+
+    batches = settings.batches_for(spec)
+    progress(f"{spec.label} [vllm] batches {', '.join(map(str, batches))}: engine start, "
+             f"warm-up and {settings.reps} runs each")
+    prompts = {b: _prompts(b, settings, config.vocab_size) for b in batches}
+    timed, engine = run_vllm_batches(spec.name, config, settings.dtype, prompts, settings.osl,
+                                     settings.warmup, settings.reps)
+    runs = []
+    for batch in batches:
+        record = _timed_record(batch, settings, timed[batch], peak=None)
+        record["engine"] = engine
+        runs.append(_finish_record(record, spec, "vllm", cost, dtype_bytes, limits, settings,
+                                   progress))
     return runs
 
 
@@ -153,8 +196,7 @@ def _make_backend(name: str, model, max_len: int, settings: BenchSettings):
 
 def _bench_batch(backend, batch: int, settings: BenchSettings, device: torch.device,
                  vocab: int) -> dict:
-    generator = torch.Generator().manual_seed(settings.seed)
-    prompts = torch.randint(0, vocab, (batch, settings.isl), generator=generator).to(device)
+    prompts = _prompts(batch, settings, vocab).to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
@@ -167,6 +209,16 @@ def _bench_batch(backend, batch: int, settings: BenchSettings, device: torch.dev
     finally:
         backend.release()
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return _timed_record(batch, settings, timings, peak)
+
+
+def _prompts(batch: int, settings: BenchSettings, vocab: int) -> torch.Tensor:
+    """The same random prompts for every backend (seeded by ``settings.seed``)."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    return torch.randint(0, vocab, (batch, settings.isl), generator=generator)
+
+
+def _timed_record(batch: int, settings: BenchSettings, timings: list, peak: int | None) -> dict:
     return {"batch": batch, "isl": settings.isl, "osl": settings.osl,
             "metrics": median_metrics(timings).as_dict(),
             "repetitions": [t.__dict__ for t in timings], "peak_memory_bytes": peak}

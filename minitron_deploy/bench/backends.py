@@ -1,7 +1,7 @@
-"""In-process backends: ``torch`` (our static-cache CUDA-graph fast path) and ``hf`` (stock
-``generate``). Each turns one batch of prompts into a :class:`Timing` of exactly ``osl``
-tokens per request (EOS ignored). ``prepare`` and the warm-up runs (compilation, graph
-capture) stay outside the timings."""
+"""Backends: ``torch`` (our static-cache CUDA-graph fast path) and ``hf`` (stock ``generate``)
+in process, ``vllm`` in the vLLM environment. Each turns one batch of prompts into a
+:class:`Timing` of exactly ``osl`` tokens per request (EOS ignored). ``prepare`` and the warm-up
+runs (compilation, graph capture, engine start) stay outside the timings."""
 
 from __future__ import annotations
 
@@ -100,3 +100,26 @@ class HFBackend:
 
     def release(self) -> None:
         pass
+
+
+def run_vllm_batches(model_dir: str, config, dtype: str, prompts: dict[int, torch.Tensor],
+                     osl: int, warmup: int, reps: int) -> tuple[dict[int, list[Timing]], dict]:
+    """vLLM: one engine for every batch size of a model, started once in the vLLM environment
+    (``ttft_s`` when every request has its first token). Returns the timings per batch size
+    and the engine's version and device."""
+    from ..errors import MinitronError
+    from ..serve.vllm_env import VLLM_DTYPES, kv_cache_bytes, run_vllm, vllm_overrides
+
+    isl = next(iter(prompts.values())).shape[1]
+    dtype_bytes = torch.finfo(getattr(torch, VLLM_DTYPES[dtype])).bits // 8
+    job = {"model": str(model_dir), "dtype": VLLM_DTYPES[dtype], "max_model_len": isl + osl,
+           "kv_cache_bytes": kv_cache_bytes(config, max(prompts), isl + osl, dtype_bytes),
+           "hf_overrides": vllm_overrides(config),
+           "throughput": {"batches": {str(b): p.tolist() for b, p in prompts.items()},
+                          "osl": osl, "warmup": warmup, "reps": reps}}
+    result = run_vllm([job])
+    model = result["models"][0]
+    if "error" in model:
+        raise MinitronError(f"vLLM cannot run {model_dir}: {model['error']}")
+    timings = {int(b): [Timing(**t) for t in runs] for b, runs in model["throughput"].items()}
+    return timings, {"vllm": result["vllm"], "device": result["device"]}

@@ -10,12 +10,14 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="throughput of pruned vs unpruned models (torch, hf, trtllm)")
+    p = sub.add_parser("bench",
+                       help="throughput of pruned vs unpruned models (torch, hf, vllm, trtllm)")
     p.add_argument("--models", nargs="+", required=True, metavar="DIR_OR_SHAPE[@B,...]",
                    help="checkpoint dirs or named shapes (llama31-8b, minitron-4b-width, "
                         "minitron-4b-depth; random weights); @B1,B2 sets that model's batches")
     p.add_argument("--backend", default="torch",
-                   help="torch, hf or trtllm; several separated by commas (e.g. torch,hf)")
+                   help="torch, hf, vllm (the vLLM environment's engine; checkpoint dirs "
+                        "only) or trtllm; several separated by commas (e.g. torch,hf,vllm)")
     p.add_argument("--isl", type=int, default=512, help="input (prompt) length")
     p.add_argument("--osl", type=int, default=128, help="output length (EOS ignored)")
     p.add_argument("--batch-sizes", default="1,8,32,64")

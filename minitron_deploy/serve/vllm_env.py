@@ -1,0 +1,92 @@
+"""The vLLM environment seen from this package: its python, and one call of the runner script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..errors import MinitronError
+from ..shape import ModelShape
+
+ENV_VAR = "MINITRON_VLLM_PYTHON"
+RUNNER = Path(__file__).with_name("vllm_runner.py")
+#: ``--dtype`` names -> vLLM's.
+VLLM_DTYPES = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+_HAS_VLLM = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+
+
+def vllm_python() -> str:
+    """``$MINITRON_VLLM_PYTHON``, else ``.venv-vllm/bin/python`` beside the repository, else a
+    ``python`` on PATH that has vLLM; refuses with how to get one when there is none."""
+    explicit = os.environ.get(ENV_VAR)
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise MinitronError(f"{ENV_VAR}={explicit} is not an executable python")
+        return explicit
+    beside = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
+    if os.access(beside, os.X_OK):
+        return str(beside)
+    python = shutil.which("python")
+    if python and subprocess.run([python, "-c", _HAS_VLLM], capture_output=True).returncode == 0:
+        return python
+    raise MinitronError(f"no vLLM environment: run .ci/setup (it builds .venv-vllm) or set "
+                        f"{ENV_VAR} to a python that has vLLM")
+
+
+def vllm_overrides(config) -> dict | None:
+    """Config overrides vLLM needs to load this checkpoint as transformers does, or None.
+
+    vLLM's Qwen2 derives head_dim from hidden_size / heads, which width or head pruning
+    changes (the checkpoint keeps an explicit head_dim); its Llama reads head_dim, and Qwen2 is
+    Llama with q/k/v biases, so such checkpoints load as that.
+    """
+    shape = ModelShape.from_config(config)
+    if config.model_type != "qwen2" or shape.head_dim == shape.hidden_size // shape.num_heads:
+        return None
+    if getattr(config, "use_sliding_window", False):
+        raise MinitronError("vLLM cannot load a Qwen2 checkpoint whose head_dim differs from "
+                            "hidden_size / heads when it uses sliding-window attention")
+    return {"architectures": ["LlamaForCausalLM"], "qkv_bias": True, "attention_bias": False}
+
+
+def quiet_env() -> dict[str, str]:
+    """The environment for vLLM subprocesses: warnings and errors only in its log."""
+    return {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+
+
+def kv_cache_bytes(config, sequences: int, max_len: int, dtype_bytes: int) -> int:
+    """KV cache for ``sequences`` of ``max_len`` tokens (plus one partly filled 128-token
+    block each), at least 64 MiB."""
+    shape = ModelShape.from_config(config)
+    per_token = 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * dtype_bytes
+    return max(64 << 20, per_token * sequences * (max_len + 128))
+
+
+def run_vllm(models: list[dict], threads: int | None = None, timeout: float | None = None) -> dict:
+    """Run the runner script on ``models`` (its job entries) in the vLLM environment.
+
+    ``threads`` caps its CPU threads, unpinned (tiny models run fastest on one); None keeps
+    vLLM's own binding of one thread per core. Returns the runner's result: ``{"vllm":
+    version, "device": ..., "models": [...]}``, one entry per model (``{"error": ...}`` for a
+    model vLLM could not run).
+    """
+    python = vllm_python()
+    env = quiet_env()
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), VLLM_CPU_OMP_THREADS_BIND="nobind")
+    with tempfile.TemporaryDirectory(prefix="minitron-vllm-") as tmp:
+        job, result = Path(tmp) / "job.json", Path(tmp) / "result.json"
+        job.write_text(json.dumps({"models": models}))
+        try:
+            proc = subprocess.run([python, str(RUNNER), str(job), str(result)], env=env,
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise MinitronError(f"the vLLM runner did not finish within {timeout:.0f} s")
+        if proc.returncode != 0 or not result.is_file():
+            tail = [line for line in proc.stderr.splitlines() if line.strip()][-1:] or [""]
+            raise MinitronError(f"the vLLM runner failed (exit {proc.returncode}): {tail[0]}")
+        return json.loads(result.read_text())
