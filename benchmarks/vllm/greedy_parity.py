@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -61,6 +62,14 @@ def smollm2_models(work: Path) -> dict[str, Path]:
     return out
 
 
+def _cpu() -> str:
+    """The CPU's model name and logical core count."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return f"{names[0] if names else platform.machine()}, {os.cpu_count()} logical cores"
+
+
 def _commit() -> str:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                           text=True).stdout.strip()
@@ -98,7 +107,7 @@ def run(args: argparse.Namespace) -> None:
         record = {"command": shlex.join(["python", *sys.argv]), "commit": _commit(),
                   "date": datetime.datetime.now(datetime.timezone.utc)
                   .isoformat(timespec="seconds"),
-                  "machine": {"cpu": platform.processor() or platform.machine(),
+                  "machine": {"cpu": _cpu(),
                               "python": platform.python_version(), "torch": torch.__version__},
                   "dtype": "fp32", "groups": {}}
         md = []
