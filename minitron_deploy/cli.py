@@ -10,8 +10,26 @@ from .commands import COMMAND_MODULES
 from .errors import MinitronError
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples (epilogs) kept as written; every option's help ends with its default unless it
+    states it already (options without a default value say what leaving them out does)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.required or action.default in (None, argparse.SUPPRESS):
+            return text
+        if action.nargs == 0:  # a flag
+            return f"{text} (default: off)"
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
-    """Usage errors as one ``minitron: error:`` line (exit 2), like every other refusal."""
+    """Usage errors as one ``minitron: error:`` line (exit 2), like every other refusal; help
+    with defaults and examples (``HelpFormatter``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"minitron: error: {self.prog}: {message} (see {self.prog} --help)\n")

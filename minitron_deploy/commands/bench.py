@@ -9,9 +9,15 @@ import subprocess
 import sys
 
 
+_EXAMPLE = """example (the paper's comparison: each model at its best batch size):
+  minitron bench --models llama31-8b@32 minitron-4b-width@64 out/llama-4.5b@64 \\
+      --backend torch,hf --max-throughput --out out/bench"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench",
-                       help="throughput of pruned vs unpruned models (torch, hf, vllm, trtllm)")
+                       help="throughput of pruned vs unpruned models (torch, hf, vllm, trtllm)",
+                       epilog=_EXAMPLE)
     p.add_argument("--models", nargs="+", required=True, metavar="DIR_OR_SHAPE[@B,...]",
                    help="checkpoint dirs or named shapes (llama31-8b, minitron-4b-width, "
                         "minitron-4b-depth; random weights); @B1,B2 sets that model's batches")
@@ -20,17 +26,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "only) or trtllm; several separated by commas (e.g. torch,hf,vllm)")
     p.add_argument("--isl", type=int, default=512, help="input (prompt) length")
     p.add_argument("--osl", type=int, default=128, help="output length (EOS ignored)")
-    p.add_argument("--batch-sizes", default="1,8,32,64")
+    p.add_argument("--batch-sizes", default="1,8,32,64",
+                   help="batch sizes to time, comma separated (a model's @B1,B2 wins)")
     p.add_argument("--max-throughput", action="store_true",
                    help="compare each model's best batch size (the paper: 8B@32 vs 4B@64)")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"],
+                   help="weight and compute dtype")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     p.add_argument("--hf-cache", default="static", choices=["static", "dynamic"],
                    help="KV cache of the hf backend's generate")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-plots", action="store_true", help="skip the throughput plots")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
     p.add_argument("--out", required=True, help="directory for bench.json, bench.md and plots")
     p.set_defaults(func=run)
 

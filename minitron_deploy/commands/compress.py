@@ -10,20 +10,27 @@ import yaml
 from ..errors import MinitronError
 
 
+_EXAMPLE = """example (the memory plan on 8 GPUs, then the run; re-running resumes):
+  minitron compress --recipe recipes/llama31-8b-to-4b-width.yaml --dry-run --gpus 8
+  torchrun --nproc-per-node 8 -m minitron_deploy.cli compress \\
+      --recipe recipes/llama31-8b-to-4b-width.yaml"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compress", help="run a recipe end to end: prune, distill, export, "
-                                        "eval, bench (resumable stages)")
+                                        "eval, bench (resumable stages)", epilog=_EXAMPLE)
     p.add_argument("--recipe", required=True, help="recipe YAML (see recipes/)")
     p.add_argument("--work-dir", help="stage outputs (default: out/<recipe name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set distill.tokens=2e6 --set device=cuda")
+                   help="override a recipe value, repeatable, e.g. --set distill.tokens=2e6 "
+                        "--set device=cuda (default: the recipe as written)")
     p.add_argument("--dry-run", action="store_true",
                    help="print shapes, parameters and per-rank memory of every stage and "
                         "strategy, and the strategy distillation would use; run nothing")
     p.add_argument("--gpus", type=int, default=1,
                    help="ranks distillation will run on (torchrun --nproc-per-node), for "
                         "--dry-run (default 1)")
-    p.add_argument("--device-memory-gb", type=float,
+    p.add_argument("--device-memory-gb", type=float, metavar="GIB",
                    help="memory of one device in GiB for --dry-run (default: the device here)")
     p.set_defaults(func=run)
 

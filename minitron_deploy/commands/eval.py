@@ -9,18 +9,26 @@ from ..eval.tasks import TASKS
 from .common import add_device_args
 
 
+_EXAMPLE = """example (teacher and student side by side on 200 items per task):
+  minitron eval --model meta-llama/Llama-3.1-8B --model out/llama-4.5b-kd \\
+      --tasks ppl,hellaswag,arc_easy --ppl-data heldout.txt --limit 200 --out results.json"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="perplexity and zero-shot accuracy (lm-eval scoring)")
+    p = sub.add_parser("eval", help="perplexity and zero-shot accuracy (lm-eval scoring)",
+                       epilog=_EXAMPLE)
     p.add_argument("--model", required=True, action="append",
                    help="checkpoint folder or Hub id org/name[@rev]; repeat for a "
                         "side-by-side table")
     p.add_argument("--tasks", default="ppl,hellaswag,piqa,arc_easy,arc_challenge,winogrande",
                    help=f"comma separated: ppl, {', '.join(TASKS)}")
-    p.add_argument("--limit", type=int, help="items per task (MMLU: per subject)")
-    p.add_argument("--ppl-data", help="held-out text for perplexity (same formats as --data)")
+    p.add_argument("--limit", type=int,
+                   help="items per task, MMLU: per subject (default: every item)")
+    p.add_argument("--ppl-data", help="held-out text for perplexity, same formats as prune "
+                                      "--calib (no default: needed for the ppl task)")
     p.add_argument("--seq-len", type=int, default=512, help="perplexity sequence length")
     p.add_argument("--ppl-seqs", type=int, default=64, help="perplexity sequences")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward")
     add_device_args(p)
     p.add_argument("--out", required=True, help="results JSON (a .md table is written beside)")
     p.set_defaults(func=run)

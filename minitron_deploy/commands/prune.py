@@ -9,22 +9,33 @@ from ..target import TargetSpec, parse_layer_ranges
 from ..trim import RESCALE_CHOICES
 from .common import add_calibration_args, checked, scoring_settings
 
+_EXAMPLE = """example (Llama-3.1-8B to a 4.5B width-pruned model, scores kept for reuse):
+  minitron prune --model meta-llama/Llama-3.1-8B --calib calib.jsonl \\
+      --target-params 4.5e9 --out out/llama-4.5b
+  minitron prune --model meta-llama/Llama-3.1-8B --scores out/llama-4.5b \\
+      --drop-layers 16-31 --out out/llama-depth"""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prune", help="score importance and trim a checkpoint to a target shape")
+    p = sub.add_parser("prune", help="score importance and trim a checkpoint to a target shape",
+                       epilog=_EXAMPLE)
     add_calibration_args(p)
     p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
     p.add_argument("--scores", help="reuse scores instead of calibrating: a scores file or a "
-                                    "folder pruned before (its minitron/importance.safetensors)")
-    p.add_argument("--hidden-size", type=int)
-    p.add_argument("--ffn-hidden-size", type=int)
-    p.add_argument("--num-heads", type=int)
-    p.add_argument("--num-kv-heads", type=int)
-    p.add_argument("--num-layers", type=int)
+                                    "folder pruned before (its minitron/importance.safetensors; "
+                                    "default: calibrate on --calib)")
+    keep = "(default: the source's, or what --target-params picks)"
+    p.add_argument("--hidden-size", type=int, help=f"target hidden size {keep}")
+    p.add_argument("--ffn-hidden-size", type=int, help=f"target MLP intermediate size {keep}")
+    p.add_argument("--num-heads", type=int, help=f"target query heads {keep}")
+    p.add_argument("--num-kv-heads", type=int, help=f"target KV heads {keep}")
+    p.add_argument("--num-layers", type=int,
+                   help="target layer count, layers chosen by --depth-metric (default: all kept)")
     p.add_argument("--drop-layers", type=checked(parse_layer_ranges),
-                   help="e.g. 16-31 or 3,5,10-12")
+                   help="layers to remove, e.g. 16-31 or 3,5,10-12 (default: none)")
     p.add_argument("--target-params", type=float,
-                   help="parameter budget: absolute (4.5e9) or a fraction of the source (0.5)")
+                   help="parameter budget: absolute (4.5e9) or a fraction of the source (0.5); "
+                        "default: the explicit sizes only")
     default = Alignment()
     p.add_argument("--align", default=f"{default.hidden},{default.ffn},{default.heads}",
                    metavar="HIDDEN,FFN[,HEADS]",

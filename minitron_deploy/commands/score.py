@@ -8,8 +8,15 @@ from ..errors import MinitronError
 from .common import add_calibration_args, scoring_settings
 
 
+_EXAMPLE = """example (score once, then prune to several targets without calibrating again):
+  minitron score --model meta-llama/Llama-3.1-8B --calib calib.jsonl --block-sizes 1,8,16 \\
+      --out scores.safetensors
+  minitron prune --model meta-llama/Llama-3.1-8B --scores scores.safetensors \\
+      --num-layers 16 --out out/llama-depth"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("score", help="only compute the importance artifact")
+    s = sub.add_parser("score", help="only compute the importance artifact", epilog=_EXAMPLE)
     add_calibration_args(s)
     s.add_argument("--out", required=True, help="scores file to write (.safetensors)")
     s.add_argument("--block-sizes", default="1",
