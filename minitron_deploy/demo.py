@@ -53,7 +53,7 @@ def size_to_budget(recipe: Recipe, work: Path, budget_s: float,
                    started: float) -> tuple[Recipe, dict, dict[str, float]]:
     """``recipe`` with ``distill.tokens`` sized to the time left of ``budget_s`` (counted from
     ``started``), the sizing record, and the seconds of the stages run to measure it (assets,
-    prune, calibration); an earlier sizing of the same recipe and budget is reused."""
+    prune, sizing); an earlier sizing of the same recipe and budget is reused."""
     if recipe.iterations:
         raise MinitronError("the demo sizes one prune + distill round to its time budget; run "
                             "multi-round recipes with minitron compress")
@@ -76,7 +76,7 @@ def size_to_budget(recipe: Recipe, work: Path, budget_s: float,
     cfg = replace(recipe.distill, device=recipe.device)
     speed = measure_speed(teacher, prune_stage.output, cfg)
     evaluation_s = eval_seconds(speed, eval_tokens(recipe.eval, _tokenizer(teacher)))
-    seconds["calibration"] = time.perf_counter() - t0
+    seconds["sizing"] = time.perf_counter() - t0
     elapsed = time.perf_counter() - started
     steps = fit_steps(budget_s - elapsed - evaluation_s, speed, cfg)
     per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len

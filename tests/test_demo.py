@@ -71,7 +71,7 @@ def test_demo_sizes_tokens_records_them_and_reuses_the_sizing(tmp_path, monkeypa
     assert sizing["tokens"] == 640 and sizing["recipe_tokens"] == 1024
     report = json.loads((work / "report.json").read_text())
     assert report["demo"]["tokens"] == 640 and report["demo"]["time_budget_min"] == 100
-    assert {"prune", "calibration", "distill", "eval"} <= set(report["stage_seconds"])
+    assert {"prune", "sizing", "distill", "eval"} <= set(report["stage_seconds"])
     assert json.loads((work / "distill.manifest.json").read_text())["settings"]["tokens"] == 640
     assert "640 tokens" in (work / "report.md").read_text()
 

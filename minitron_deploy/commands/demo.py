@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-#: Minutes the whole demo may take by default: under 10 on a 2-core AVX2 CPU.
+#: Minutes the whole demo may take by default: a 10-minute target, with margin.
 DEFAULT_BUDGET_MIN = 9.0
 
 
