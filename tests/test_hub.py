@@ -78,3 +78,14 @@ def test_outputs_never_go_into_the_cache(offline):
         check_output_dir(snapshot / "pruned", "org/tiny")
     with pytest.raises(MinitronError, match="inside the Hugging Face cache"):
         check_output_dir(offline / "pruned", "org/tiny")
+
+
+def test_serve_gives_vllm_the_cached_folder(offline):
+    from minitron_deploy.serve.server import ServeSettings, check_settings, server_command
+
+    settings = ServeSettings("org/tiny@v1", port=0)
+    assert check_settings(settings).num_hidden_layers == 3
+    cmd = server_command(settings, "python")
+    snapshot = offline.resolve() / "models--org--tiny" / "snapshots" / TAGGED
+    assert cmd[cmd.index("--model") + 1] == str(snapshot)
+    assert cmd[cmd.index("--served-model-name") + 1] == "tiny"

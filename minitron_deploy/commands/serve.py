@@ -17,8 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    ".ci/setup builds, or $MINITRON_VLLM_PYTHON); clients name "
                                    "the model\nafter its folder.",
                        epilog=_EXAMPLE)
-    p.add_argument("--model", required=True, metavar="DIR",
-                   help="Hugging Face checkpoint directory (e.g. from minitron prune or distill)")
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help="checkpoint folder (e.g. from minitron prune or distill) or Hugging "
+                        "Face Hub id org/name[@rev]")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MinitronError
+from ..hub import resolve_model
 from ..modeling import load_config
 from .vllm_env import VLLM_DTYPES, vllm_overrides, vllm_python
 
@@ -18,7 +19,8 @@ _CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """What to serve and where; ``cpu_kv_cache_gib`` sizes the KV cache of vLLM's CPU build."""
+    """What to serve (a checkpoint folder or Hub id) and where; ``cpu_kv_cache_gib`` sizes the
+    KV cache of vLLM's CPU build."""
 
     model: str
     host: str = "127.0.0.1"
@@ -28,9 +30,16 @@ class ServeSettings:
     cpu_kv_cache_gib: int = 4
 
     @property
+    def path(self) -> Path:
+        """The checkpoint folder (a Hub id's from the Hugging Face cache)."""
+        return resolve_model(self.model)
+
+    @property
     def name(self) -> str:
-        """The model name clients send (the folder's name)."""
-        return Path(self.model).resolve().name
+        """The model name clients send: the folder's name, or a Hub id's repository name."""
+        if Path(self.model).exists():
+            return Path(self.model).resolve().name
+        return self.model.partition("@")[0].rpartition("/")[2]
 
     @property
     def url(self) -> str:
@@ -41,8 +50,8 @@ class ServeSettings:
 def check_settings(settings: ServeSettings):
     """Refuse, in one line, a folder that is not a model, bad limits or a port in use;
     returns the model's config."""
-    config = load_config(settings.model)
-    if not any(Path(settings.model).glob("*.safetensors")):
+    config = load_config(settings.path)
+    if not any(settings.path.glob("*.safetensors")):
         raise MinitronError(f"{settings.model} has no *.safetensors weights")
     if settings.dtype not in VLLM_DTYPES:
         raise MinitronError(f"unknown dtype {settings.dtype!r}; choose from "
@@ -73,7 +82,7 @@ def has_chat_template(model_dir: str | Path) -> bool:
 def server_command(settings: ServeSettings, python: str,
                    overrides: dict | None = None) -> list[str]:
     """The vLLM server's command line (the model's own chat template, no remote code)."""
-    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", settings.model,
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(settings.path),
            "--served-model-name", settings.name, "--host", settings.host,
            "--port", str(settings.port), "--dtype", VLLM_DTYPES[settings.dtype]]
     if settings.max_model_len is not None:
@@ -90,7 +99,7 @@ def usage_lines(settings: ServeSettings) -> list[str]:
     lines = [f"serving {settings.model} as {settings.name!r} at {settings.url} (Ctrl-C stops)",
              f"  curl {settings.url}/chat/completions -H 'Content-Type: application/json' "
              f"-d {shlex.quote(body)}"]
-    if not has_chat_template(settings.model):
+    if not has_chat_template(settings.path):
         lines.append("  this checkpoint has no chat template: /v1/chat/completions will refuse "
                      "requests, /v1/completions works")
     return lines
