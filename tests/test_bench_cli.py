@@ -54,7 +54,8 @@ def test_cpu_bench_of_two_models_writes_a_complete_report(checkpoints, capsys):
     (["--models", "llama31-70b"], "unknown model 'llama31-70b'"),
     (["--models", "llama31-8b", "--batch-sizes", "4096"],
      "llama31-8b at batch 4096 .* needs ~.* GiB .* lower --batch-sizes"),
-    (["--models", "llama31-8b", "--backend", "vllm"], "unknown backend 'vllm'"),
+    (["--models", "llama31-8b", "--backend", "tgi"], "unknown backend 'tgi'"),
+    (["--models", "llama31-8b", "--backend", "vllm"], "vllm backend needs checkpoint directories"),
     (["--models", "llama31-8b", "--batch-sizes", "1,x"], "batch sizes must be integers"),
 ])
 def test_bad_input_is_one_clean_line(tmp_path, capsys, argv, message):
