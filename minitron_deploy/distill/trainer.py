@@ -1,7 +1,7 @@
 """The training loop shared by distillation, LM retraining and teacher correction.
 
 AdamW with linear warmup and cosine decay, gradient accumulation and clipping, bf16 autocast
-on GPU (fp32 on CPU), sharded checkpoints every N steps and exact resumption: data order is a
+where it is faster (``precision.py``), sharded checkpoints every N steps and exact resumption: data order is a
 function of the step, and weights, optimizer and RNG state are restored, so on CPU a resumed
 run reproduces an uninterrupted one step for step. Under ``torchrun`` each rank takes its own
 slice of every global batch, with DDP or FSDP2 (``parallel.py``). Logs are JSONL; a progress
@@ -45,7 +45,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     checkpoint_every: int = 100
     seed: int = 0
-    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; or "bf16" / "fp32"
+    precision: str = "auto"  # auto: bf16 where faster (precision.py); or "bf16" / "fp32"
     strategy: str = "single"  # single, ddp or fsdp (resolved; see parallel.py)
     activation_checkpointing: bool = False
 
