@@ -1,9 +1,9 @@
 """The training loop shared by distillation, LM retraining and teacher correction.
 
 AdamW with linear warmup and cosine decay, gradient accumulation and clipping, bf16 autocast
-where it is faster (``precision.py``), sharded checkpoints every N steps and exact resumption: data order is a
-function of the step, and weights, optimizer and RNG state are restored, so on CPU a resumed
-run reproduces an uninterrupted one step for step. Under ``torchrun`` each rank takes its own
+where it is faster (``precision.py``), sharded checkpoints every N steps and exact resumption:
+data order is a function of the step, and weights, optimizer and RNG state are restored, so on
+CPU a resumed run reproduces an uninterrupted one step for step. Under ``torchrun`` each rank takes its own
 slice of every global batch, with DDP or FSDP2 (``parallel.py``). Logs are JSONL; a progress
 bar shows loss, tokens/s and ETA.
 """
