@@ -90,15 +90,21 @@ def _mesh(device: torch.device):
     return init_device_mesh(device.type, (torch.distributed.get_world_size(),))
 
 
+def _policy(bf16: bool):
+    """bf16 compute with fp32 gradient reduction, or the parameters' own dtype."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if bf16 else MixedPrecisionPolicy())
+
+
 def shard_model(model: nn.Module, device: torch.device, bf16: bool,
                 reshard_after_forward: bool = True) -> None:
     """``fully_shard`` every decoder layer of a Hugging Face model, then the model itself
     (embeddings, final norm and LM head form the root group). Parameters move to ``device``."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import fully_shard
 
-    mesh = _mesh(device)
-    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-              if bf16 else MixedPrecisionPolicy())
+    mesh, policy = _mesh(device), _policy(bf16)
     for layer in get_adapter(model.config).layers(model):
         fully_shard(layer, mesh=mesh, mp_policy=policy,
                     reshard_after_forward=reshard_after_forward)
@@ -108,11 +114,9 @@ def shard_model(model: nn.Module, device: torch.device, bf16: bool,
 def shard_root(module: nn.Module, device: torch.device, bf16: bool) -> None:
     """``fully_shard`` what is left of an objective (e.g. learned hidden-state projections)
     after its student was sharded, so every trainable parameter is a sharded DTensor."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import fully_shard
 
-    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-              if bf16 else MixedPrecisionPolicy())
-    fully_shard(module, mesh=_mesh(device), mp_policy=policy)
+    fully_shard(module, mesh=_mesh(device), mp_policy=_policy(bf16))
 
 
 def is_sharded(module: nn.Module) -> bool:
