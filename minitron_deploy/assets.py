@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import MinitronError
 from .hub import resolve_model
 from .modeling import save_checkpoint_atomic
-from .stages import write_text_atomic
+from .files import write_text_atomic
 
 BUILTIN = "builtin:"
 

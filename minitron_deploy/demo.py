@@ -20,7 +20,7 @@ from .budget import (SAFETY, distill_overhead_seconds, eval_seconds, eval_tokens
 from .errors import MinitronError
 from .pipeline import PipelineResult, build_stages, run_pipeline, summary
 from .recipe import Recipe, load_recipe, packaged_recipe
-from .stages import settings_hash, write_json_atomic
+from .files import settings_hash, write_json_atomic
 
 SIZING = "demo-sizing.json"
 

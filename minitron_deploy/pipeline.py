@@ -23,8 +23,8 @@ from .ranks import on_main_rank
 from .recipe import BenchStage, ExportStage, Iteration, Recipe
 from .report import print_prune_summary
 from .shape import count_params
-from .stages import Stage, write_json_atomic
-from .target import TargetSpec, parse_layer_ranges
+from .files import write_json_atomic
+from .stages import Stage
 from .trim import RESCALE_CHOICES
 
 RESULTS = "results.json"
@@ -41,17 +41,9 @@ class PipelineResult:
     report: dict = field(default_factory=dict)
 
 
-def target_spec(p) -> TargetSpec:
-    """TargetSpec from a recipe's prune section."""
-    return TargetSpec(hidden_size=p.hidden_size, ffn_hidden_size=p.ffn_hidden_size,
-                      num_heads=p.num_heads, num_kv_heads=p.num_kv_heads,
-                      num_layers=p.num_layers, target_params=p.target_params, align=p.align,
-                      drop_layers=parse_layer_ranges(p.drop_layers) if p.drop_layers else None)
-
-
 def _prune_stage(rnd: Iteration, device: str, teacher: Path, data: Path, out: Path) -> None:
     p = rnd.prune
-    report = prune(teacher, out, target_spec(p), calib=data, calib_samples=p.calib_samples,
+    report = prune(teacher, out, p.target(), calib=data, calib_samples=p.calib_samples,
                    seq_len=p.seq_len, batch_size=p.batch_size, device=device,
                    rescale_norms=RESCALE_CHOICES[p.rescale_norms],
                    settings=_scoring(p))

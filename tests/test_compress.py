@@ -66,7 +66,7 @@ def test_compress_killed_mid_distillation_resumes_to_the_same_model(tmp_path):
     import sys
     import time
 
-    from minitron_deploy.stages import sha256_file
+    from minitron_deploy.files import sha256_file
     from tiny_models import CALIB_TEXT, save_tiny_checkpoint
 
     save_tiny_checkpoint("llama", tmp_path / "teacher")

@@ -118,7 +118,7 @@ def _spied_cli() -> int:
 
     import torch.distributed
 
-    import minitron_deploy.stages as stages
+    import minitron_deploy.files as files
 
     rank, kill_at = os.environ["RANK"], int(os.environ.get("SPY_KILL_AT", "0"))
 
@@ -126,13 +126,13 @@ def _spied_cli() -> int:
         with open(os.environ["SPY_LOG"], "a") as fh:
             fh.write(f"{rank} {kind} {what}\n")
 
-    write_text_atomic = stages.write_text_atomic
+    write_text_atomic = files.write_text_atomic
 
     def spy_write(path, text):
         note("write", path)
         return write_text_atomic(path, text)
 
-    stages.write_text_atomic = spy_write
+    files.write_text_atomic = spy_write
     import minitron_deploy.pipeline as pipeline
 
     distill = pipeline.distill

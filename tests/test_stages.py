@@ -5,7 +5,8 @@ import json
 import pytest
 
 from minitron_deploy.errors import MinitronError
-from minitron_deploy.stages import Stage, sha256_file
+from minitron_deploy.files import sha256_file
+from minitron_deploy.stages import Stage
 
 
 def make(tmp_path, settings, calls, scratch_kept=None):

@@ -14,7 +14,7 @@ from ..data import check_seq_len, load_texts, pack_tokens
 from ..errors import MinitronError
 from ..modeling import load_model
 from ..precision import resolve_precision
-from ..stages import write_text_atomic
+from ..files import write_text_atomic
 from .multiple_choice import evaluate_items
 from .perplexity import perplexity
 from .tasks import TASKS, load_named_task

@@ -9,7 +9,7 @@ from ..artifacts import ARTIFACTS_DIR, artifact_path
 from ..artifacts import EXPORT_MANIFEST as MANIFEST
 from ..errors import MinitronError
 from ..modeling import atomic_dir  # noqa: F401  (re-exported for the export modules)
-from ..stages import content_hashes, write_json_atomic
+from ..files import content_hashes, write_json_atomic
 
 
 def write_manifest(directory: Path, source: str | Path, fmt: str, dtype: str,
