@@ -349,7 +349,8 @@ class Study:
 def probe(study: Study, rows: list[Row], texts: dict[str, str], seqs: int) -> dict:
     """Per row: perplexity on each named text, and forward KL(teacher || row) per token on the
     first one; to see what a retraining objective bought (in-domain fit vs teacher match)."""
-    from minitron_deploy.distill.losses import logit_kd_loss, shifted_labels
+    from minitron_deploy.distill.losses import logit_kd_loss
+    from minitron_deploy.likelihood import shifted_labels
 
     packed = {name: pack_tokens(load_texts(resolve(src, study.work)), study.tokenizer,
                                 study.p.seq_len, seqs, seed=0) for name, src in texts.items()}

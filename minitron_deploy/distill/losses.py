@@ -29,10 +29,8 @@ from torch.nn import functional as F
 from ..arch import get_adapter
 from ..artifacts import PRUNING_RECORD, artifact_path
 from ..errors import MinitronError
+from ..likelihood import IGNORE_INDEX
 from ..shape import ModelShape
-
-#: Label value ignored by the LM term (as in transformers).
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -143,13 +141,6 @@ def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | N
                                float(temperature), float(lm_weight), int(chunk_tokens))
     detached = out.detach()
     return LossParts(total=out[0], kd=detached[1], lm=detached[2])
-
-
-def shifted_labels(input_ids: torch.Tensor) -> torch.Tensor:
-    """Next-token targets aligned with every position's logits (last position ignored)."""
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
-    labels[:, :-1] = input_ids[:, 1:]
-    return labels
 
 
 def default_layer_map(student_layers: int, teacher_layers: int, count: int) -> list[tuple[int, int]]:

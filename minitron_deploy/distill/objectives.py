@@ -13,8 +13,9 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from ..likelihood import shifted_labels
 from ..precision import resolve_precision
-from .losses import HiddenStateLoss, LossParts, logit_kd_loss, shifted_labels
+from .losses import HiddenStateLoss, LossParts, logit_kd_loss
 
 
 class Objective(Protocol):

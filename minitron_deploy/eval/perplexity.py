@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..distill.losses import logit_kd_loss, shifted_labels
+from ..likelihood import next_token_nll
 
 
 def perplexity(model: nn.Module, sequences: torch.Tensor, batch_size: int = 4) -> float:
@@ -18,9 +18,7 @@ def perplexity(model: nn.Module, sequences: torch.Tensor, batch_size: int = 4) -
     with torch.no_grad():
         for batch in sequences.split(batch_size):
             batch = batch.to(device)
-            logits = model(input_ids=batch, use_cache=False).logits
-            loss = logit_kd_loss(logits, None, shifted_labels(batch), lm_weight=1.0).total
-            n = batch.shape[0] * (batch.shape[1] - 1)
-            total += float(loss) * n
+            nll, n = next_token_nll(model(input_ids=batch, use_cache=False).logits, batch)
+            total += nll
             count += n
     return math.exp(total / count)
