@@ -47,7 +47,6 @@ from .distill.api import DistillConfig
 from .errors import MinitronError
 from .importance.layerwise import STREAMABLE_CRITERIA
 from .modeling import load_config
-from .pipeline import target_spec
 from .recipe import PruneStage, Recipe
 from .shape import ModelShape, count_params, reshaped_config
 from .target import resolve_target
@@ -368,7 +367,7 @@ def _prune_plan(name: str, source, rnd, available: int | None,
                 gpu: bool) -> tuple[StagePlan, object]:
     """Whole-model calibration when it fits, else (on GPU, for the criteria that stream)
     layer by layer, as ``prune``'s ``offload="auto"`` decides at run time."""
-    target = resolve_target(source, target_spec(rnd.prune))
+    target = resolve_target(source, rnd.prune.target())
     sizes = ModelSizes.from_config(source)
     calibration = {"whole model": calibration_memory(sizes, rnd.prune, layerwise=False)}
     if gpu and rnd.prune.criterion in STREAMABLE_CRITERIA \

@@ -25,6 +25,7 @@ from .align import Alignment
 from .distill.api import DistillConfig
 from .errors import MinitronError
 from .export.api import DEFAULT_DTYPES
+from .target import TargetSpec, parse_layer_ranges
 
 
 @dataclass
@@ -45,6 +46,14 @@ class PruneStage:
     seq_len: int = 512
     batch_size: int = 8
     rescale_norms: str = "auto"
+
+    def target(self) -> TargetSpec:
+        """The pruning request of this section."""
+        return TargetSpec(hidden_size=self.hidden_size, ffn_hidden_size=self.ffn_hidden_size,
+                          num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+                          num_layers=self.num_layers, target_params=self.target_params,
+                          align=self.align, drop_layers=parse_layer_ranges(self.drop_layers)
+                          if self.drop_layers else None)
 
 
 @dataclass

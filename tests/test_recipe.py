@@ -31,11 +31,10 @@ def test_numbers_are_coerced_where_unambiguous(tmp_path):
 
 def test_prune_align_maps_onto_the_target(tmp_path):
     from minitron_deploy.align import Alignment
-    from minitron_deploy.pipeline import target_spec
 
     recipe = load_recipe(write(tmp_path, MINIMAL + "prune: {target_params: 0.5, "
                                                    "align: {hidden: 128}}\n"))
-    assert target_spec(recipe.prune).align == Alignment(128, 64, 1)
+    assert recipe.prune.target().align == Alignment(128, 64, 1)
     assert load_recipe(write(tmp_path, MINIMAL)).prune.align == Alignment()
 
 
