@@ -35,8 +35,9 @@ def test_greedy_tokens_equal_hf_generate(family):
     assert torch.equal(generator.generate(ids, 16), reference)
 
 
-def test_refuses_families_it_does_not_implement():
-    with pytest.raises(MinitronError, match="Llama-like"):
+def test_refuses_features_it_does_not_implement():
+    with pytest.raises(MinitronError, match=r"does not support LayerNorm, a non-gated MLP, .*"
+                                            r"partial rotary embeddings \(nemotron\); use --backend hf"):
         EngineWeights(tiny_model("nemotron"), 40)
     mistral = tiny_model("mistral")
     mistral.config.sliding_window = 16

@@ -1,9 +1,13 @@
-"""Architecture adapters, one per model family, looked up by ``config.model_type``."""
+"""Architecture adapters, one file per model family, looked up by ``config.model_type``.
+
+To add a family, write one adapter file (see ``base.DecoderAdapter``) and list its class here.
+"""
 
 from __future__ import annotations
 
 from ..errors import MinitronError
 from .base import AttentionWeights, DecoderAdapter, MLPWeights
+from .features import FAST_PATH, FEATURES, describe
 from .llama import LlamaAdapter
 from .mistral import MistralAdapter
 from .nemotron import NemotronAdapter
@@ -21,16 +25,25 @@ _ADAPTERS: dict[str, type[DecoderAdapter]] = {
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_ADAPTERS))
 
 
+def support(model_type: str) -> str:
+    """What a family supports, e.g. ``"llama: prune, export hf/onnx/trtllm, fast path, vllm"``
+    (the fast path as far as the family's static features go; a config may still add some)."""
+    cls = _ADAPTERS[model_type]
+    formats = "hf/onnx" + ("/trtllm" if cls.trtllm is not None else "")
+    parts = ["prune", f"export {formats}"]
+    parts += ["fast path"] if cls.static_features <= FAST_PATH else []
+    parts += ["vllm"] if cls.vllm else []
+    return f"{model_type}: {', '.join(parts)}"
+
+
 def get_adapter(config) -> DecoderAdapter:
     """The adapter for a transformers config (or anything with ``model_type``)."""
     model_type = getattr(config, "model_type", None)
     if model_type not in _ADAPTERS:
-        raise MinitronError(
-            f"unsupported architecture {model_type!r}; supported families: "
-            + ", ".join(SUPPORTED_MODEL_TYPES)
-        )
+        raise MinitronError(f"unsupported architecture {model_type!r}; supported families: "
+                            + "; ".join(support(t) for t in SUPPORTED_MODEL_TYPES))
     return _ADAPTERS[model_type]()
 
 
-__all__ = ["AttentionWeights", "DecoderAdapter", "MLPWeights", "SUPPORTED_MODEL_TYPES",
-           "get_adapter"]
+__all__ = ["AttentionWeights", "DecoderAdapter", "FAST_PATH", "FEATURES", "MLPWeights",
+           "SUPPORTED_MODEL_TYPES", "describe", "get_adapter", "support"]

@@ -1,8 +1,10 @@
 """Common interface of the architecture adapters.
 
-An adapter knows where a family keeps its weights and exposes them as plain tensors
-(q/k/v/o, gate/up/down, residual-stream norms), so trimming and scoring are written once.
-Fused layouts (Phi-3 ``qkv_proj`` / ``gate_up_proj``) are split on read and fused on write.
+An adapter holds everything a family needs: where it keeps its weights, exposed as plain
+tensors (q/k/v/o, gate/up/down, hidden-width norms) so trimming and scoring are written once;
+the architecture features it has (``features.FEATURES``), which consumers refuse by name when
+they do not implement them; and its TensorRT-LLM layout (``trtllm.TrtllmLayout``) or why there
+is none. Fused layouts (Phi-3 ``qkv_proj`` / ``gate_up_proj``) are split on read, fused on write.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+
+from .trtllm import TrtllmLayout
 
 
 @dataclass
@@ -26,6 +30,9 @@ class AttentionWeights:
     k_bias: torch.Tensor | None = None
     v_bias: torch.Tensor | None = None
     o_bias: torch.Tensor | None = None
+    #: Norm weights over the whole q / k projection (OLMo 2), row-aligned with ``q`` / ``k``.
+    q_norm: torch.Tensor | None = None
+    k_norm: torch.Tensor | None = None
 
 
 @dataclass
@@ -65,6 +72,37 @@ class DecoderAdapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     #: "rms" norms only rescale; "layer" norms also subtract the mean (matters when trimming hidden).
     norm_kind: ClassVar[str] = "rms"
+    #: Norm weights are stored as ``w`` for a scale of ``norm_offset + w`` (Gemma: 1).
+    norm_offset: ClassVar[float] = 0.0
+    #: Architecture features every model of the family has (names from ``features.FEATURES``).
+    static_features: ClassVar[frozenset[str]] = frozenset()
+    #: The TensorRT-LLM checkpoint layout, or None with the reason in ``trtllm_refusal``.
+    trtllm: ClassVar[type[TrtllmLayout] | None] = TrtllmLayout
+    trtllm_refusal: ClassVar[str] = ""
+    #: Whether vLLM has this architecture (``minitron serve`` / ``bench --backend vllm``).
+    vllm: ClassVar[bool] = True
+
+    # --- capabilities ------------------------------------------------------------------------
+    def features(self, config) -> set[str]:
+        """The architecture features of the model ``config`` describes (static ones, plus those
+        its config switches on: biases, partial rotary, activation, soft-capping)."""
+        found = set(self.static_features)
+        rope = getattr(config, "rope_parameters", None) or {}
+        partial = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0))
+        if partial not in (None, 1.0):
+            found.add("partial_rotary")
+        if getattr(config, "attention_bias", False):
+            found.add("qkv_bias")
+        if self.activation(config) != "silu":
+            found.add("activation")
+        if getattr(config, "final_logit_softcapping", None) is not None \
+                or getattr(config, "attn_logit_softcapping", None) is not None:
+            found.add("logit_softcap")
+        return found
+
+    @staticmethod
+    def activation(config) -> str:
+        return getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", "silu")
 
     # --- structure ---------------------------------------------------------------------------
     def decoder(self, model: nn.Module) -> nn.Module:
@@ -83,13 +121,20 @@ class DecoderAdapter:
         return self.decoder(model).norm
 
     def layer_norms(self, layer: nn.Module) -> list[nn.Module]:
-        """Norms of one layer that read the residual stream (not per-head q/k norms)."""
+        """Norms of one layer whose width is the hidden size (not q/k norms), in forward order."""
         return [layer.input_layernorm, layer.post_attention_layernorm]
 
     def residual_norms(self, model: nn.Module) -> list[nn.Module]:
         """Every norm whose width is the hidden size, in forward order."""
         norms = [n for layer in self.layers(model) for n in self.layer_norms(layer)]
         return norms + [self.final_norm(model)]
+
+    def qk_norms(self, layer: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+        """The q and k norms of one layer, or None (per head or over the whole projection,
+        as ``static_features`` says)."""
+        if self.static_features & {"head_qk_norm", "projection_qk_norm"}:
+            return layer.self_attn.q_norm, layer.self_attn.k_norm
+        return None
 
     def attention_output_proj(self, layer: nn.Module) -> nn.Linear:
         """The projection whose input is the concatenated per-head attention output."""
@@ -141,6 +186,11 @@ class DecoderAdapter:
         mlp.down_proj = new_linear(w.down, w.down_bias)
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = w.up.shape[0]
+
+    # --- trimming hooks ----------------------------------------------------------------------
+    def rescale_embedding(self, model: nn.Module, old_hidden: int, new_hidden: int) -> None:
+        """Keep what the embedding feeds the decoder when the hidden size changes (a no-op
+        unless the family scales its embeddings by the hidden size)."""
 
     # --- config ------------------------------------------------------------------------------
     def update_config(self, config, kept_layers: list[int]) -> None:

@@ -1,13 +1,29 @@
-"""Phi-3: fused ``qkv_proj`` ([q; k; v] rows) and fused ``gate_up_proj`` ([gate; up] rows)."""
+"""Phi-3: fused ``qkv_proj`` ([q; k; v] rows) and fused ``gate_up_proj`` ([gate; up] rows);
+TensorRT-LLM's fused swiglu ``mlp.fc`` is [up; gate] (it activates the second half)."""
 
 import torch
 from torch import nn
 
 from .base import AttentionWeights, DecoderAdapter, MLPWeights, new_linear
+from .trtllm import Parts, TrtllmLayout
+
+
+class Phi3Trtllm(TrtllmLayout):
+    architecture = "Phi3ForCausalLM"
+    hidden_act = "swiglu"
+    shared_scales = ()
+
+    def config_fields(self, config) -> dict:
+        return {}
+
+    def mlp_weights(self, gate, up, down) -> Parts:
+        return {"mlp.fc": [up, gate], "mlp.proj": [down]}
 
 
 class Phi3Adapter(DecoderAdapter):
     model_types = ("phi3",)
+    static_features = frozenset({"fused_projections"})
+    trtllm = Phi3Trtllm
 
     def get_attention(self, layer: nn.Module) -> AttentionWeights:
         attn = layer.self_attn

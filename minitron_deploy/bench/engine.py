@@ -2,9 +2,10 @@
 
 Weights are taken once from a Hugging Face model through the arch adapters (q/k/v fused into
 one matrix, gate/up into another) and held as module buffers, so a CUDA graph captures their
-addresses instead of copying them. Llama, Mistral, Qwen2 (q/k/v biases), Qwen3 (q/k norms) and
-Phi-3 (already fused) are supported; other families, and models with o_proj or MLP biases (which
-the forward has no term for), are refused with a one-line reason.
+addresses instead of copying them. It implements the architecture features in
+``arch.FAST_PATH`` (fused projections, q/k/v biases, per-head q/k norms); a model whose adapter
+declares any other feature, or that has o_proj or MLP biases (which the forward has no term
+for), is refused with a one-line reason.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..arch import get_adapter
+from ..arch import FAST_PATH, describe, get_adapter
 from ..errors import MinitronError
 
 #: Rope types whose frequencies do not depend on the sequence length (precomputable tables).
@@ -41,18 +42,14 @@ class EngineShape:
 
 def check_supported(config, max_len: int) -> None:
     """Refuse configs the fast path does not implement exactly (before any weight is touched)."""
-    model_type = getattr(config, "model_type", None)
-    if model_type not in {"llama", "mistral", "qwen2", "qwen3", "phi3"}:
-        raise MinitronError(f"the torch backend supports Llama-like families (llama, mistral, "
-                            f"qwen2, qwen3, phi3), not {model_type!r}; use --backend hf")
-    if getattr(config, "hidden_act", "silu") != "silu":
-        raise MinitronError(f"the torch backend needs a SiLU-gated MLP, not {config.hidden_act!r}")
+    missing = get_adapter(config).features(config) - FAST_PATH
+    if missing:
+        raise MinitronError(f"the torch fast path does not support {describe(missing)} "
+                            f"({config.model_type}); use --backend hf")
     rope = getattr(config, "rope_parameters", None) or {}
     if rope.get("rope_type", "default") not in _STATIC_ROPE:
         raise MinitronError(f"rope type {rope.get('rope_type')!r} is not supported by the torch "
                             "backend; use --backend hf")
-    if rope.get("partial_rotary_factor", 1.0) != 1.0:
-        raise MinitronError("partial rotary embeddings are not supported by the torch backend")
     window = getattr(config, "sliding_window", None)
     if window and getattr(config, "use_sliding_window", True) and max_len > window:
         raise MinitronError(f"sequence length {max_len} exceeds the sliding window {window}; "
@@ -88,7 +85,7 @@ class EngineWeights(nn.Module):
 
 
 class LayerTensors(NamedTuple):
-    """One layer's weights; ``qkv_bias`` (Qwen2) and ``q_norm``/``k_norm`` (Qwen3) may be None."""
+    """One layer's weights; ``qkv_bias`` and the per-head ``q_norm``/``k_norm`` may be None."""
 
     ln1: torch.Tensor
     ln2: torch.Tensor
@@ -122,16 +119,14 @@ class _LayerWeights(nn.Module):
         self.register_buffer("o", attn.o.detach())
         self.register_buffer("gate_up", torch.cat([mlp.gate, mlp.up]).detach())
         self.register_buffer("down", mlp.down.detach())
-        self_attn = layer.self_attn
-        norms = (self_attn.q_norm.weight, self_attn.k_norm.weight) if hasattr(self_attn, "q_norm") \
-            else (None, None)
-        self.register_buffer("q_norm", None if norms[0] is None else norms[0].detach())
-        self.register_buffer("k_norm", None if norms[1] is None else norms[1].detach())
+        qk_norms = adapter.qk_norms(layer)  # per head: FAST_PATH has no projection-wide norms
+        self.register_buffer("q_norm", None if qk_norms is None else qk_norms[0].weight.detach())
+        self.register_buffer("k_norm", None if qk_norms is None else qk_norms[1].weight.detach())
 
 
 def _rope_tables(model: nn.Module, max_len: int, like: torch.Tensor):
     """cos/sin ``[max_len, head_dim]`` from the model's own rotary module (scaling included)."""
-    rotary = model.model.rotary_emb
+    rotary = get_adapter(model.config).decoder(model).rotary_emb
     positions = torch.arange(max_len, device=like.device)[None]
     dummy = torch.empty(0, device=like.device, dtype=torch.float32)
     with torch.no_grad():

@@ -1,10 +1,11 @@
 """Hugging Face model -> TensorRT-LLM checkpoint (``config.json`` + ``rank{i}.safetensors``).
 
-Our own converter for every supported family (see ``trtllm_families``). ModelOpt 0.47's
-``export_tensorrt_llm_checkpoint`` was checked and is not used: with transformers 5 it omits
-``rotary_base`` and ``rotary_scaling`` (a Llama-3 model would run with base 10000), always writes
-float16, fails without an explicit ``inference_tensor_parallel``, names Qwen2/3 ``QWenForCausalLM``
-without ``qwen_type``, writes Nemotron's ``rotary_pct`` as 1.0 and has no Phi-3 mapping.
+Our own converter for every family whose adapter has a TensorRT-LLM layout (``arch.trtllm``).
+ModelOpt 0.47's ``export_tensorrt_llm_checkpoint`` was checked and is not used: with
+transformers 5 it omits ``rotary_base`` and ``rotary_scaling`` (a Llama-3 model would run with
+base 10000), always writes float16, fails without an explicit ``inference_tensor_parallel``,
+names Qwen2/3 ``QWenForCausalLM`` without ``qwen_type``, writes Nemotron's ``rotary_pct`` as
+1.0 and has no Phi-3 mapping.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from ..errors import MinitronError
 from ..shape import ModelShape
 from . import fp8 as fp8_lib
 from .shard import split_tensors
-from .trtllm_families import TrtllmFamily, get_family, rope_parameters, rotary_scaling
+from ..arch.trtllm import TrtllmLayout
+from .trtllm_families import get_family, rope_parameters, rotary_scaling
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -74,12 +76,11 @@ def _fused_shape(parts: list[torch.Tensor]) -> tuple[int, int]:
     return sum(p.shape[0] for p in parts), parts[0].shape[1]
 
 
-def _layer_tensors(family: TrtllmFamily, layer: nn.Module, prefix: str, fp8: bool,
+def _layer_tensors(family: TrtllmLayout, layer: nn.Module, prefix: str, fp8: bool,
                    shapes: dict[str, tuple[int, int]], index: int) -> dict[str, torch.Tensor]:
     """One layer's tensors; ``shapes`` holds layer 0's linear shapes (non-uniform is refused)."""
-    input_norm, post_norm = family.adapter.layer_norms(layer)
-    out = {f"{prefix}.input_layernorm.{k}": v for k, v in family.norm(input_norm).items()}
-    out.update({f"{prefix}.post_layernorm.{k}": v for k, v in family.norm(post_norm).items()})
+    out = {f"{prefix}.{name}.{k}": v for name, norm in family.layer_norms(layer).items()
+           for k, v in family.norm(norm).items()}
     weights, biases = family.linears(layer)
     for name, parts in weights.items():
         if shapes.setdefault(name, _fused_shape(parts)) != _fused_shape(parts):
@@ -95,7 +96,7 @@ def _layer_tensors(family: TrtllmFamily, layer: nn.Module, prefix: str, fp8: boo
     return out
 
 
-def _fp8_layer(family: TrtllmFamily, layer: nn.Module, prefix: str,
+def _fp8_layer(family: TrtllmLayout, layer: nn.Module, prefix: str,
                weights: dict[str, list[torch.Tensor]], out: dict) -> dict[str, torch.Tensor]:
     """FP8 weights and scales; linears TensorRT-LLM fuses into one GEMM share their scales."""
     modules = {name: [fp8_lib.owner(layer, p) for p in parts] for name, parts in weights.items()}
