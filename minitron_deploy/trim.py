@@ -105,6 +105,7 @@ def _trim_attention(adapter: DecoderAdapter, layer: nn.Module, plan: KeepPlan, i
         v=_cols(_rows(w.v, kv_rows), h), o=_rows(_cols(w.o, q_rows), h),
         q_bias=_rows(w.q_bias, q_rows), k_bias=_rows(w.k_bias, kv_rows),
         v_bias=_rows(w.v_bias, kv_rows), o_bias=_rows(w.o_bias, h),
+        q_norm=_rows(w.q_norm, q_rows), k_norm=_rows(w.k_norm, kv_rows),
     ), num_heads=len(plan.heads[i]), num_kv_heads=len(plan.kv_heads[i]))
 
 
@@ -118,8 +119,10 @@ def _trim_mlp(adapter: DecoderAdapter, layer: nn.Module, plan: KeepPlan, i: int)
     ))
 
 
-def _trim_norm(norm: nn.Module, hidden: torch.Tensor, scale: float) -> None:
-    norm.weight = nn.Parameter(_rows(norm.weight.data, hidden) * scale)
+def _trim_norm(adapter: DecoderAdapter, norm: nn.Module, hidden: torch.Tensor,
+               scale: float) -> None:
+    norm.weight = nn.Parameter(_rows(norm.weight.data, hidden))
+    adapter.scale_norm(norm, scale)
     if getattr(norm, "bias", None) is not None:
         norm.bias = nn.Parameter(_rows(norm.bias.data, hidden))
     if hasattr(norm, "normalized_shape"):
@@ -169,11 +172,11 @@ def trim_model(model: nn.Module, plan: KeepPlan, rescale_norms: bool | None = No
             _trim_attention(adapter, layer, plan, i, source.head_dim)
             _trim_mlp(adapter, layer, plan, i)
             for norm in adapter.layer_norms(layer):
-                _trim_norm(norm, plan.hidden, scale)
+                _trim_norm(adapter, norm, plan.hidden, scale)
             layer.self_attn.layer_idx = new_idx
             kept.append(layer)
         adapter.decoder(model).layers = kept
-        _trim_norm(adapter.final_norm(model), plan.hidden, scale)
+        _trim_norm(adapter, adapter.final_norm(model), plan.hidden, scale)
 
         embed.weight = nn.Parameter(_cols(embed.weight.data, plan.hidden))
         embed.embedding_dim = len(plan.hidden)
@@ -182,6 +185,8 @@ def trim_model(model: nn.Module, plan: KeepPlan, rescale_norms: bool | None = No
         else:
             head.weight = nn.Parameter(_cols(head.weight.data, plan.hidden))
         head.in_features = len(plan.hidden)
+        if target.hidden_size != source.hidden_size:
+            adapter.rescale_embedding(model, source.hidden_size, target.hidden_size)
     for module, names in zip(touched, frozen):  # the new parameters keep the source's flags
         for name, param in module.named_parameters():
             param.requires_grad_(name not in names)

@@ -33,8 +33,9 @@ class KeptChannelNorm(nn.Module):
 
 def masked_reference(model: nn.Module, plan: KeepPlan, norms_over_kept: bool = True) -> nn.Module:
     """A copy of ``model`` whose dropped units are zeroed: MLP neurons (down_proj columns),
-    heads (o_proj columns), hidden channels (embedding columns, every residual write, norm
-    weights); dropped layers are skipped."""
+    heads (o_proj columns; q/k norms over the whole projection taken over the kept heads),
+    hidden channels (embedding columns, every residual write, every hidden-width norm); dropped
+    layers are skipped."""
     ref = copy.deepcopy(model)
     adapter = get_adapter(ref.config)
     cfg = ref.config
@@ -57,21 +58,28 @@ def masked_reference(model: nn.Module, plan: KeepPlan, norms_over_kept: bool = T
                 proj.weight[dropped_h] = 0
                 if proj.bias is not None:
                     proj.bias[dropped_h] = 0
+            if adapter.get_attention(layer).q_norm is not None:
+                attn = layer.self_attn
+                heads = plan.heads.get(i, torch.arange(cfg.num_attention_heads))
+                kv_heads = plan.kv_heads.get(i, torch.arange(cfg.num_key_value_heads))
+                attn.q_norm = KeptChannelNorm(attn.q_norm, _expand_heads(heads, head_dim))
+                attn.k_norm = KeptChannelNorm(attn.k_norm, _expand_heads(kv_heads, head_dim))
         adapter.embed_tokens(ref).weight[:, dropped_h] = 0
         decoder = adapter.decoder(ref)
-        for i, layer in enumerate(adapter.layers(ref)):
-            for name in ("input_layernorm", "post_attention_layernorm"):
-                norm = getattr(layer, name)
-                setattr(layer, name, KeptChannelNorm(norm, plan.hidden) if norms_over_kept
-                        else _zero_norm(norm, dropped_h))
-        decoder.norm = KeptChannelNorm(decoder.norm, plan.hidden) if norms_over_kept \
-            else _zero_norm(decoder.norm, dropped_h)
+        masked = (lambda norm: KeptChannelNorm(norm, plan.hidden)) if norms_over_kept \
+            else (lambda norm: _zero_norm(norm, dropped_h, adapter.norm_offset))
+        for layer in adapter.layers(ref):
+            norms = adapter.layer_norms(layer)
+            for name, child in list(layer.named_children()):
+                if any(child is n for n in norms):
+                    setattr(layer, name, masked(child))
+        decoder.norm = masked(decoder.norm)
         decoder.layers = nn.ModuleList(adapter.layers(ref)[i] for i in plan.layers)
         if getattr(cfg, "layer_types", None) is not None:
             cfg.layer_types = [cfg.layer_types[i] for i in plan.layers]
     return ref
 
 
-def _zero_norm(norm: nn.Module, dropped: torch.Tensor) -> nn.Module:
-    norm.weight.data[dropped] = 0
+def _zero_norm(norm: nn.Module, dropped: torch.Tensor, offset: float) -> nn.Module:
+    norm.weight.data[dropped] = -offset  # an effective scale of offset + w = 0
     return norm

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig, NemotronConfig,
-                          Phi3Config, Qwen2Config, Qwen3Config)
+from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, LlamaConfig,
+                          MistralConfig, NemotronConfig, Olmo2Config, Phi3Config, Qwen2Config,
+                          Qwen3Config)
 
 _COMMON = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=4,
                num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
@@ -30,10 +31,19 @@ def tiny_config(family: str, **overrides):
         return Phi3Config(**kw, pad_token_id=0)
     if family == "nemotron":
         return NemotronConfig(**kw, head_dim=8, partial_rotary_factor=0.5)
+    if family == "gemma2":  # tied; a window shorter than the test sequences; soft-capped
+        return Gemma2Config(**kw, head_dim=8, query_pre_attn_scalar=12, sliding_window=6,
+                            attn_logit_softcapping=2.0, final_logit_softcapping=3.0)
+    if family == "gemma3":  # tied; local layers 0 and 2 with their own rope base
+        return Gemma3TextConfig(**kw, head_dim=8, query_pre_attn_scalar=12, sliding_window=6,
+                                layer_types=["sliding_attention", "full_attention"] * 2)
+    if family == "olmo2":
+        return Olmo2Config(**kw)
     raise KeyError(family)
 
 
-FAMILIES = ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "phi3", "nemotron"]
+FAMILIES = ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "phi3", "nemotron", "gemma2",
+            "gemma3", "olmo2"]
 
 
 def tiny_model(family: str, seed: int = 0, **overrides):

@@ -8,9 +8,12 @@ from __future__ import annotations
 from ..errors import MinitronError
 from .base import AttentionWeights, DecoderAdapter, MLPWeights
 from .features import FAST_PATH, FEATURES, describe
+from .gemma2 import Gemma2Adapter
+from .gemma3 import Gemma3Adapter
 from .llama import LlamaAdapter
 from .mistral import MistralAdapter
 from .nemotron import NemotronAdapter
+from .olmo2 import Olmo2Adapter
 from .phi3 import Phi3Adapter
 from .qwen2 import Qwen2Adapter
 from .qwen3 import Qwen3Adapter
@@ -18,7 +21,7 @@ from .qwen3 import Qwen3Adapter
 _ADAPTERS: dict[str, type[DecoderAdapter]] = {
     model_type: cls
     for cls in (LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter, Phi3Adapter,
-                NemotronAdapter)
+                NemotronAdapter, Gemma2Adapter, Gemma3Adapter, Olmo2Adapter)
     for model_type in cls.model_types
 }
 

@@ -120,6 +120,10 @@ class DecoderAdapter:
     def final_norm(self, model: nn.Module) -> nn.Module:
         return self.decoder(model).norm
 
+    def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's logits from the last decoder layer's output (final norm, LM head)."""
+        return self.lm_head(model)(self.final_norm(model)(hidden))
+
     def layer_norms(self, layer: nn.Module) -> list[nn.Module]:
         """Norms of one layer whose width is the hidden size (not q/k norms), in forward order."""
         return [layer.input_layernorm, layer.post_attention_layernorm]
@@ -188,6 +192,13 @@ class DecoderAdapter:
             mlp.intermediate_size = w.up.shape[0]
 
     # --- trimming hooks ----------------------------------------------------------------------
+    def scale_norm(self, norm: nn.Module, factor: float) -> None:
+        """Multiply a norm's effective scale (``norm_offset + w``) by ``factor``, in place;
+        ``factor`` 1 leaves the weight bit for bit."""
+        if factor != 1.0:
+            w = norm.weight.data
+            w.copy_(w * factor + self.norm_offset * (factor - 1.0))
+
     def rescale_embedding(self, model: nn.Module, old_hidden: int, new_hidden: int) -> None:
         """Keep what the embedding feeds the decoder when the hidden size changes (a no-op
         unless the family scales its embeddings by the hidden size)."""

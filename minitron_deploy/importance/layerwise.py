@@ -251,7 +251,7 @@ class LayerStreamer:
         total = 0.0
         with resident([norm, head], self.device):
             for batch in state:
-                logits = head(norm(batch.hidden.to(self.device)))
+                logits = self.adapter.logits(model, batch.hidden.to(self.device))
                 total += float(model.loss_function(logits=logits,
                                                    labels=batch.ids.to(self.device),
                                                    vocab_size=model.config.vocab_size))
