@@ -101,9 +101,9 @@ def _check_vllm(settings: BenchSettings) -> None:
     from ..serve.vllm_env import vllm_python
 
     vllm_python()
-    named = [s.name for s in settings.models if s.is_named]
+    named = [s.name for s in settings.models if s.random_weights]
     if named:
-        raise MinitronError(f"the vllm backend needs checkpoint directories, not the named shape "
+        raise MinitronError(f"the vllm backend needs checkpoint directories with weights, not "
                             f"{named[0]!r}; prune or export one first")
 
 

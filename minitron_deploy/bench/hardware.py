@@ -15,6 +15,26 @@ import transformers
 from ..errors import MinitronError
 from .limits import Limits
 
+#: Ceilings of named GPUs for predictions without one (bf16 matmul, copy bytes read + written).
+GPU_LIMITS: dict[str, Limits] = {
+    "h100": Limits(bandwidth=2.93e12, peak_flops=773e12),
+    "h200": Limits(bandwidth=4.3e12, peak_flops=790e12),
+    "a100": Limits(bandwidth=2.039e12, peak_flops=312e12),
+}
+#: Where each number comes from.
+GPU_LIMITS_SOURCE = {
+    "h100": "measured by minitron bench on an H100 80GB HBM3 (benchmarks/throughput)",
+    "h200": "measured copy bandwidth and bf16 matmul rate of an H200",
+    "a100": "datasheet (A100 80GB SXM: 2.039 TB/s HBM2e, 312 TFLOP/s dense bf16), not measured",
+}
+
+
+def gpu_limits(name: str) -> Limits:
+    """The recorded ceilings of GPU ``name`` (h100, h200, a100)."""
+    if name not in GPU_LIMITS:
+        raise MinitronError(f"unknown GPU {name!r}; choose from {', '.join(GPU_LIMITS)}")
+    return GPU_LIMITS[name]
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; an unavailable CUDA request is refused."""

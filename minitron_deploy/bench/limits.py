@@ -23,12 +23,13 @@ class ModelCost:
     attn_width: int  # query heads x head_dim, all layers summed per position (for FLOPs)
 
     @classmethod
-    def of(cls, config) -> "ModelCost":
+    def of(cls, config, params: int | None = None) -> "ModelCost":
+        """The cost of ``config``; ``params`` skips counting when already known."""
         shape = ModelShape.from_config(config)
         lm_head = config.vocab_size * shape.hidden_size
         tied = bool(getattr(config, "tie_word_embeddings", False))
-        return cls(params=count_params(config), embed_params=0 if tied else lm_head,
-                   lm_head_params=lm_head,
+        return cls(params=count_params(config) if params is None else params,
+                   embed_params=0 if tied else lm_head, lm_head_params=lm_head,
                    kv_per_token=2 * shape.num_layers * shape.num_kv_heads * shape.head_dim,
                    attn_width=shape.num_layers * shape.num_heads * shape.head_dim)
 

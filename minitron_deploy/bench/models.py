@@ -1,4 +1,6 @@
-"""What ``--models`` names: a checkpoint directory or a named paper shape with random weights."""
+"""What ``--models`` names: a checkpoint directory, a named paper shape, or a folder holding only
+a ``config.json`` (as ``minitron search --dry-run`` writes per candidate); the last two get
+random weights."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ _LLAMA31_8B = dict(
     rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                      "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                      "original_max_position_embeddings": 8192})
+
+_WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
 
 #: Llama-3.1-Minitron shapes (arXiv 2408.11796): 4B-Width trims hidden/ffn, 4B-Depth drops 16 layers.
 NAMED_SHAPES: dict[str, ModelShape] = {
@@ -45,6 +49,17 @@ class ModelSpec:
     @property
     def is_named(self) -> bool:
         return self.name in NAMED_SHAPES
+
+    @property
+    def is_config_only(self) -> bool:
+        """A folder with a config.json and no weight files."""
+        folder = Path(self.name)
+        return (not self.is_named and (folder / "config.json").is_file()
+                and not any(True for pattern in _WEIGHT_FILES for _ in folder.glob(pattern)))
+
+    @property
+    def random_weights(self) -> bool:
+        return self.is_named or self.is_config_only
 
     @property
     def label(self) -> str:
@@ -75,8 +90,9 @@ def model_config(spec: ModelSpec):
 
 
 def load_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype):
-    """Eval-mode model on ``device``: random weights (std 0.02, unit norms) for named shapes."""
-    if not spec.is_named:
+    """Eval-mode model on ``device``: random weights (std 0.02, unit norms) for named shapes
+    and config-only folders."""
+    if not spec.random_weights:
         from ..modeling import DTYPES, load_model as load_checkpoint
 
         name = next(k for k, v in DTYPES.items() if v == dtype)

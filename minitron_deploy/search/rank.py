@@ -1,0 +1,107 @@
+"""Ranking candidates: held-out loss right after pruning, then after a short distillation.
+
+Every candidate is pruned from the same teacher and the same importance scores. Each result
+is cached as ``<cache>/<shape key>.json`` (written atomically, tagged with the hash of what it
+depends on), so an interrupted search resumes where it stopped and redoes nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..distill.api import DistillConfig, distill
+from ..eval.multiple_choice import evaluate_items
+from ..eval.perplexity import perplexity
+from ..importance.scores import ImportanceScores
+from ..modeling import load_model, save_checkpoint_atomic
+from ..prune import prune_model
+from ..files import settings_hash, write_json_atomic
+from ..target import TargetSpec, resolve_target
+from .candidates import Candidate
+
+
+def shape_spec(candidate: Candidate) -> TargetSpec:
+    """The explicit ``minitron prune`` request for a candidate's shape."""
+    s = candidate.shape
+    return TargetSpec(hidden_size=s.hidden_size, ffn_hidden_size=s.ffn_hidden_size,
+                      num_heads=s.num_heads, num_kv_heads=s.num_kv_heads,
+                      num_layers=s.num_layers)
+
+
+def pruned_copy(teacher: nn.Module, scores: ImportanceScores, candidate: Candidate,
+                depth_metric: str) -> nn.Module:
+    """A copy of ``teacher`` pruned to the candidate, exactly as ``minitron prune`` does."""
+    model = copy.deepcopy(teacher)
+    prune_model(model, scores, resolve_target(model.config, shape_spec(candidate)), depth_metric)
+    return model
+
+
+def heldout_loss(model: nn.Module, sequences: torch.Tensor, batch_size: int) -> float:
+    """Mean next-token loss (nats) on held-out sequences."""
+    return math.log(perplexity(model, sequences, batch_size))
+
+
+class ResultCache:
+    """Per-candidate results in ``folder``; an entry counts only under the same ``tag``."""
+
+    def __init__(self, folder: Path, depends_on: dict) -> None:
+        self.folder = folder
+        self.tag = settings_hash(depends_on)
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}.json"
+
+    def get(self, key: str) -> dict:
+        path = self._path(key)
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+        return data if data.get("tag") == self.tag else {}
+
+    def update(self, key: str, **values) -> dict:
+        data = {**self.get(key), **values, "tag": self.tag}
+        write_json_atomic(self._path(key), data)
+        return data
+
+
+def short_kd(teacher_dir: Path, pruned: nn.Module, data: Path, work: Path,
+             config: DistillConfig) -> nn.Module:
+    """``pruned`` distilled from the teacher for ``config.tokens`` (resumable in ``work``);
+    the scratch files are removed afterwards."""
+    student, distilled = work / "student", work / "distilled"
+    if not (student / "config.json").is_file():
+        shutil.rmtree(student, ignore_errors=True)
+        save_checkpoint_atomic(pruned, student, source_dir=teacher_dir)
+    if not (distilled / "config.json").is_file():
+        shutil.rmtree(distilled, ignore_errors=True)
+        distill(teacher_dir, student, data, distilled, config, resume=True)
+    dtype = next(pruned.parameters()).dtype
+    name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    model = load_model(distilled, dtype=name, device=str(next(pruned.parameters()).device))[0]
+    shutil.rmtree(work, ignore_errors=True)
+    return model
+
+
+def task_metric(task: str, limit: int | None, tokenizer, batch_size: int
+                ) -> Callable[[nn.Module], float]:
+    """Accuracy of a model on a named multiple-choice task (acc_norm where lm-eval reports it)."""
+    from ..eval.api import NORMED
+    from ..eval.tasks import load_named_task
+
+    items = load_named_task(task, limit)
+
+    def score(model: nn.Module) -> float:
+        result = evaluate_items(model, tokenizer, items, batch_size)
+        return result.acc_norm if task in NORMED else result.acc
+    return score

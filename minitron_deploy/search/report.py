@@ -1,0 +1,106 @@
+"""The search report: ``search.json``, ``search.md`` and ``search.png`` (predicted speedup
+against held-out loss, the Pareto frontier marked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..files import write_json_atomic, write_text_atomic
+
+JSON, MARKDOWN, PLOT = "search.json", "search.md", "search.png"
+
+
+def loss_of(row: dict) -> float | None:
+    """The loss a candidate is compared by: after the short distillation when it had one."""
+    return row["loss_kd"] if row.get("loss_kd") is not None else row.get("loss_pruned")
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """Rows no other row beats on both predicted speedup (higher) and loss (lower)."""
+    scored = [r for r in rows if loss_of(r) is not None]
+    return [r for r in scored
+            if not any(o["speedup"] >= r["speedup"] and loss_of(o) <= loss_of(r)
+                       and (o["speedup"], loss_of(o)) != (r["speedup"], loss_of(r))
+                       for o in scored)]
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def markdown(report: dict) -> str:
+    goal, d = report["goal"], report["deployment"]
+    low, high = goal["window"]
+    lines = [f"# Student search: {Path(report['model']).name}", "",
+             f"- goal: {goal['kind']} in [{low:,.4g}, {high:,.4g}] "
+             f"(tolerance {goal['tolerance']:.0%}); source {report['source_params']:,} "
+             "parameters",
+             f"- predictions: {d['gpu']} ({report['gpu_numbers']}), batch {d['batch']}, "
+             f"isl {d['isl']}, osl {d['osl']}, {d['dtype_bytes']} bytes per weight",
+             f"- bounds: width <= {report['bounds']['max_width']:.0%}, depth <= "
+             f"{report['bounds']['max_depth']:.0%}; alignment {report['align']}",
+             f"- ranked by {report['rank_by']} (top {report['top_k']} distilled for "
+             f"{report['rank_tokens']:,} tokens)" if report["rank_by"] != "loss"
+             else "- ranked by loss right after pruning"]
+    if report.get("rule"):
+        rule = report["rule"]
+        s = rule["shape"]
+        lines.append(f"- the --target-params rule picks hidden {s['hidden_size']}, FFN "
+                     f"{s['ffn_hidden_size']}, heads {s['num_heads']}, layers {s['num_layers']}"
+                     f" ({rule['params']:,} parameters, speedup {rule['speedup']:.2f}x)")
+    if report.get("chosen"):
+        lines.append(f"- chosen: **{report['chosen']}**")
+    has_task = any(r.get("task") is not None for r in report["candidates"])
+    lines += ["", "| candidate | axes | params | memory GiB | speedup | loss pruned | loss KD |"
+              + (" task |" if has_task else ""),
+              "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if has_task else "")]
+    for r in report["candidates"]:
+        name = f"**{r['key']}**" if r.get("chosen") else r["key"]
+        lines.append(f"| {name} | {r['axes']} | {r['params']:,} | {r['memory_gib']:.2f} | "
+                     f"{r['speedup']:.2f} | {_number(r['loss_pruned'], '.4f')} | "
+                     f"{_number(r['loss_kd'], '.4f')} |"
+                     + (f" {_number(r['task'], '.3f')} |" if has_task else ""))
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> Path:
+    """Predicted speedup against loss (against parameters before any loss is known)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    rows = report["candidates"]
+    scored = [r for r in rows if loss_of(r) is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if scored:
+        ax.scatter([loss_of(r) for r in scored], [r["speedup"] for r in scored],
+                   c=["C1" if r.get("loss_kd") is not None else "C0" for r in scored], s=25)
+        front = sorted(pareto_front(rows), key=loss_of)
+        ax.step([loss_of(r) for r in front], [r["speedup"] for r in front], where="post",
+                color="C3", label="Pareto frontier")
+        for r in scored:
+            if r.get("chosen"):
+                ax.scatter([loss_of(r)], [r["speedup"]], marker="*", s=250, color="C2",
+                           label=f"chosen {r['key']}", zorder=3)
+        ax.set_xlabel("held-out loss (orange: after short KD, blue: right after pruning)")
+        ax.legend()
+    else:
+        ax.scatter([r["params"] / 1e6 for r in rows], [r["speedup"] for r in rows], s=25)
+        ax.set_xlabel("parameters (millions)")
+    d = report["deployment"]
+    ax.set_ylabel(f"predicted speedup ({d['gpu']}, batch {d['batch']})")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{Path(report['model']).name}: {len(rows)} candidates")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(report: dict, folder: Path) -> list[Path]:
+    """``search.json``, ``search.md`` and ``search.png`` in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [write_json_atomic(folder / JSON, report),
+            write_text_atomic(folder / MARKDOWN, markdown(report)),
+            plot(report, folder / PLOT)]

@@ -1,0 +1,211 @@
+"""Student search: candidates meet the goal within bounds and alignment, the dry run reads only
+the config, one scoring pass serves every candidate, ranking and resumption, and the chosen
+model is what ``minitron prune`` makes of the same shape and scores."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import minitron_deploy.modeling as modeling
+import minitron_deploy.search.api as search_api
+from minitron_deploy.align import Alignment
+from minitron_deploy.bench.models import ModelSpec
+from minitron_deploy.cli import main
+from minitron_deploy.errors import MinitronError
+from minitron_deploy.search.predict import Predictor
+from minitron_deploy.search import (Bounds, Deployment, Goal, SearchSettings, plan_search,
+                                    search_student)
+from minitron_deploy.shape import ModelShape, count_params
+from tiny_models import CALIB_TEXT, save_tiny_checkpoint, tiny_config
+
+TINY = dict(calib_samples=8, seq_len=32, batch_size=4, heldout_seqs=4, rank_tokens=256)
+BOUNDS = Bounds(max_width=0.4, max_depth=0.5)
+
+
+def settings(**overrides) -> SearchSettings:
+    kw = dict(goal=Goal("params", 0.8, 0.2), bounds=BOUNDS, top_k=2, dtype="fp32", **TINY)
+    kw.update(overrides)
+    return SearchSettings(**kw)
+
+
+@pytest.mark.parametrize("kind, value", [("params", 0.8), ("memory", 0.8), ("speedup", 1.2)])
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_candidates_meet_goal_within_bounds_and_alignment(kind, value, family):
+    config = tiny_config(family)
+    src = ModelShape.from_config(config)
+    deployment = Deployment("h200", batch=4, isl=64, osl=16)
+    if kind == "memory":  # 80% of the source's weights and KV cache
+        value *= Predictor(config, deployment).memory_gib(src)
+    plan = plan_search(config, settings(goal=Goal(kind, value, 0.3), align=Alignment(16, 16, 2),
+                                        deployment=deployment))
+    assert plan.candidates
+    low, high = plan.goal.window()
+    align = Alignment(16, 16, 2).for_source(src)
+    for c in plan.candidates:
+        s = c.shape
+        assert low <= plan.goal.measure(c.prediction) <= high
+        assert c.prediction.params == count_params(config, s)  # the fast count is exact
+        assert s.hidden_size % align.hidden == 0 and s.ffn_hidden_size % align.ffn == 0
+        assert s.num_heads % align.heads == 0 and s.num_kv_heads == src.num_kv_heads
+        for axis in ("hidden_size", "ffn_hidden_size", "num_heads"):
+            assert getattr(s, axis) >= 0.6 * getattr(src, axis)
+        assert s.num_layers >= 0.5 * src.num_layers and s != src
+    assert len({c.key for c in plan.candidates}) == len(plan.candidates)
+
+
+def test_candidates_at_8b_scale_use_modelopt_steps():
+    from minitron_deploy.bench.models import model_config
+
+    config = model_config(ModelSpec("llama31-8b"))
+    plan = plan_search(config, SearchSettings(goal=Goal("speedup", 2.0),
+                                              deployment=Deployment("h100", batch=64)))
+    for c in plan.candidates:
+        assert c.shape.hidden_size % 256 == 0 and c.shape.ffn_hidden_size % 512 == 0
+        assert c.shape.num_layers % 2 == 0 and c.shape.num_layers >= 26
+        assert 2.0 <= c.prediction.speedup <= 2.1
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    save_tiny_checkpoint("llama", root / "teacher")
+    (root / "calib.txt").write_text(CALIB_TEXT)
+    return root
+
+
+def test_dry_run_reads_only_the_config(workspace, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(modeling.AutoModelForCausalLM, "from_pretrained", refuse)
+    out = tmp_path / "dry"
+    result = search_student(workspace / "teacher", out, settings(), dry_run=True)
+    report = json.loads((out / "search.json").read_text())
+    assert report["candidates"] and all(r["loss_pruned"] is None for r in report["candidates"])
+    assert (out / "search.md").is_file() and (out / "search.png").is_file()
+    for row in report["candidates"]:
+        folder = out / "configs" / row["key"]
+        assert sorted(p.name for p in folder.iterdir()) == ["config.json"]
+        assert ModelSpec(str(folder)).random_weights  # minitron bench builds it randomly
+        saved = json.loads((folder / "config.json").read_text())
+        assert saved["hidden_size"] == row["shape"]["hidden_size"]
+    assert result.chosen is None
+    monkeypatch.undo()  # minitron bench times a config-only folder with random weights
+    bench = tmp_path / "bench"
+    assert main(["bench", "--models", str(out / "configs" / row["key"]), "--device", "cpu",
+                 "--dtype", "fp32", "--batch-sizes", "1", "--isl", "4", "--osl", "2", "--reps",
+                 "1", "--warmup", "0", "--no-plots", "--out", str(bench)]) == 0
+    assert json.loads((bench / "bench.json").read_text())["runs"][0]["params"] == row["params"]
+
+
+@pytest.fixture(scope="module")
+def searched(workspace, tmp_path_factory):
+    """One full search (KD-ranked) with the scoring calls counted: (out, scoring calls)."""
+    calls = []
+    real = search_api.score_model
+    mp = pytest.MonkeyPatch()
+    mp.setattr(search_api, "score_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = tmp_path_factory.mktemp("searched") / "out"
+    try:
+        search_student(workspace / "teacher", out, settings(), calib=workspace / "calib.txt")
+    finally:
+        mp.undo()
+    return out, len(calls)
+
+
+def test_one_scoring_pass_serves_every_candidate(searched):
+    out, calls = searched
+    report = json.loads((out / "minitron" / "search.json").read_text())
+    assert calls == 1 and len(report["candidates"]) > 2
+    assert any(r["axes"] != "width" for r in report["candidates"])  # several depths, one pass
+    assert not (out.parent / ".out.partial").exists()
+
+
+def test_ranking_picks_lowest_loss_after_short_kd(searched):
+    out, _ = searched
+    rows = json.loads((out / "minitron" / "search.json").read_text())["candidates"]
+    by_pruned = sorted(rows, key=lambda r: r["loss_pruned"])
+    distilled = [r for r in rows if r["loss_kd"] is not None]
+    assert {r["key"] for r in distilled} == {r["key"] for r in by_pruned[:2]}
+    chosen = [r for r in rows if r["chosen"]]
+    assert chosen == [min(distilled, key=lambda r: r["loss_kd"])]
+    config = json.loads((out / "config.json").read_text())
+    assert config["hidden_size"] == chosen[0]["shape"]["hidden_size"]
+    assert config["num_hidden_layers"] == chosen[0]["shape"]["num_layers"]
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(
+        p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("search"))
+
+
+def test_rank_by_loss_skips_distillation(workspace, tmp_path, monkeypatch):
+    monkeypatch.setattr(search_api, "short_kd", lambda *a, **k: pytest.fail("distilled"))
+    out = tmp_path / "by-loss"
+    result = search_student(workspace / "teacher", out, settings(rank_by="loss"),
+                            calib=workspace / "calib.txt")
+    rows = result.report["candidates"]
+    assert result.chosen == min(rows, key=lambda r: r["loss_pruned"])["key"]
+
+
+def test_chosen_model_is_minitron_prune_of_the_same_shape(searched, workspace, tmp_path):
+    out, _ = searched
+    shape = json.loads((out / "minitron" / "minitron.json").read_text())["target_shape"]
+    again = tmp_path / "pruned"
+    assert main(["prune", "--model", str(workspace / "teacher"), "--scores", str(out),
+                 "--hidden-size", str(shape["hidden_size"]),
+                 "--ffn-hidden-size", str(shape["ffn_hidden_size"]),
+                 "--num-heads", str(shape["num_heads"]), "--num-kv-heads",
+                 str(shape["num_kv_heads"]), "--num-layers", str(shape["num_layers"]),
+                 "--out", str(again), "--dtype", "fp32"]) == 0
+    ours, theirs = (load_file(str(d / "model.safetensors")) for d in (out, again))
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_resume_reuses_scores_and_cached_results(workspace, tmp_path, monkeypatch):
+    out = tmp_path / "resumed"
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(search_api, "_finish", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            search_student(workspace / "teacher", out, settings(), calib=workspace / "calib.txt")
+    assert not out.exists() and (tmp_path / ".resumed.partial").is_dir()
+    monkeypatch.setattr(search_api, "short_kd", lambda *a, **k: pytest.fail("distilled again"))
+    monkeypatch.setattr(search_api, "score_model", lambda *a, **k: pytest.fail("scored again"))
+    result = search_student(workspace / "teacher", out, settings(), calib=workspace / "calib.txt")
+    assert result.chosen and (out / "config.json").is_file()
+    assert not (tmp_path / ".resumed.partial").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "one of the arguments --target-params --target-memory-gb --target-speedup"),
+    (["--target-speedup", "2"], "--target-speedup needs --at-batch"),
+    (["--target-params", "0.01"], "no shape within 40% width"),
+    (["--target-params", "0.8", "--tolerance", "2"], "--tolerance must be in (0, 1)"),
+    (["--target-params", "0.8", "--rank-by", "bleu"], "unknown --rank-by 'bleu'"),
+    (["--target-params", "0.8", "--rank-by", "task:nope"], "unknown task 'nope'"),
+    (["--target-params", "0.8", "--steps", "1,2"], "cannot parse steps"),
+    (["--target-params", "0.8", "--calib", "missing.txt"], "calibration data missing.txt"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(workspace, tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    calib = [] if "--calib" in args else ["--calib", str(workspace / "calib.txt")]
+    try:
+        rc = main(["search", "--model", str(workspace / "teacher"), *calib, "--out", str(out),
+                   "--max-depth-prune", "0.5", "--seq-len", "32", *args])
+    except SystemExit as exc:  # usage errors exit from the parser
+        rc = exc.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.startswith("minitron")]
+    assert rc == 2 and len(lines) == 1 and message in lines[0], err
+    assert not out.exists() and not (tmp_path / ".out.partial").exists()
+
+
+def test_goal_refuses_nonsense():
+    with pytest.raises(MinitronError, match="must exceed 1"):
+        Goal("speedup", 0.9)
+    with pytest.raises(MinitronError, match="depth pruning must be in"):
+        Bounds(max_depth=1.0)
