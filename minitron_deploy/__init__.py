@@ -6,10 +6,12 @@ from .align import Alignment  # noqa: E402
 from .errors import MinitronError  # noqa: E402
 from .export import export as export_model  # noqa: E402
 from .prune import PruneReport, prune, prune_model  # noqa: E402
+from .prune_settings import PruneSettings  # noqa: E402
 from .scoring import ScoringSettings, score_activations, score_model  # noqa: E402
 from .target import TargetSpec, resolve_target  # noqa: E402
 from .trim import KeepPlan, trim_model  # noqa: E402
 
-__all__ = ["Alignment", "KeepPlan", "MinitronError", "PruneReport", "ScoringSettings", "TargetSpec",
+__all__ = ["Alignment", "KeepPlan", "MinitronError", "PruneReport", "PruneSettings",
+           "ScoringSettings", "TargetSpec",
            "__version__", "export_model", "prune", "prune_model", "resolve_target",
            "score_activations", "score_model", "trim_model"]

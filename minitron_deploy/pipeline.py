@@ -25,7 +25,6 @@ from .report import print_prune_summary
 from .shape import count_params
 from .files import write_json_atomic
 from .stages import Stage
-from .trim import RESCALE_CHOICES
 
 RESULTS = "results.json"
 
@@ -42,18 +41,7 @@ class PipelineResult:
 
 
 def _prune_stage(rnd: Iteration, device: str, teacher: Path, data: Path, out: Path) -> None:
-    p = rnd.prune
-    report = prune(teacher, out, p.target(), calib=data, calib_samples=p.calib_samples,
-                   seq_len=p.seq_len, batch_size=p.batch_size, device=device,
-                   rescale_norms=RESCALE_CHOICES[p.rescale_norms],
-                   settings=_scoring(p))
-    print_prune_summary(report)
-
-
-def _scoring(p):
-    from .scoring import ScoringSettings
-
-    return ScoringSettings(criterion=p.criterion, depth_metric=p.depth_metric)
+    print_prune_summary(prune(teacher, out, rnd.prune, calib=data, device=device))
 
 
 def _eval_stage(recipe: Recipe, models: dict[str, Path], heldout: Path, out: Path) -> None:
@@ -96,8 +84,11 @@ def build_stages(recipe: Recipe, work: Path, teacher: Path, data: Path,
         tag = "" if len(rounds) == 1 else f"round{i + 1}-"
         pruned, distilled = work / f"{tag}pruned", work / f"{tag}distilled"
         cfg = replace(rnd.distill, device=recipe.device)
-        stages.append(Stage(f"{tag}prune", pruned, {"teacher": current, "data": data},
-                            {"prune": asdict(rnd.prune), "device": recipe.device},
+        inputs = {"teacher": current, "data": data}
+        if rnd.prune.scores:
+            inputs["scores"] = Path(rnd.prune.scores)
+        stages.append(Stage(f"{tag}prune", pruned, inputs,
+                            {"prune": rnd.prune.record(), "device": recipe.device},
                             lambda out, r=rnd, t=current: _prune_stage(r, recipe.device, t,
                                                                        data, out)))
         # resume=True: the stage has already discarded scratch of other settings, and a

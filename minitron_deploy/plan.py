@@ -47,7 +47,8 @@ from .distill.api import DistillConfig
 from .errors import MinitronError
 from .importance.layerwise import STREAMABLE_CRITERIA
 from .modeling import load_config
-from .recipe import PruneStage, Recipe
+from .prune_settings import PruneSettings
+from .recipe import Recipe
 from .shape import ModelShape, count_params, reshaped_config
 from .target import resolve_target
 
@@ -318,7 +319,7 @@ class CalibrationMemory:
         return self.weights + self.activations + self.logits + self.hidden_states
 
 
-def calibration_memory(model: ModelSizes, prune: PruneStage,
+def calibration_memory(model: ModelSizes, prune: PruneSettings,
                        layerwise: bool) -> CalibrationMemory:
     """Whole model: fp32 weights on the device. Layer by layer: one decoder layer (or the
     embeddings or LM head, whichever is larger) at a time, plus the hidden states of every
@@ -367,7 +368,7 @@ def _prune_plan(name: str, source, rnd, available: int | None,
                 gpu: bool) -> tuple[StagePlan, object]:
     """Whole-model calibration when it fits, else (on GPU, for the criteria that stream)
     layer by layer, as ``prune``'s ``offload="auto"`` decides at run time."""
-    target = resolve_target(source, rnd.prune.target())
+    target = resolve_target(source, rnd.prune)
     sizes = ModelSizes.from_config(source)
     calibration = {"whole model": calibration_memory(sizes, rnd.prune, layerwise=False)}
     if gpu and rnd.prune.criterion in STREAMABLE_CRITERIA \

@@ -4,7 +4,8 @@ pipeline behind ``minitron prune``."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
@@ -15,16 +16,17 @@ from .data import calibration_batches
 from .errors import MinitronError
 from .eval.multiple_choice import load_task
 from .hub import resolve_model
-from .importance.criteria import check_settings
 from .importance.layerwise import check_streamable, resolve_offload
 from .importance.scores import ImportanceScores
 from .modeling import (DTYPES, check_not_inside, check_output_dir, load_config, load_model,
                        save_checkpoint_atomic)
 from .precision import resolve_precision
+from .prune_settings import PruneSettings
+from .schema import Schema
 from .scoring import ScoringSettings, score_model
 from .select import build_plan
 from .shape import ModelShape, count_params
-from .target import ResolvedTarget, TargetSpec, resolve_target
+from .target import ResolvedTarget, resolve_target
 from .trim import KeepPlan, resolve_rescale_norms, trim_model
 
 
@@ -49,64 +51,55 @@ class PruneReport:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def prune(model_dir: str | Path, out_dir: str | Path, spec: TargetSpec, *,
-          calib: str | Path | None = None, scores_path: str | Path | None = None,
-          settings: ScoringSettings = ScoringSettings(), calib_samples: int = 1024,
-          seq_len: int = 512, batch_size: int = 8, task: str | None = None,
-          task_limit: int | None = 200, device: str = "cpu", dtype: str = "auto",
-          rescale_norms: bool | None = None, seed: int = 0, offload: str = "auto") -> PruneReport:
-    """Prune the checkpoint in ``model_dir`` (a folder or Hub id) to ``spec`` and write a
-    stock HF checkpoint.
+def prune(model_dir: str | Path, out_dir: str | Path, settings: Schema | None = None, *,
+          calib: str | Path | None = None, device: str = "cpu", dtype: str = "auto",
+          **overrides) -> PruneReport:
+    """Prune the checkpoint in ``model_dir`` (a folder or Hub id) and write a stock HF
+    checkpoint to ``out_dir``.
 
-    Scores come from ``scores_path`` if given, else from calibrating on ``calib`` with
-    ``settings.criterion`` (activation, magnitude, random, mini-llm, loss-delta); either way
-    they are written to ``out_dir/minitron/importance.safetensors`` for reuse with other targets
-    (``scores_path`` may name that file or a folder pruned before).
-    ``offload`` ("none", "layer", "auto") keeps the weights on the CPU and calibrates one layer
-    at a time on ``device`` (see :func:`~minitron_deploy.scoring.score_model`).
-    Every check on the request runs before any weight is loaded.
+    ``settings`` (a :class:`PruneSettings`, or a :class:`TargetSpec` / :class:`ScoringSettings`
+    part of one) and ``overrides`` (any of PruneSettings' fields by name, e.g.
+    ``target_params=0.5, criterion="magnitude"``) make the settings, checked by the schema.
+    Scores come from ``settings.scores`` if given (checked against the criterion, its settings
+    and these very weights), else from calibrating on ``calib``; either way they are written
+    to ``out_dir/minitron/importance.safetensors`` for reuse with other targets. Every check on
+    the request runs before any weight is loaded, except the weights fingerprint.
     """
+    settings = PruneSettings.make(settings, **overrides)
     times: dict[str, float] = {}
     start = time.perf_counter()
     model_dir = resolve_model(model_dir)
     dtype = resolve_precision(device, dtype)
-    check_settings(settings)
     config = load_config(model_dir)
     source = ModelShape.from_config(config)
-    target = resolve_target(config, spec)
-    rescale_norms = resolve_rescale_norms(config, rescale_norms)
+    target = resolve_target(config, settings)
+    rescale_norms = resolve_rescale_norms(config, settings.rescale())
     out = check_output_dir(out_dir, model_dir)
-    scores = ImportanceScores.load(scores_path) if scores_path else None
+    block = source.num_layers - target.shape.num_layers
+    chosen_block = block if target.drop_layers is None and block > 0 else 0
+    scores = ImportanceScores.load(settings.scores) if settings.scores else None
     if scores is not None:
-        scores.check_matches(source)
-        held = scores.meta.get("criterion", "activation")
-        if held != settings.criterion:
-            raise MinitronError(f"the scores file holds {held!r} scores, not "
-                                f"{settings.criterion!r}; pass --criterion {held} to use them")
+        scores.check_reuse(settings, source, chosen_block)
     elif calib is None:
-        raise MinitronError("give calibration data (--calib) or precomputed scores (--scores)")
+        raise MinitronError("give calibration data (calib) or scores to reuse (scores)")
     elif not Path(calib).exists():
         raise MinitronError(f"calibration data {calib} does not exist")
-    block = source.num_layers - target.shape.num_layers
-    if target.drop_layers is None and block > 0 and scores is not None \
-            and scores.depth(settings.depth_metric, block) is None:
-        raise MinitronError(f"the scores hold no '{settings.depth_metric}' depth scores for "
-                            f"blocks of {block} layers")
-    needs_depth_scores = scores is None and target.drop_layers is None and block > 0
-    offload = _resolve_offload(offload, device, target.params_before, dtype)
+    needs_depth_scores = scores is None and chosen_block > 0
+    offload = _resolve_offload(settings.offload, device, target.params_before, dtype)
     if offload == "layer" and scores is None:
         check_streamable(settings, depth_scored=needs_depth_scores)
-    items = load_task(task or "winogrande", task_limit) \
+    items = load_task(settings.task or "winogrande", settings.task_limit) \
         if settings.depth_metric == "accuracy" and needs_depth_scores else None
 
     model, tokenizer = load_model(model_dir, dtype=dtype,
                                   device="cpu" if offload == "layer" else device)
     times["load"] = time.perf_counter() - start
-    if scores is None:
+    if scores is not None:
+        scores.check_weights(model)
+    else:
         t0 = time.perf_counter()
         scores = _calibrate(model, tokenizer, model_dir, calib, settings, sorted({1, max(block, 1)}),
-                            items, calib_samples, seq_len, batch_size, seed,
-                            depth_block_sizes=[block] if needs_depth_scores else [],
+                            items, depth_block_sizes=[block] if needs_depth_scores else [],
                             offload=offload, device=device)
         times["score"] = time.perf_counter() - t0
 
@@ -120,7 +113,8 @@ def prune(model_dir: str | Path, out_dir: str | Path, spec: TargetSpec, *,
         "criterion": scores.meta.get("criterion", "activation"),
         "depth_metric": settings.depth_metric,
         "scores_settings": scores.meta,
-        "request": {k: v for k, v in asdict(spec).items() if v is not None},
+        "settings": settings.record(),
+        "request": settings.request(),
         "source_shape": source.as_dict(),
         "target_shape": target.shape.as_dict(),
         "reason": target.reason,
@@ -141,12 +135,12 @@ def prune(model_dir: str | Path, out_dir: str | Path, spec: TargetSpec, *,
 
 
 def _calibrate(model, tokenizer, model_dir, calib, settings: ScoringSettings, block_sizes,
-               items, calib_samples: int, seq_len: int, batch_size: int,
-               seed: int, depth_block_sizes=None, offload: str = "none",
+               items, depth_block_sizes=None, offload: str = "none",
                device: str = "cpu") -> ImportanceScores:
     if tokenizer is None:
         raise MinitronError(f"{model_dir} has no tokenizer to tokenize the calibration data")
-    batches = calibration_batches(calib, tokenizer, calib_samples, seq_len, batch_size, seed)
+    batches = calibration_batches(calib, tokenizer, settings.calib_samples, settings.seq_len,
+                                  settings.batch_size, settings.seed)
     scores = score_model(model, batches, settings, block_sizes=block_sizes, tokenizer=tokenizer,
                          task_items=items, depth_block_sizes=depth_block_sizes,
                          offload=offload, device=device)
@@ -154,29 +148,28 @@ def _calibrate(model, tokenizer, model_dir, calib, settings: ScoringSettings, bl
     return scores
 
 
-def score_checkpoint(model_dir: str | Path, out_path: str | Path, *, calib: str | Path,
-                     settings: ScoringSettings = ScoringSettings(),
-                     block_sizes: list[int] = (1,), calib_samples: int = 1024,
-                     seq_len: int = 512, batch_size: int = 8, task: str | None = None,
-                     task_limit: int | None = 200, device: str = "cpu", dtype: str = "auto",
-                     seed: int = 0, offload: str = "auto") -> Path:
-    """Compute and save the importance artifact of a checkpoint (``minitron score``)."""
+def score_checkpoint(model_dir: str | Path, out_path: str | Path,
+                     settings: ScoringSettings | None = None, *, calib: str | Path,
+                     block_sizes: Sequence[int] = (1,), device: str = "cpu",
+                     dtype: str = "auto", **overrides) -> Path:
+    """Compute and save the importance artifact of a checkpoint (``minitron score``);
+    ``settings`` and ``overrides`` (ScoringSettings' fields by name) as in :func:`prune`."""
+    settings = ScoringSettings.make(settings, **overrides)
     model_dir = resolve_model(model_dir)
     dtype = resolve_precision(device, dtype)
-    check_settings(settings)
     config = load_config(model_dir)
     check_not_inside(out_path, model_dir)
     if calib is None or not Path(calib).exists():
         raise MinitronError(f"calibration data {calib} does not exist")
-    offload = _resolve_offload(offload, device, count_params(config), dtype)
+    offload = _resolve_offload(settings.offload, device, count_params(config), dtype)
     if offload == "layer":
         check_streamable(settings, depth_scored=True)
-    items = load_task(task or "winogrande", task_limit) \
+    items = load_task(settings.task or "winogrande", settings.task_limit) \
         if settings.depth_metric == "accuracy" else None
     model, tokenizer = load_model(model_dir, dtype=dtype,
                                   device="cpu" if offload == "layer" else device)
     scores = _calibrate(model, tokenizer, model_dir, calib, settings, block_sizes, items,
-                        calib_samples, seq_len, batch_size, seed, offload=offload, device=device)
+                        offload=offload, device=device)
     return scores.save(out_path)
 
 

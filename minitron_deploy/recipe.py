@@ -9,7 +9,8 @@
     eval: {tasks: [ppl, arc_easy], limit: 100}
 
 Unknown keys and wrong types are refused with the key's full path; sections map onto the
-Python API's own settings (``DistillConfig`` for ``distill``).
+Python API's own settings: ``prune`` is :class:`~minitron_deploy.prune_settings.PruneSettings`
+(every ``minitron prune`` setting, checked by its schema), ``distill`` is ``DistillConfig``.
 """
 
 from __future__ import annotations
@@ -21,39 +22,11 @@ from pathlib import Path
 
 import yaml
 
-from .align import Alignment
 from .distill.api import DistillConfig
 from .errors import MinitronError
 from .export.api import DEFAULT_DTYPES
-from .target import TargetSpec, parse_layer_ranges
-
-
-@dataclass
-class PruneStage:
-    """``minitron prune`` settings: a parameter budget or explicit sizes."""
-
-    target_params: float | None = None
-    hidden_size: int | None = None
-    ffn_hidden_size: int | None = None
-    num_heads: int | None = None
-    num_kv_heads: int | None = None
-    num_layers: int | None = None
-    drop_layers: str | None = None
-    align: Alignment = field(default_factory=Alignment)  # {hidden: 64, ffn: 64, heads: 1}
-    criterion: str = "activation"
-    depth_metric: str = "loss"
-    calib_samples: int = 1024
-    seq_len: int = 512
-    batch_size: int = 8
-    rescale_norms: str = "auto"
-
-    def target(self) -> TargetSpec:
-        """The pruning request of this section."""
-        return TargetSpec(hidden_size=self.hidden_size, ffn_hidden_size=self.ffn_hidden_size,
-                          num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
-                          num_layers=self.num_layers, target_params=self.target_params,
-                          align=self.align, drop_layers=parse_layer_ranges(self.drop_layers)
-                          if self.drop_layers else None)
+from .prune_settings import PruneSettings
+from .schema import Schema
 
 
 @dataclass
@@ -72,7 +45,7 @@ class EvalStage:
 class Iteration:
     """One prune + distill round of an iterative recipe (its student teaches the next)."""
 
-    prune: PruneStage = field(default_factory=PruneStage)
+    prune: PruneSettings = field(default_factory=PruneSettings)
     distill: DistillConfig = field(default_factory=lambda: DistillConfig(tokens=10_000_000))
 
 
@@ -107,7 +80,7 @@ class Recipe:
     data: str
     heldout: str
     device: str = "cpu"
-    prune: PruneStage = field(default_factory=PruneStage)
+    prune: PruneSettings = field(default_factory=PruneSettings)
     distill: DistillConfig = field(default_factory=lambda: DistillConfig(tokens=10_000_000))
     iterations: list[Iteration] | None = None  # replaces prune/distill when given
     eval: EvalStage = field(default_factory=EvalStage)
@@ -155,6 +128,8 @@ def _check_type(value, hint, where: str):
 
 def build(cls, data, where: str):
     """Instantiate dataclass ``cls`` from a mapping, refusing unknown keys and wrong types."""
+    if issubclass(cls, Schema):
+        return cls.from_mapping(data, where)
     if not isinstance(data, dict):
         raise MinitronError(f"{where}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)

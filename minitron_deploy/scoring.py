@@ -12,15 +12,16 @@ from tqdm.auto import tqdm
 from .errors import MinitronError
 from .eval.multiple_choice import MCItem, accuracy
 from .importance.criteria import CriterionInputs, check_settings, criterion_meta, criterion_scores
-from .importance.depth import (DEPTH_METRICS, BlockImportanceCollector, accuracy_scores,
-                               first_samples, loss_scores)
+from .importance.depth import (BlockImportanceCollector, accuracy_scores, first_samples,
+                               loss_scores)
 from .importance.layerwise import LayerStreamer, check_streamable, module_bytes, resolve_offload
-from .importance.scores import ImportanceScores
+from .importance.scores import ImportanceScores, weights_fingerprint
 from .importance.settings import ScoringSettings
 from .importance.width import WidthCollector
 from .shape import ModelShape
 
-__all__ = ["ScoringSettings", "forward_loop_over", "score_activations", "score_model"]
+__all__ = ["ScoringSettings", "forward_loop_over", "score_activations", "score_forward_loop",
+           "score_model"]
 
 
 def forward_loop_over(batches: Sequence[torch.Tensor], desc: str = "calibration"
@@ -53,14 +54,28 @@ def score_activations(model: nn.Module, forward_loop: Callable[[nn.Module], None
     """Width scores of ``settings.criterion`` and Block Importance from one hooked run of
     ``forward_loop``: the pass yields the activation scores, BI and the token batches, from
     which the other criteria then compute their own scores."""
-    return _hooked_scores(model, lambda blocks: forward_loop(model), settings, block_sizes)
+    return _hooked_scores(model, lambda blocks: forward_loop(model), settings, block_sizes)[0]
+
+
+def score_forward_loop(model: nn.Module, forward_loop: Callable[[nn.Module], None],
+                       settings: ScoringSettings, block_sizes: Sequence[int],
+                       depth_block_sizes: Sequence[int]) -> ImportanceScores:
+    """:func:`score_activations`, then ``settings.depth_metric``'s scores for
+    ``depth_block_sizes`` on the token batches the loop ran (the ModelOpt mode's scoring)."""
+    scores, batches = _hooked_scores(model, lambda blocks: forward_loop(model), settings,
+                                     block_sizes)
+    _depth_scores(scores, model, batches, settings, depth_block_sizes)
+    return scores
 
 
 def _hooked_scores(model: nn.Module, run: Callable[[BlockImportanceCollector], None],
-                   settings: ScoringSettings, block_sizes: Sequence[int]) -> ImportanceScores:
+                   settings: ScoringSettings, block_sizes: Sequence[int]
+                   ) -> tuple[ImportanceScores, list[torch.Tensor]]:
     """:func:`score_activations` with the data passed by ``run(blocks)``, which gets the Block
-    Importance collector (a layer-by-layer pass keeps its per-batch state apart)."""
+    Importance collector (a layer-by-layer pass keeps its per-batch state apart); also the
+    token batches the pass ran."""
     check_settings(settings)
+    weights = weights_fingerprint(model)
     width = WidthCollector(model, settings.seq_agg, settings.batch_agg)
     blocks = BlockImportanceCollector(model, block_sizes)
     batches: list[torch.Tensor] = []
@@ -69,10 +84,36 @@ def _hooked_scores(model: nn.Module, run: Callable[[BlockImportanceCollector], N
     tensors = criterion_scores(CriterionInputs(model, batches, width.scores(), settings))
     tensors.update({f"depth.bi.block{k}": s for k, s in blocks.scores().items()})
     meta = {"model_type": model.config.model_type,
-            "shape": ModelShape.from_config(model.config).as_dict(),
+            "shape": ModelShape.from_config(model.config).as_dict(), "weights": weights,
             **criterion_meta(settings), "seq_agg": settings.seq_agg,
             "batch_agg": settings.batch_agg}
-    return ImportanceScores(tensors, meta)
+    return ImportanceScores(tensors, meta), batches
+
+
+def _depth_scores(scores: ImportanceScores, model: nn.Module, batches: Sequence[torch.Tensor],
+                  settings: ScoringSettings, sizes: Sequence[int],
+                  streamer: LayerStreamer | None = None, tokenizer=None,
+                  task_items: list[MCItem] | None = None) -> None:
+    """Add ``settings.depth_metric``'s block scores for ``sizes`` to ``scores`` (Block
+    Importance came with the hooked pass)."""
+    if settings.depth_metric == "loss" and sizes:
+        if not batches:
+            raise MinitronError("depth_metric: 'loss' needs the token ids of the calibration "
+                                "batches; the forward loop passed none as input_ids")
+        depth_batches = first_samples(batches, settings.depth_samples)
+        for k in sizes:
+            scores.tensors[f"depth.loss.block{k}"] = (
+                streamer.loss_scores(depth_batches, k) if streamer is not None
+                else loss_scores(model, depth_batches, k))
+        scores.meta["depth_samples"] = sum(len(b) for b in depth_batches)
+    elif settings.depth_metric == "accuracy" and sizes:
+        if tokenizer is None or not task_items:
+            raise MinitronError("depth_metric: 'accuracy' needs a tokenizer and a task")
+        for k in sizes:
+            scores.tensors[f"depth.accuracy.block{k}"] = accuracy_scores(
+                model, lambda m: accuracy(m, tokenizer, task_items), k)
+        scores.meta["task_items"] = len(task_items)
+    scores.meta["depth_metric"] = settings.depth_metric
 
 
 def score_model(model: nn.Module, batches: Sequence[torch.Tensor],
@@ -92,9 +133,6 @@ def score_model(model: nn.Module, batches: Sequence[torch.Tensor],
     runs where it is, moved to ``device`` if one is given."""
     if not batches:
         raise MinitronError("the calibration set is empty")
-    if settings.depth_metric not in DEPTH_METRICS:
-        raise MinitronError(f"unknown depth metric {settings.depth_metric!r}; "
-                            f"choose from {', '.join(DEPTH_METRICS)}")
     target = torch.device(device) if device is not None else next(model.parameters()).device
     offload = resolve_offload(offload, target, module_bytes(model))
     n_layers = ModelShape.from_config(model.config).num_layers
@@ -104,27 +142,13 @@ def score_model(model: nn.Module, batches: Sequence[torch.Tensor],
     if offload == "layer":
         check_streamable(settings, depth_scored=bool(sizes))
         streamer = LayerStreamer(model, target)
-        scores = _hooked_scores(model, lambda blocks: streamer.activation_pass(batches, blocks),
-                                settings, block_sizes)
+        scores, _ = _hooked_scores(model, lambda blocks: streamer.activation_pass(batches, blocks),
+                                   settings, block_sizes)
     else:
         if device is not None:
             model.to(target)
         scores = score_activations(model, forward_loop_over(batches), settings, block_sizes)
-    if settings.depth_metric == "loss":
-        depth_batches = first_samples(batches, settings.depth_samples)
-        for k in sizes:
-            scores.tensors[f"depth.loss.block{k}"] = (
-                streamer.loss_scores(depth_batches, k) if streamer is not None
-                else loss_scores(model, depth_batches, k))
-        scores.meta["depth_samples"] = sum(len(b) for b in depth_batches)
-    elif settings.depth_metric == "accuracy":
-        if tokenizer is None or not task_items:
-            raise MinitronError("--depth-metric accuracy needs a tokenizer and a task (--task)")
-        for k in sizes:
-            scores.tensors[f"depth.accuracy.block{k}"] = accuracy_scores(
-                model, lambda m: accuracy(m, tokenizer, task_items), k)
-        scores.meta["task_items"] = len(task_items)
-    scores.meta.update(depth_metric=settings.depth_metric,
-                       calib_samples=sum(len(b) for b in batches),
+    _depth_scores(scores, model, batches, settings, sizes, streamer, tokenizer, task_items)
+    scores.meta.update(calib_samples=sum(len(b) for b in batches),
                        seq_len=int(batches[0].shape[1]), offload=offload)
     return scores

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from .align import KERNEL_NOTE, Alignment
 from .errors import MinitronError
+from .schema import Schema, fields_of, positive, setting
 from .shape import ModelShape, count_params, loadability_error
 
 HIDDEN_TO_MLP_RATE = 0.7
@@ -29,22 +30,75 @@ _SHAPE_FIELDS = ("hidden_size", "ffn_hidden_size", "num_heads", "num_kv_heads", 
                  "drop_layers", "target_params")
 
 
+_KEEP = "the source's, or what target_params picks"
+_CONSTRAINT = "the ModelOpt mode takes the target as its constraints (export_config or params)"
+
+
+def parse_alignment(value: object) -> Alignment:
+    """An :class:`Alignment` from ``"HIDDEN,FFN[,HEADS]"`` text or a mapping of its fields."""
+    if isinstance(value, Alignment):
+        return value
+    if isinstance(value, str):
+        return Alignment.parse(value)
+    if not isinstance(value, dict):
+        raise MinitronError(f"{value!r} is neither HIDDEN,FFN[,HEADS] nor a mapping")
+    known = list(Alignment().as_dict())
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise MinitronError(f"unknown key(s) {', '.join(map(str, unknown))} "
+                            f"(known: {', '.join(known)})")
+    return Alignment(**value)
+
+
+def parse_layers(value: object) -> list[int]:
+    """Layer indices from ``"16-31"`` / ``"3,5,10-12"`` text or a list of integers."""
+    if isinstance(value, str):
+        return parse_layer_ranges(value)
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value):
+        raise MinitronError(f"{value!r} is not a list of layer indices")
+    return sorted(set(value))
+
+
+def _show_alignment(align: Alignment) -> str:
+    return f"{align.hidden},{align.ffn},{align.heads}"
+
+
 @dataclass
-class TargetSpec:
+class TargetSpec(Schema):
     """A pruning request. Unset fields keep the source value (or are solved for by the budget);
     ``align`` holds the multiples the chosen sizes keep (see :class:`Alignment`)."""
 
-    hidden_size: int | None = None
-    ffn_hidden_size: int | None = None
-    num_heads: int | None = None
-    num_kv_heads: int | None = None
-    num_layers: int | None = None
-    drop_layers: list[int] | None = None
-    target_params: float | None = None
-    align: Alignment = field(default_factory=Alignment)
+    hidden_size: int | None = setting(None, "target hidden size", unset=_KEEP,
+                                      check=positive, modelopt=_CONSTRAINT)
+    ffn_hidden_size: int | None = setting(None, "target MLP intermediate size", unset=_KEEP,
+                                          check=positive, modelopt=_CONSTRAINT)
+    num_heads: int | None = setting(None, "target query heads", unset=_KEEP, check=positive,
+                                    modelopt=_CONSTRAINT)
+    num_kv_heads: int | None = setting(None, "target KV heads", unset=_KEEP, check=positive,
+                                       modelopt=_CONSTRAINT)
+    num_layers: int | None = setting(None, "target layer count, layers chosen by depth_metric",
+                                     unset="all kept", check=positive, modelopt=_CONSTRAINT)
+    drop_layers: list[int] | None = setting(
+        None, "layers to remove, e.g. 16-31 or 3,5,10-12", unset="none", convert=parse_layers,
+        show=lambda layers: ",".join(map(str, layers)),
+        modelopt="explicit layers are not a ModelOpt constraint; give num_layers")
+    target_params: float | None = setting(
+        None, "parameter budget: absolute (4.5e9) or a fraction of the source (0.5)",
+        unset="the explicit sizes only", check=positive, modelopt=_CONSTRAINT)
+    align: Alignment = setting(
+        Alignment(), "multiples HIDDEN,FFN[,HEADS] the budget rule keeps the hidden size, FFN "
+        "size and head counts at (FP8 and Marlin kernels stay usable; a source that is not a "
+        "multiple gets the largest power of two dividing it; 1,1 turns it off); explicit sizes "
+        "off it warn", convert=parse_alignment, show=_show_alignment)
 
     def is_empty(self) -> bool:
         return all(getattr(self, name) is None for name in _SHAPE_FIELDS)
+
+    def request(self) -> dict:
+        """The target as asked: the shape fields given, and the alignment."""
+        return {f.name: value for f in fields_of(TargetSpec)
+                if (value := self.record()[f.name]) is not None}
 
 
 @dataclass
@@ -97,8 +151,6 @@ def _check_explicit(src: ModelShape, spec: TargetSpec) -> None:
         value, full = getattr(spec, name), getattr(src, name)
         if value is None:
             continue
-        if value <= 0:
-            raise MinitronError(f"target {name}={value} must be positive")
         if value > full:
             raise MinitronError(f"target {name}={value} is larger than the source ({full}); "
                                 "pruning only shrinks")
@@ -112,7 +164,7 @@ def _check_explicit(src: ModelShape, spec: TargetSpec) -> None:
             f"source has only {src.num_heads // src.num_kv_heads}")
     if spec.drop_layers is not None:
         if spec.num_layers is not None:
-            raise MinitronError("give either --num-layers or --drop-layers, not both")
+            raise MinitronError("give either num_layers or drop_layers, not both")
         bad = [i for i in spec.drop_layers if not 0 <= i < src.num_layers]
         if bad:
             raise MinitronError(f"layers {bad} are out of range: the model has layers "
@@ -203,8 +255,8 @@ def _budget_shape(config, base: ModelShape, spec: TargetSpec, align: Alignment,
                        f"not enough), then {rule} until the budget was met")
     raise MinitronError(
         f"a budget of {budget:,} parameters cannot be met by width pruning alone at sizes "
-        f"aligned to {align.as_dict()}; add --num-layers or --drop-layers for depth pruning, "
-        "or lower --align")
+        f"aligned to {align.as_dict()}; add num_layers or drop_layers for depth pruning, "
+        "or lower align")
 
 
 def _warn_unaligned(shape: ModelShape, align: Alignment) -> None:
@@ -219,9 +271,9 @@ def _warn_unaligned(shape: ModelShape, align: Alignment) -> None:
 def resolve_target(config, spec: TargetSpec) -> ResolvedTarget:
     """Validate ``spec`` against ``config`` and return the uniform target shape."""
     if spec.is_empty():
-        raise MinitronError("no target given: pass a shape (--hidden-size, --ffn-hidden-size, "
-                            "--num-heads, --num-kv-heads, --num-layers, --drop-layers) or "
-                            "--target-params")
+        raise MinitronError("no target given: set a shape (hidden_size, ffn_hidden_size, "
+                            "num_heads, num_kv_heads, num_layers, drop_layers) or "
+                            "target_params")
     src = ModelShape.from_config(config)
     _check_explicit(src, spec)
     align = spec.align.for_source(src)
@@ -230,8 +282,6 @@ def resolve_target(config, spec: TargetSpec) -> ResolvedTarget:
     if spec.target_params is None:
         shape, reason = base, "explicit target shape"
     else:
-        if spec.target_params <= 0:
-            raise MinitronError(f"--target-params must be positive, got {spec.target_params}")
         budget = int(spec.target_params * params_before if spec.target_params <= 1
                      else spec.target_params)
         if budget >= params_before:

@@ -8,66 +8,73 @@ Importing this module registers the mode with ModelOpt's prune (and NAS) registr
                          constraints={"export_config": {"hidden_size": 3072, "ffn_hidden_size": 9216}},
                          dummy_input=batch, config={"forward_loop": loop})
 
-It runs the same code as ``minitron prune`` (:func:`minitron_deploy.prune_model`). Scores come
-from the forward loop (width by ``config["criterion"]``, default ``activation``, + Block
-Importance, so depth uses ``bi``) or from a saved artifact
-(``config={"scores_path": ..., "depth_metric": "loss"}``). A ``params`` budget picks sizes aligned
-to ``config["align"]`` (default ``{"hidden": 64, "ffn": 64, "heads": 1}``, see
-:class:`~minitron_deploy.align.Alignment`). The kept indices are recorded in the
-ModelOpt state, so ``mto.save``/``mto.restore`` and HF checkpointing round-trip the model.
+It runs the same code as ``minitron prune`` (:func:`minitron_deploy.prune_model`) with the same
+settings: the config takes every :class:`~minitron_deploy.prune_settings.PruneSettings` field
+the mode can use (``criterion``, ``seq_agg``, ``depth_metric``, ``rescale_norms``, ``align``,
+``scores``, ...; :func:`modelopt_settings` lists them with their defaults), checked by the same
+schema with the same one-line errors; the target comes from the constraints
+(``export_config`` sizes or a ``params`` budget). Scores come from the forward loop or from a
+saved artifact (``config={"scores": path}``), refused like ``minitron prune`` refuses them when
+computed on other weights or with another criterion. The kept indices and the norm rescaling
+applied are recorded in the ModelOpt state, so ``mto.save``/``mto.restore`` and HF
+checkpointing round-trip the model.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
-from minitron_deploy.align import Alignment
 from minitron_deploy.errors import MinitronError
 from minitron_deploy.importance.scores import ImportanceScores
 from minitron_deploy.prune import prune_model
-from minitron_deploy.scoring import ScoringSettings, score_activations
+from minitron_deploy.prune_settings import PruneSettings
+from minitron_deploy.schema import fields_of, modelopt_fields
+from minitron_deploy.scoring import score_forward_loop
 from minitron_deploy.shape import ModelShape
-from minitron_deploy.target import TargetSpec, resolve_target
-from minitron_deploy.trim import KeepPlan, trim_model
+from minitron_deploy.target import resolve_target
+from minitron_deploy.trim import KeepPlan, resolve_rescale_norms, trim_model
 from modelopt.torch.nas.conversion import NASModeRegistry
 from modelopt.torch.opt.config import ModeloptBaseConfig
 from modelopt.torch.opt.mode import ConvertReturnType, ModeDescriptor
-from modelopt.torch.opt.searcher import BaseSearcher, SearchStateDict
+from modelopt.torch.opt.searcher import BaseSearcher, SearchConfig, SearchStateDict
 from modelopt.torch.prune.pruning import PruneModeRegistry
 
 MODE_NAME = "hf_minitron"
 _STATE_ATTR = "_minitron_pruning"
-#: export_config keys accepted, mapped to TargetSpec fields (Megatron's names are accepted too).
+#: export_config keys accepted, mapped to PruneSettings fields (Megatron's names are accepted too).
 _EXPORT_KEYS = {"hidden_size": "hidden_size", "ffn_hidden_size": "ffn_hidden_size",
                 "num_attention_heads": "num_heads", "num_key_value_heads": "num_kv_heads",
                 "num_query_groups": "num_kv_heads", "num_layers": "num_layers"}
-#: search-config keys passed through to ScoringSettings (defaults from there).
-_SCORING_KEYS = ("criterion", "seq_agg", "batch_agg", "seed", "zo_steps", "zo_eps", "group_size")
+
+
+def modelopt_settings() -> dict[str, Any]:
+    """The mode's settings in its config, with their defaults (plain values)."""
+    defaults = PruneSettings().record()
+    return {f.name: defaults[f.name] for f in modelopt_fields(PruneSettings)}
 
 
 class HFMinitronConfig(ModeloptBaseConfig):
     """Configuration of the ``hf_minitron`` mode (all settings live in the search config)."""
 
 
-def _spec_from_constraints(constraints: dict, align: dict) -> TargetSpec:
+def _target_values(constraints: dict) -> dict[str, Any]:
+    """The constraints as PruneSettings target fields."""
     unknown = set(constraints) - {"export_config", "params"}
     if unknown or len(constraints) != 1:
         raise MinitronError("hf_minitron takes exactly one constraint: 'export_config' or 'params'")
-    bad = set(align) - set(Alignment().as_dict())
-    if bad:
-        raise MinitronError(f"unsupported align keys {sorted(bad)}; use hidden, ffn, heads")
     if "params" in constraints:
         value = constraints["params"]
         if isinstance(value, str) and value.endswith("%"):
             value = float(value[:-1]) / 100
-        return TargetSpec(target_params=float(value), align=Alignment(**align))
+        return {"target_params": value}
     export = constraints["export_config"]
     bad = set(export) - set(_EXPORT_KEYS)
     if bad:
         raise MinitronError(f"unsupported export_config keys {sorted(bad)}; "
                             f"use {sorted(_EXPORT_KEYS)}")
-    return TargetSpec(**{_EXPORT_KEYS[k]: int(v) for k, v in export.items()},
-                      align=Alignment(**align))
+    return {_EXPORT_KEYS[k]: v for k, v in export.items()}
 
 
 class HFMinitronSearcher(BaseSearcher):
@@ -75,37 +82,54 @@ class HFMinitronSearcher(BaseSearcher):
 
     @property
     def default_search_config(self) -> dict:
-        defaults = ScoringSettings()
-        return {**super().default_search_config, "scores_path": None, "depth_metric": "bi",
-                "rescale_norms": None, "align": Alignment().as_dict(),
-                **{k: getattr(defaults, k) for k in _SCORING_KEYS}}
+        return {**super().default_search_config, **modelopt_settings()}
 
     @property
     def default_state_dict(self) -> SearchStateDict:
         return {"best": {}}
 
+    def sanitize_search_config(self, config: SearchConfig | None) -> SearchConfig:
+        """Refuse settings the mode does not take in one line (ModelOpt asserts)."""
+        reasons = {f.name: f.setting.modelopt for f in fields_of(PruneSettings)}
+        for key in config or {}:
+            if key in self.default_search_config:
+                continue
+            if reasons.get(key):
+                raise MinitronError(f"{key}: not a setting of the ModelOpt mode ({reasons[key]})")
+            raise MinitronError(f"unknown key(s) {key} (known: "
+                                f"{', '.join(self.default_search_config)})")
+        return super().sanitize_search_config(config)
+
     def run_search(self) -> None:
         model = self.model
-        target = resolve_target(model.config,
-                                _spec_from_constraints(self.constraints, self.config["align"]))
+        settings = PruneSettings.from_mapping(
+            {**{k: self.config[k] for k in modelopt_settings()},
+             **_target_values(self.constraints)})
+        target = resolve_target(model.config, settings)
+        rescale_norms = resolve_rescale_norms(model.config, settings.rescale())
         source = ModelShape.from_config(model.config)
         block = source.num_layers - target.shape.num_layers
-        if self.config["scores_path"]:
-            scores = ImportanceScores.load(self.config["scores_path"])
+        if settings.scores:
+            scores = ImportanceScores.load(settings.scores)
+            scores.check_reuse(settings, source, block)
+            scores.check_weights(model)
         elif self.forward_loop is not None:
-            settings = ScoringSettings(depth_metric="bi",
-                                       **{k: self.config[k] for k in _SCORING_KEYS})
-            scores = score_activations(model, self.forward_loop, settings,
-                                       block_sizes=sorted({1, max(block, 1)}))
+            if settings.depth_metric == "accuracy" and block:
+                raise MinitronError("depth_metric: 'accuracy' needs a tokenizer and a task; "
+                                    "use minitron prune or reuse its scores")
+            scores = score_forward_loop(model, self.forward_loop, settings,
+                                        block_sizes=sorted({1, max(block, 1)}),
+                                        depth_block_sizes=[block] if block else [])
         else:
             raise MinitronError("hf_minitron needs config['forward_loop'] (or 'data_loader') or "
-                                "config['scores_path']")
-        plan = prune_model(model, scores, target, self.config["depth_metric"],
-                           self.config["rescale_norms"])
-        state = {"source_shape": source.as_dict(), "plan": plan.to_json()}
+                                "config['scores']")
+        plan = prune_model(model, scores, target, settings.depth_metric, rescale_norms)
+        state = {"source_shape": source.as_dict(), "plan": plan.to_json(),
+                 "rescale_norms": rescale_norms, "settings": settings.record()}
         setattr(model, _STATE_ATTR, state)
         self.best = {"export_config": target.shape.as_dict(), "reason": target.reason,
-                     "params": target.params_after, "align": target.align.as_dict()}
+                     "params": target.params_after, "align": target.align.as_dict(),
+                     "rescale_norms": rescale_norms}
 
 
 def _convert(model: nn.Module, config: ModeloptBaseConfig) -> ConvertReturnType:
@@ -122,7 +146,7 @@ def _restore(model: nn.Module, config: ModeloptBaseConfig, metadata: dict) -> nn
     if state is None:
         return model
     if ModelShape.from_config(model.config).as_dict() == state["source_shape"]:
-        trim_model(model, KeepPlan.from_json(state["plan"]))
+        trim_model(model, KeepPlan.from_json(state["plan"]), state.get("rescale_norms"))
     setattr(model, _STATE_ATTR, state)
     return model
 
@@ -182,4 +206,5 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["HFMinitronConfig", "HFMinitronModeDescriptor", "HFMinitronSearcher", "MODE_NAME"]
+__all__ = ["HFMinitronConfig", "HFMinitronModeDescriptor", "HFMinitronSearcher", "MODE_NAME",
+           "modelopt_settings"]

@@ -97,7 +97,7 @@ def test_modelopt_route_equals_cli_route(workspace, tmp_path):
                           constraints={"export_config": {"hidden_size": 40, "num_attention_heads": 4,
                                                          "num_layers": 3}},
                           dummy_input=tiny_batch(),
-                          config={"scores_path": str(out / "minitron" / "importance.safetensors"),
+                          config={"scores": str(out / "minitron" / "importance.safetensors"),
                                   "depth_metric": "bi"})
     cli_state, mo_state = cli_model.state_dict(), pruned.state_dict()
     assert cli_state.keys() == mo_state.keys()
@@ -131,7 +131,7 @@ def test_bad_inputs_give_one_line_errors(workspace, tmp_path):
         (["--model", str(src), "--calib", calib, "--out", str(src)], "input model"),
         (["--model", str(src), "--calib", calib, "--align", "64"], "HIDDEN,FFN"),
         (["--model", str(src), "--calib", calib, "--drop-layers", "5-x"],
-         "argument --drop-layers: cannot parse layer list '5-x'"),
+         "drop_layers: cannot parse layer list '5-x'"),
     ]
     for args, message in cases:
         full = ["prune", *args, *CALIB_ARGS]

@@ -52,7 +52,7 @@ def test_prune_folder(folders):
 
 def test_scores_reused_from_a_pruned_folder(folders, tmp_path):
     prune(folders / "teacher", tmp_path / "again", TargetSpec(ffn_hidden_size=48, num_layers=3),
-          scores_path=folders / "pruned")
+          scores=folders / "pruned")
     assert read_pruning_record(tmp_path / "again")["kept"] == \
         read_pruning_record(folders / "pruned")["kept"]
 

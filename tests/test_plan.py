@@ -12,7 +12,8 @@ from minitron_deploy.distill.api import DistillConfig
 from minitron_deploy.errors import MinitronError
 from minitron_deploy.plan import (GIB, ModelSizes, activation_bytes, calibration_memory,
                                   choose_strategy, distill_memory)
-from minitron_deploy.recipe import PruneStage, packaged_recipe
+from minitron_deploy.prune_settings import PruneSettings
+from minitron_deploy.recipe import packaged_recipe
 from minitron_deploy.shape import ModelShape, reshaped_config
 from test_compress import LLAMA31_8B
 from tiny_models import tiny_config
@@ -177,7 +178,7 @@ def test_choice_follows_the_config(llama8b):
 
 def test_layer_by_layer_calibration_needs_less_than_the_whole_model(llama8b):
     sizes = ModelSizes.from_config(llama8b[0])
-    prune = PruneStage(calib_samples=1024, seq_len=4096, batch_size=4)
+    prune = PruneSettings(calib_samples=1024, seq_len=4096, batch_size=4)
     whole = calibration_memory(sizes, prune, layerwise=False)
     layer = calibration_memory(sizes, prune, layerwise=True)
     assert whole.weights == 4 * sizes.params and whole.hidden_states == 0

@@ -29,13 +29,15 @@ def test_numbers_are_coerced_where_unambiguous(tmp_path):
     assert recipe.distill.lr == 1.0 and isinstance(recipe.distill.lr, float)
 
 
-def test_prune_align_maps_onto_the_target(tmp_path):
+def test_prune_section_is_the_prune_settings(tmp_path):
     from minitron_deploy.align import Alignment
+    from minitron_deploy.prune_settings import PruneSettings
 
     recipe = load_recipe(write(tmp_path, MINIMAL + "prune: {target_params: 0.5, "
-                                                   "align: {hidden: 128}}\n"))
-    assert recipe.prune.target().align == Alignment(128, 64, 1)
-    assert load_recipe(write(tmp_path, MINIMAL)).prune.align == Alignment()
+                                                   "align: {hidden: 128}, drop_layers: 3-4}\n"))
+    assert isinstance(recipe.prune, PruneSettings)
+    assert recipe.prune.align == Alignment(128, 64, 1) and recipe.prune.drop_layers == [3, 4]
+    assert load_recipe(write(tmp_path, MINIMAL)).prune == PruneSettings()
 
 
 def test_overrides_replace_values(tmp_path):
@@ -46,7 +48,7 @@ def test_overrides_replace_values(tmp_path):
 @pytest.mark.parametrize("text,message", [
     (MINIMAL + "distill: {lrr: 1}\n", r"r.yaml.distill: unknown key\(s\) lrr"),
     (MINIMAL + "distill: {tokens: many}\n", r"r.yaml.distill.tokens: expected"),
-    (MINIMAL + "prune: {calib_samples: true}\n", r"calib_samples: expected int"),
+    (MINIMAL + "prune: {calib_samples: true}\n", r"r.yaml.prune.calib_samples: True is not an integer"),
     (MINIMAL + "eval: {tasks: ppl}\n", r"eval.tasks: expected a list"),
     (MINIMAL + "prune: 3\n", r"prune: expected a mapping"),
     ("name: r\nteacher: /m\n", r"missing required key\(s\) data, heldout"),

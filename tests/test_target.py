@@ -38,23 +38,24 @@ def test_budget_shape_is_loadable_for_llama_head_rule():
     assert r.params_after == count_params(tiny_config("llama"), r.shape)
 
 
-@pytest.mark.parametrize("spec, message", [
-    (TargetSpec(hidden_size=64), "larger than the source"),
-    (TargetSpec(ffn_hidden_size=0), "must be positive"),
-    (TargetSpec(num_heads=5), "cannot be split evenly"),
-    (TargetSpec(num_kv_heads=1, num_heads=6), "heads per group"),
-    (TargetSpec(drop_layers=[2, 9]), "out of range"),
-    (TargetSpec(drop_layers=[0, 1, 2, 3]), "every layer"),
-    (TargetSpec(num_layers=2, drop_layers=[1]), "not both"),
-    (TargetSpec(hidden_size=32), "transformers would refuse"),
-    (TargetSpec(target_params=2e9), "not smaller"),
-    (TargetSpec(target_params=10), "cannot be met by width"),
-    (TargetSpec(), "no target"),
-    (TargetSpec(hidden_size=48), "nothing to prune"),
+@pytest.mark.parametrize("values, message", [
+    (dict(hidden_size=64), "larger than the source"),
+    (dict(ffn_hidden_size=0), "must be positive"),
+    (dict(num_heads=5), "cannot be split evenly"),
+    (dict(num_kv_heads=1, num_heads=6), "heads per group"),
+    (dict(drop_layers=[2, 9]), "out of range"),
+    (dict(drop_layers=[0, 1, 2, 3]), "every layer"),
+    (dict(num_layers=2, drop_layers=[1]), "not both"),
+    (dict(hidden_size=32), "transformers would refuse"),
+    (dict(target_params=2e9), "not smaller"),
+    (dict(target_params=10), "cannot be met by width"),
+    (dict(), "no target"),
+    (dict(hidden_size=48), "nothing to prune"),
 ])
-def test_impossible_targets_refused(spec, message):
+def test_impossible_targets_refused(values, message):
+    """Refused when the request is made (a bad value) or resolved against the source."""
     with pytest.raises(MinitronError, match=message):
-        resolve_target(tiny_config("llama"), spec)
+        resolve_target(tiny_config("llama"), TargetSpec(**values))
 
 
 def test_budget_sizes_are_kernel_aligned():

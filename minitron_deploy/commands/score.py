@@ -31,10 +31,7 @@ def run(args: argparse.Namespace) -> None:
         sizes = sorted({int(k) for k in args.block_sizes.split(",")})
     except ValueError:
         raise MinitronError(f"--block-sizes must be integers, got {args.block_sizes!r}")
-    path = score_checkpoint(args.model, args.out, calib=args.calib,
-                            settings=scoring_settings(args), block_sizes=sizes,
-                            calib_samples=args.calib_samples, seq_len=args.seq_len,
-                            batch_size=args.batch_size, task=args.task,
-                            task_limit=args.task_limit, device=args.device, dtype=args.dtype,
-                            seed=args.seed, offload=args.offload)
+    path = score_checkpoint(args.model, args.out, scoring_settings(args),
+                            calib=args.calib, block_sizes=sizes, device=args.device,
+                            dtype=args.dtype)
     print(f"wrote {path} and {path.with_suffix('.json')}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -15,7 +16,9 @@ from .loss_delta import loss_deltas
 from .magnitude import weight_norms
 from .mini_llm import mini_llm_scores
 from .random_scores import random_scores
-from .settings import ScoringSettings
+
+if TYPE_CHECKING:
+    from .settings import ScoringSettings
 
 
 @dataclass
@@ -39,13 +42,13 @@ class Criterion:
 
 
 CRITERIA: dict[str, Criterion] = {
-    "activation": Criterion(lambda x: x.activation),
+    "activation": Criterion(lambda x: x.activation, ("seq_agg", "batch_agg")),
     "magnitude": Criterion(lambda x: weight_norms(x.model)),
     "random": Criterion(lambda x: random_scores(x.model, x.settings.seed), ("seed",)),
     "mini-llm": Criterion(
         lambda x: mini_llm_scores(x.model, x.batches, x.activation, x.settings.zo_steps,
                                   x.settings.zo_eps, x.settings.seed),
-        ("seed", "zo_steps", "zo_eps"), needs_tokens=True),
+        ("seq_agg", "batch_agg", "seed", "zo_steps", "zo_eps"), needs_tokens=True),
     "loss-delta": Criterion(
         lambda x: loss_deltas(x.model, first_samples(x.batches, x.settings.depth_samples),
                               x.settings.group_size),
@@ -54,12 +57,9 @@ CRITERIA: dict[str, Criterion] = {
 
 
 def check_settings(settings: ScoringSettings) -> None:
-    """Refuse an unknown criterion or nonsensical knobs before any work."""
-    if settings.criterion not in CRITERIA:
-        raise MinitronError(f"unknown criterion {settings.criterion!r}; "
-                            f"choose from {', '.join(CRITERIA)}")
-    if settings.zo_steps < 1 or settings.group_size < 1 or not settings.zo_eps > 0:
-        raise MinitronError("zo_steps and group_size must be >= 1 and zo_eps > 0")
+    """Refuse settings changed to bad values after they were made (construction checks them)
+    before any work."""
+    type(settings).make(settings)
 
 
 def criterion_meta(settings: ScoringSettings) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -22,7 +23,9 @@ from tqdm.auto import tqdm
 from ..arch import get_adapter
 from ..errors import MinitronError
 from .depth import BlockImportanceCollector
-from .settings import ScoringSettings
+
+if TYPE_CHECKING:
+    from .settings import ScoringSettings
 
 OFFLOAD_MODES = ("none", "layer", "auto")
 #: Criteria computed from the one calibration pass (or from no pass at all).

