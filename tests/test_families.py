@@ -13,7 +13,8 @@ from masking import masked_reference
 from minitron_deploy.arch import get_adapter
 from minitron_deploy.bench.engine import EngineWeights
 from minitron_deploy.errors import MinitronError
-from minitron_deploy.export.trtllm import convert
+from minitron_deploy.export.runner import TrtllmCheckpoint
+from minitron_deploy.export.trtllm import convert, write_trtllm
 from minitron_deploy.trim import _expand_heads, trim_model
 from test_trim import random_plan
 from tiny_models import logits, tiny_batch, tiny_model
@@ -99,10 +100,36 @@ def test_trtllm_export_refused_where_tensorrt_llm_has_no_architecture():
         convert(tiny_model("olmo2"), "float32")
 
 
+@pytest.mark.parametrize("family, field", [("gemma2", "_sliding_window_pattern"),
+                                           ("gemma2", "final_logit_softcapping"),
+                                           ("gemma2", "attn_logit_softcapping"),
+                                           ("gemma3", "rope_local_base_freq"),
+                                           ("gemma3", "query_pre_attn_scalar")])
+def test_gemma_trtllm_fields_change_the_logits(family, field, tmp_path):
+    """The reference runner honours each Gemma field, so the round trips in test_export_trtllm
+    (sequences longer than the sliding window) prove them."""
+    model = tiny_model(family, initializer_range=0.2)  # attention scores that reach the cap
+    write_trtllm(model, tmp_path, "float32")
+    ckpt = TrtllmCheckpoint.load(tmp_path)
+    ids = tiny_batch(2, 20)
+    torch.testing.assert_close(ckpt.logits(ids), logits(model, ids), atol=1e-5, rtol=0)
+    ckpt.config[field] = None
+    assert (ckpt.logits(ids) - logits(model, ids)).abs().max() > 1e-4
+
+
+def test_trtllm_refuses_layer_types_no_pattern_repeats():
+    model = tiny_model("gemma2")
+    trimmed = trim_model(model, random_plan(model, layers=[0, 1, 3]))  # sliding, full, full
+    with pytest.raises(MinitronError, match="^TensorRT-LLM repeats one sliding/full pattern over "
+                                            "the layers, and these layer types repeat none"):
+        convert(trimmed, "float32")
+
+
 def test_unsupported_architecture_lists_what_each_family_supports():
     with pytest.raises(MinitronError) as err:
         get_adapter(type("Config", (), {"model_type": "gpt2"})())
     message = str(err.value)
     assert "\n" not in message
     assert "olmo2: prune, export hf/onnx, vllm" in message
+    assert "gemma2: prune, export hf/onnx/trtllm, vllm" in message
     assert "qwen3: prune, export hf/onnx/trtllm, fast path, vllm" in message

@@ -24,7 +24,7 @@ from ..shape import ModelShape
 from . import fp8 as fp8_lib
 from .shard import split_tensors
 from ..arch.trtllm import TrtllmLayout
-from .trtllm_families import get_family, rope_parameters, rotary_scaling
+from .trtllm_families import get_family, rotary_scaling
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -40,7 +40,7 @@ def trtllm_config(config, dtype: str, tp: int, fp8: bool) -> dict:
     """The config.json TensorRT-LLM's ``PretrainedConfig.from_dict`` reads."""
     family = get_family(config)
     shape = ModelShape.from_config(config)
-    rope = rope_parameters(config)
+    rope = family.rope(config)
     rotary_pct = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0))
     return {
         "producer": {"name": "minitron-deploy", "version": __version__},

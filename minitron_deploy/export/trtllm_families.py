@@ -9,14 +9,6 @@ from ..arch.trtllm import TrtllmLayout
 from ..errors import MinitronError
 
 
-def rope_parameters(config) -> dict:
-    """transformers 5 keeps rope_theta, rope_type and scaling in ``config.rope_parameters``."""
-    params = dict(getattr(config, "rope_parameters", None) or {})
-    params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
-    params.setdefault("rope_type", "default")
-    return params
-
-
 def rotary_scaling(params: dict) -> dict | None:
     """TensorRT-LLM's ``rotary_scaling`` for the rope types our reference runner implements."""
     kind = params["rope_type"]
