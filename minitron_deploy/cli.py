@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
+    try:  # flags read off a settings schema refuse bad values with the schema's error
+        args = build_parser().parse_args(argv)
         args.func(args)
     except MinitronError as exc:
         return _error(str(exc))

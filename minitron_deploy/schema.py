@@ -155,9 +155,7 @@ def _unknown(cls: type, values: dict) -> str | None:
 
 
 def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
-    return list(value) if isinstance(value, tuple) else value
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
 @functools.cache

@@ -165,7 +165,8 @@ def test_params_budget_follows_align():
                              config={"forward_loop": loop, "align": {"hidden": 8, "ffn": 8}})
     assert state["best"]["align"] == {"hidden": 8, "ffn": 8, "heads": 1}
     assert model.config.hidden_size % 8 == 0 and model.config.intermediate_size % 8 == 0
-    with pytest.raises(MinitronError, match="unsupported align keys"):
+    with pytest.raises(MinitronError,
+                       match=r"^align: unknown key\(s\) h \(known: hidden, ffn, heads\)"):
         mtp.prune(tiny_model("llama"), mode="hf_minitron", constraints={"params": 0.6},
                   dummy_input=tiny_batch(), config={"forward_loop": loop, "align": {"h": 8}})
 

@@ -9,7 +9,7 @@ from typing import TypeVar
 from ..errors import MinitronError
 from ..importance.settings import ScoringSettings
 from ..modeling import DTYPES
-from ..schema import Schema, fields_of
+from ..schema import Field, Schema, fields_of
 
 T = TypeVar("T")
 S = TypeVar("S", bound=Schema)
@@ -42,21 +42,32 @@ def add_calibration_args(p: argparse.ArgumentParser) -> None:
     add_device_args(p)
 
 
+class _SettingAction(argparse.Action):
+    """Stores a flag's text converted and checked by its schema field: a bad value raises the
+    schema's MinitronError, the same line a recipe or an API caller gets."""
+
+    def __init__(self, *args, field: Field, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.field = field
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, self.field.parse(values))
+
+
 def add_settings_args(p: argparse.ArgumentParser, schema: type[Schema]) -> None:
     """One flag per setting of ``schema`` (``--name-with-dashes``), its help and default read
-    off the schema. Values stay text here: the schema converts and checks them, as it does a
-    recipe's or an API caller's, so a bad value gets the same error everywhere."""
+    off the schema."""
     for f in fields_of(schema):
         choices = f.setting.choices
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name,
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=f.default,
+                       action=_SettingAction, field=f,
                        metavar="{" + ",".join(choices) + "}" if choices else None,
                        help=f"{f.setting.help} (default: {f.default_text()})")
 
 
 def settings_from_args(schema: type[S], args: argparse.Namespace) -> S:
-    """The settings of ``schema`` given on the command line, defaults for the rest."""
-    return schema.from_mapping({f.name: getattr(args, f.name) for f in fields_of(schema)
-                                if getattr(args, f.name) is not None})
+    """The settings of ``schema`` from parsed flags."""
+    return schema.make(**{f.name: getattr(args, f.name) for f in fields_of(schema)})
 
 
 def add_device_args(p: argparse.ArgumentParser, dtype_default: str = "auto") -> None:
