@@ -133,3 +133,21 @@ def test_unsupported_architecture_lists_what_each_family_supports():
     assert "olmo2: prune, export hf/onnx, vllm" in message
     assert "gemma2: prune, export hf/onnx/trtllm, vllm" in message
     assert "qwen3: prune, export hf/onnx/trtllm, fast path, vllm" in message
+
+
+def test_vllm_overrides_come_from_the_adapter():
+    """vLLM's Qwen2 derives head_dim from the hidden size: a width-pruned Qwen2 loads as Llama
+    with q/k/v biases; Qwen3 and the new families read head_dim and need nothing."""
+    from minitron_deploy.serve.vllm_env import vllm_overrides
+
+    qwen2 = tiny_model("qwen2")
+    assert vllm_overrides(qwen2.config) is None
+    pruned = trim_model(qwen2, random_plan(qwen2, hidden=36))
+    assert vllm_overrides(pruned.config) == {"architectures": ["LlamaForCausalLM"],
+                                             "qkv_bias": True, "attention_bias": False}
+    pruned.config.use_sliding_window = True
+    with pytest.raises(MinitronError, match="sliding-window attention"):
+        vllm_overrides(pruned.config)
+    for family in ("qwen3", "gemma2", "gemma3", "olmo2"):
+        model = tiny_model(family)
+        assert vllm_overrides(trim_model(model, random_plan(model, hidden=36)).config) is None

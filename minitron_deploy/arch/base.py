@@ -191,6 +191,10 @@ class DecoderAdapter:
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = w.up.shape[0]
 
+    def vllm_overrides(self, config) -> dict | None:
+        """Config overrides vLLM needs to load this checkpoint as transformers does, or None."""
+        return None
+
     # --- trimming hooks ----------------------------------------------------------------------
     def scale_norm(self, norm: nn.Module, factor: float) -> None:
         """Multiply a norm's effective scale (``norm_offset + w``) by ``factor``, in place;

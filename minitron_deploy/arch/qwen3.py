@@ -24,3 +24,6 @@ class Qwen3Adapter(Qwen2Adapter):
     model_types = ("qwen3",)
     static_features = frozenset({"head_qk_norm"})
     trtllm = Qwen3Trtllm
+
+    def vllm_overrides(self, config) -> dict | None:
+        return None  # vLLM's Qwen3 reads head_dim

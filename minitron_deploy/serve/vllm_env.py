@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from ..arch import get_adapter
 from ..errors import MinitronError
 from ..shape import ModelShape
 
@@ -38,19 +39,9 @@ def vllm_python() -> str:
 
 
 def vllm_overrides(config) -> dict | None:
-    """Config overrides vLLM needs to load this checkpoint as transformers does, or None.
-
-    vLLM's Qwen2 derives head_dim from hidden_size / heads, which width or head pruning
-    changes (the checkpoint keeps an explicit head_dim); its Llama reads head_dim, and Qwen2 is
-    Llama with q/k/v biases, so such checkpoints load as that.
-    """
-    shape = ModelShape.from_config(config)
-    if config.model_type != "qwen2" or shape.head_dim == shape.hidden_size // shape.num_heads:
-        return None
-    if getattr(config, "use_sliding_window", False):
-        raise MinitronError("vLLM cannot load a Qwen2 checkpoint whose head_dim differs from "
-                            "hidden_size / heads when it uses sliding-window attention")
-    return {"architectures": ["LlamaForCausalLM"], "qkv_bias": True, "attention_bias": False}
+    """Config overrides vLLM needs to load this checkpoint as transformers does, or None (the
+    family's adapter knows)."""
+    return get_adapter(config).vllm_overrides(config)
 
 
 def quiet_env() -> dict[str, str]:
