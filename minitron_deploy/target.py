@@ -97,8 +97,9 @@ class TargetSpec(Schema):
 
     def request(self) -> dict:
         """The target as asked: the shape fields given, and the alignment."""
-        return {f.name: value for f in fields_of(TargetSpec)
-                if (value := self.record()[f.name]) is not None}
+        values = self.record()
+        return {f.name: values[f.name] for f in fields_of(TargetSpec)
+                if values[f.name] is not None}
 
 
 @dataclass

@@ -12,7 +12,7 @@ import minitron_deploy
 ROOT = Path(minitron_deploy.__file__).parent
 PACKAGE = "minitron_deploy"
 STAGE_PACKAGES = ("arch", "bench", "distill", "eval", "export", "importance", "serve")
-GROUND_FLOOR = ("errors", "files", "likelihood")
+GROUND_FLOOR = ("errors", "files", "likelihood", "schema")
 UPPER = ("minitron_deploy.stages", "minitron_deploy.pipeline", "minitron_deploy.demo",
          "minitron_deploy.cli", "minitron_deploy.commands")
 
