@@ -20,7 +20,8 @@ def hf_greedy(model, ids, new_tokens):
     return out[:, ids.shape[1]:]
 
 
-@pytest.mark.parametrize("family", ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "phi3"])
+@pytest.mark.parametrize("family", ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "phi3",
+                                    "olmo2"])
 def test_greedy_tokens_equal_hf_generate(family):
     # tied embeddings at the default init make every sequence repeat its last token
     model = tiny_model(family, initializer_range=0.2)

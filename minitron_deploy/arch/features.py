@@ -26,7 +26,8 @@ FEATURES: dict[str, str] = {
 }
 
 #: What the torch fast path (``bench/engine.py``) implements.
-FAST_PATH: frozenset[str] = frozenset({"fused_projections", "qkv_bias", "head_qk_norm"})
+FAST_PATH: frozenset[str] = frozenset({"fused_projections", "qkv_bias", "head_qk_norm",
+                                       "projection_qk_norm", "post_norms"})
 
 
 def describe(names) -> str:

@@ -3,7 +3,8 @@
 Weights are taken once from a Hugging Face model through the arch adapters (q/k/v fused into
 one matrix, gate/up into another) and held as module buffers, so a CUDA graph captures their
 addresses instead of copying them. It implements the architecture features in
-``arch.FAST_PATH`` (fused projections, q/k/v biases, per-head q/k norms); a model whose adapter
+``arch.FAST_PATH`` (fused projections, q/k/v biases, q/k norms per head or over the whole
+projection, norms after attention and MLP instead of before); a model whose adapter
 declares any other feature, or that has o_proj or MLP biases (which the forward has no term
 for), is refused with a one-line reason.
 """
@@ -33,6 +34,10 @@ class EngineShape:
     num_kv_heads: int
     head_dim: int
     eps: float
+    #: Norms after attention and MLP (OLMo 2) instead of before them.
+    post_norms: bool = False
+    #: q/k norms over the whole projection (OLMo 2) instead of per head.
+    projection_qk_norm: bool = False
 
     @property
     def qkv_split(self) -> list[int]:
@@ -65,11 +70,13 @@ class EngineWeights(nn.Module):
         check_supported(config, max_len)
         adapter = get_adapter(config)
         layers = adapter.layers(model)
+        features = adapter.features(config)
         self.shape = EngineShape(
             num_layers=len(layers), num_heads=config.num_attention_heads,
             num_kv_heads=config.num_key_value_heads or config.num_attention_heads,
             head_dim=adapter.get_attention(layers[0]).q.shape[0] // config.num_attention_heads,
-            eps=float(config.rms_norm_eps))
+            eps=float(config.rms_norm_eps), post_norms="post_norms" in features,
+            projection_qk_norm="projection_qk_norm" in features)
         self.register_buffer("embed", adapter.embed_tokens(model).weight.detach())
         self.register_buffer("lm_head", adapter.lm_head(model).weight.detach())
         self.register_buffer("norm", adapter.final_norm(model).weight.detach())
@@ -85,7 +92,8 @@ class EngineWeights(nn.Module):
 
 
 class LayerTensors(NamedTuple):
-    """One layer's weights; ``qkv_bias`` and the per-head ``q_norm``/``k_norm`` may be None."""
+    """One layer's weights; ``ln1``/``ln2`` are the norms before (or, with ``post_norms``,
+    after) attention and MLP; ``qkv_bias`` and ``q_norm``/``k_norm`` may be None."""
 
     ln1: torch.Tensor
     ln2: torch.Tensor
@@ -119,7 +127,7 @@ class _LayerWeights(nn.Module):
         self.register_buffer("o", attn.o.detach())
         self.register_buffer("gate_up", torch.cat([mlp.gate, mlp.up]).detach())
         self.register_buffer("down", mlp.down.detach())
-        qk_norms = adapter.qk_norms(layer)  # per head: FAST_PATH has no projection-wide norms
+        qk_norms = adapter.qk_norms(layer)
         self.register_buffer("q_norm", None if qk_norms is None else qk_norms[0].weight.detach())
         self.register_buffer("k_norm", None if qk_norms is None else qk_norms[1].weight.detach())
 
@@ -148,11 +156,13 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 def _qkv(x, w: LayerTensors, s: EngineShape, cos, sin):
     """Normed input -> q, k, v as ``[B, heads, S, head_dim]`` with rope applied."""
     b, n, _ = x.shape
-    h = rms_norm(x, w.ln1, s.eps)
+    h = x if s.post_norms else rms_norm(x, w.ln1, s.eps)
     q, k, v = F.linear(h, w.qkv, w.qkv_bias).split(s.qkv_split, dim=-1)
+    if s.projection_qk_norm:
+        q, k = rms_norm(q, w.q_norm, s.eps), rms_norm(k, w.k_norm, s.eps)
     q = q.view(b, n, s.num_heads, s.head_dim)
     k = k.view(b, n, s.num_kv_heads, s.head_dim)
-    if w.q_norm is not None:
+    if w.q_norm is not None and not s.projection_qk_norm:
         q, k = rms_norm(q, w.q_norm, s.eps), rms_norm(k, w.k_norm, s.eps)
     cos, sin = cos[:, None], sin[:, None]  # [S, 1, D] broadcasts over heads
     q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
@@ -161,6 +171,10 @@ def _qkv(x, w: LayerTensors, s: EngineShape, cos, sin):
 
 
 def _mlp_residual(x, attn_out, w: LayerTensors, s: EngineShape):
+    if s.post_norms:
+        x = x + rms_norm(F.linear(attn_out, w.o), w.ln1, s.eps)
+        gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
+        return x + rms_norm(F.linear(F.silu(gate) * up, w.down), w.ln2, s.eps)
     x = x + F.linear(attn_out, w.o)
     gate, up = F.linear(rms_norm(x, w.ln2, s.eps), w.gate_up).chunk(2, dim=-1)
     return x + F.linear(F.silu(gate) * up, w.down)
