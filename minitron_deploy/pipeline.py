@@ -16,7 +16,8 @@ from pathlib import Path
 
 from . import assets
 from .distill.api import distill, work_dir_for
-from .eval.api import evaluate, headline, markdown_table, write_results
+from .eval.api import PPL, evaluate, headline, markdown_table, metric_names, write_results
+from .eval.retention import Retention, chance_accuracy, retention, retention_lines
 from .modeling import atomic_dir, load_config
 from .prune import prune
 from .ranks import on_main_rank
@@ -163,6 +164,8 @@ def write_final_report(recipe: Recipe, result: PipelineResult, bench_dir: Path |
     report = {"recipe": recipe.name, "parameters": params,
               "parameter_ratio": params["student"] / params["teacher"],
               "accuracy": result.results, "stage_seconds": result.seconds}
+    kept = _retention(recipe, result.results)
+    report["retention"] = {name: asdict(value) for name, value in kept.items()}
     if bench_dir is not None:
         bench = json.loads((bench_dir / "bench.json").read_text())
         report["throughput"] = bench.get("max_throughput")
@@ -170,12 +173,21 @@ def write_final_report(recipe: Recipe, result: PipelineResult, bench_dir: Path |
     lines = [f"# {recipe.name}: teacher vs student", "",
              f"parameters: teacher {params['teacher']:,}, student {params['student']:,} "
              f"({report['parameter_ratio']:.1%})", "", markdown_table(result.results)]
+    lines += [line for name, value in kept.items() for line in retention_lines(name, value)]
     if "throughput" in report:
         lines += ["", "throughput (max over batch sizes):", "```",
                   json.dumps(report["throughput"], indent=2), "```"]
     (work / "report.md").write_text("\n".join(lines) + "\n")
     _plot(result.results, work / "report.png", recipe.name)
     return report
+
+
+def _retention(recipe: Recipe, results: dict[str, dict]) -> dict[str, Retention]:
+    """What the pruned and the distilled model keep of the teacher."""
+    tasks = [t for t in metric_names(results) if t != PPL]
+    chance = {task: chance_accuracy(task, recipe.eval.limit) for task in tasks}
+    return {name: retention(results["teacher"], results[name], chance)
+            for name in results if name != "teacher"}
 
 
 def _plot(results: dict[str, dict], path: Path, title: str) -> None:
@@ -185,7 +197,7 @@ def _plot(results: dict[str, dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    tasks = [t for t in next(iter(results.values())) if t != "ppl"]
+    tasks = [t for t in metric_names(results) if t != PPL]
     has_ppl = all("ppl" in r for r in results.values())
     panels = int(has_ppl) + int(bool(tasks))
     fig, axes = plt.subplots(1, panels, figsize=(4 + 4 * panels, 4), squeeze=False)
@@ -214,5 +226,7 @@ def _plot(results: dict[str, dict], path: Path, title: str) -> None:
 def summary(result: PipelineResult) -> str:
     """The side-by-side table and stage times as printed at the end of a run."""
     times = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
-    return (f"{markdown_table(result.results)}\nstage times: {times}\n"
+    kept = "".join(f"{line}\n" for name, value in result.report.get("retention", {}).items()
+                   for line in retention_lines(name, Retention(**value)))
+    return (f"{markdown_table(result.results)}{kept}\nstage times: {times}\n"
             f"wrote {result.eval_dir / RESULTS} and report.md\n")

@@ -35,6 +35,10 @@ eval: {{tasks: {TASKS}, limit: 4, seq_len: 32, ppl_seqs: 4}}
     assert set(first.results) == {"teacher", "pruned", "distilled"}
     assert first.results["distilled"]["ppl"] < first.results["pruned"]["ppl"]
     assert "| ppl |" in summary(first)
+    kept = first.report["retention"]["distilled"]
+    assert kept["ppl_ratio"] == pytest.approx(
+        first.results["distilled"]["ppl"] / first.results["teacher"]["ppl"])
+    assert "perplexity" in summary(first) and "perplexity" in (work / "report.md").read_text()
     stamps = {p: p.stat().st_mtime_ns for p in (first.pruned / "model.safetensors",
                                                 first.distilled / "model.safetensors")}
     second = run_pipeline(load_recipe(recipe_file), work)

@@ -16,10 +16,12 @@ from ..modeling import load_model
 from ..precision import resolve_precision
 from ..files import write_text_atomic
 from .multiple_choice import evaluate_items
-from .perplexity import perplexity
+from .perplexity import perplexity_with_stderr
 from .tasks import TASKS, load_named_task
 
 PPL = "ppl"
+#: Key of the perplexity's standard error in a model's results (not a task of its own).
+PPL_STDERR = "ppl_stderr"
 #: Tasks whose headline metric is acc_norm in lm-eval (the others report acc).
 NORMED = {"hellaswag", "piqa", "arc_easy", "arc_challenge"}
 
@@ -37,7 +39,8 @@ def parse_tasks(spec: str) -> list[str]:
 def evaluate(model_dir: str | Path, tasks: list[str], limit: int | None = None,
              ppl_data: str | Path | None = None, seq_len: int = 512, ppl_seqs: int = 64,
              device: str = "cpu", dtype: str = "auto", batch_size: int = 16) -> dict:
-    """Metrics of one checkpoint: ``{"ppl": float, task: {n, acc, acc_stderr, ...}}``.
+    """Metrics of one checkpoint: ``{"ppl": float, "ppl_stderr": float, task: {n, acc,
+    acc_stderr, ...}}``.
     ``dtype`` "auto" is bf16 where it is faster on ``device`` (``precision.py``), else fp32."""
     if PPL in tasks and ppl_data is None:
         raise MinitronError("perplexity needs held-out text (--ppl-data)")
@@ -50,7 +53,7 @@ def evaluate(model_dir: str | Path, tasks: list[str], limit: int | None = None,
         if task == PPL:
             check_seq_len(seq_len, model.config)
             seqs = pack_tokens(load_texts(ppl_data), tokenizer, seq_len, ppl_seqs, seed=0)
-            results[PPL] = perplexity(model, seqs)
+            results[PPL], results[PPL_STDERR] = perplexity_with_stderr(model, seqs)
             if not math.isfinite(results[PPL]):
                 raise MinitronError(f"non-finite perplexity ({results[PPL]}) for {model_dir}: "
                                     "check the weights for NaN/Inf")
@@ -67,10 +70,16 @@ def headline(task: str, metrics) -> float:
     return metrics["acc_norm" if task in NORMED else "acc"]
 
 
+def metric_names(results: dict[str, dict]) -> list[str]:
+    """Perplexity and the tasks found in any model's results, in order (standard errors are
+    kept beside their metric, not listed)."""
+    return list(dict.fromkeys(t for r in results.values() for t in r if t != PPL_STDERR))
+
+
 def markdown_table(results: dict[str, dict]) -> str:
     """Tasks as rows, models as columns (accuracies in %)."""
     names = list(results)
-    tasks = list(dict.fromkeys(t for r in results.values() for t in r))
+    tasks = metric_names(results)
     lines = ["| task | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for task in tasks:
         label = task if task == PPL else f"{task} ({'acc_norm' if task in NORMED else 'acc'}, %)"
