@@ -260,7 +260,7 @@ def test_cli_prune_with_magnitude_keeps_the_heaviest_units(tmp_path, capsys):
     reuse = ["prune", "--model", str(src), "--scores", str(out),
              "--ffn-hidden-size", "40", "--num-heads", "4"]
     assert main([*reuse, "--out", str(tmp_path / "reuse")]) == 2
-    assert "holds 'magnitude' scores, not 'activation'" in capsys.readouterr().err
+    assert "the scores hold 'magnitude' scores, not 'activation'" in capsys.readouterr().err
     assert main([*reuse, "--out", str(tmp_path / "reuse"), "--criterion", "magnitude"]) == 0
     reused = json.loads((tmp_path / "reuse" / "minitron" / "minitron.json").read_text())
     assert reused["kept"] == record["kept"]
