@@ -150,3 +150,14 @@ def test_vllm_overrides_come_from_the_adapter():
     for family in ("qwen3", "gemma2", "gemma3", "olmo2"):
         model = tiny_model(family)
         assert vllm_overrides(trim_model(model, random_plan(model, hidden=36)).config) is None
+
+
+def test_trtllm_refusal_comes_before_loading_the_weights(tmp_path, monkeypatch):
+    from minitron_deploy.export import api
+    from tiny_models import save_tiny_checkpoint
+
+    save_tiny_checkpoint("olmo2", tmp_path / "olmo2")
+    monkeypatch.setattr(api, "load_model", lambda *a, **k: pytest.fail("weights were loaded"))
+    with pytest.raises(MinitronError, match="does not support olmo2"):
+        api.export(tmp_path / "olmo2", tmp_path / "out", format="trtllm")
+    assert not (tmp_path / "out").exists()

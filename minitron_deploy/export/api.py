@@ -94,7 +94,9 @@ def export(model_dir: str | Path, out_dir: str | Path, format: str = "hf",
     shape = ModelShape.from_config(config)
     if format == "trtllm":
         from .shard import check_tp
+        from .trtllm import trtllm_config
 
+        trtllm_config(config, "bfloat16", tp, False)  # what the converter refuses, before loading
         check_tp({"num_attention_heads": shape.num_heads, "num_key_value_heads": shape.num_kv_heads,
                   "intermediate_size": shape.ffn_hidden_size}, tp)
     if dtype == "fp8":
