@@ -14,32 +14,31 @@ from minitron_deploy.align import Alignment
 from minitron_deploy.bench.models import ModelSpec
 from minitron_deploy.cli import main
 from minitron_deploy.errors import MinitronError
-from minitron_deploy.search.predict import Predictor
-from minitron_deploy.search import (Bounds, Deployment, Goal, SearchSettings, plan_search,
-                                    search_student)
+from minitron_deploy.search import SearchSettings, plan_search, search_student
+from minitron_deploy.search.goal import Goal
+from minitron_deploy.search.predict import Deployment, Predictor
+from minitron_deploy.search.space import Bounds
 from minitron_deploy.shape import ModelShape, count_params
 from tiny_models import CALIB_TEXT, save_tiny_checkpoint, tiny_config
 
-TINY = dict(calib_samples=8, seq_len=32, batch_size=4, heldout_seqs=4, rank_tokens=256)
-BOUNDS = Bounds(max_width=0.4, max_depth=0.5)
+TINY = dict(calib_samples=8, seq_len=32, batch_size=4, heldout_seqs=4, rank_tokens=256,
+            max_depth_prune=0.5, candidates=2)
 
 
 def settings(**overrides) -> SearchSettings:
-    kw = dict(goal=Goal("params", 0.8, 0.2), bounds=BOUNDS, top_k=2, dtype="fp32", **TINY)
-    kw.update(overrides)
-    return SearchSettings(**kw)
+    return SearchSettings(**{"target_params": 0.8, "tolerance": 0.2, **TINY, **overrides})
 
 
-@pytest.mark.parametrize("kind, value", [("params", 0.8), ("memory", 0.8), ("speedup", 1.2)])
+@pytest.mark.parametrize("kind, value", [("params", 0.8), ("memory_gb", 0.8), ("speedup", 1.2)])
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 def test_candidates_meet_goal_within_bounds_and_alignment(kind, value, family):
     config = tiny_config(family)
     src = ModelShape.from_config(config)
-    deployment = Deployment("h200", batch=4, isl=64, osl=16)
-    if kind == "memory":  # 80% of the source's weights and KV cache
-        value *= Predictor(config, deployment).memory_gib(src)
-    plan = plan_search(config, settings(goal=Goal(kind, value, 0.3), align=Alignment(16, 16, 2),
-                                        deployment=deployment))
+    if kind == "memory_gb":  # 80% of the source's weights and KV cache
+        value *= Predictor(config, Deployment("h200", 4, 64, 16)).memory_gib(src)
+    plan = plan_search(config, settings(**{"target_params": None, f"target_{kind}": value,
+                                           "tolerance": 0.3, "align": "16,16,2", "gpu": "h200",
+                                           "at_batch": 4, "isl": 64, "osl": 16}))
     assert plan.candidates
     low, high = plan.goal.window()
     align = Alignment(16, 16, 2).for_source(src)
@@ -59,8 +58,7 @@ def test_candidates_at_8b_scale_use_modelopt_steps():
     from minitron_deploy.bench.models import model_config
 
     config = model_config(ModelSpec("llama31-8b"))
-    plan = plan_search(config, SearchSettings(goal=Goal("speedup", 2.0),
-                                              deployment=Deployment("h100", batch=64)))
+    plan = plan_search(config, SearchSettings(target_speedup=2.0, at_batch=64, gpu="h100"))
     for c in plan.candidates:
         assert c.shape.hidden_size % 256 == 0 and c.shape.ffn_hidden_size % 512 == 0
         assert c.shape.num_layers % 2 == 0 and c.shape.num_layers >= 26
@@ -109,7 +107,8 @@ def searched(workspace, tmp_path_factory):
     mp.setattr(search_api, "score_model", lambda *a, **k: calls.append(1) or real(*a, **k))
     out = tmp_path_factory.mktemp("searched") / "out"
     try:
-        search_student(workspace / "teacher", out, settings(), calib=workspace / "calib.txt")
+        search_student(workspace / "teacher", out, settings(), calib=workspace / "calib.txt",
+                       dtype="fp32")
     finally:
         mp.undo()
     return out, len(calls)
@@ -142,7 +141,7 @@ def test_rank_by_loss_skips_distillation(workspace, tmp_path, monkeypatch):
     monkeypatch.setattr(search_api, "short_kd", lambda *a, **k: pytest.fail("distilled"))
     out = tmp_path / "by-loss"
     result = search_student(workspace / "teacher", out, settings(rank_by="loss"),
-                            calib=workspace / "calib.txt")
+                            calib=workspace / "calib.txt", dtype="fp32")
     rows = result.report["candidates"]
     assert result.chosen == min(rows, key=lambda r: r["loss_pruned"])["key"]
 
@@ -171,23 +170,27 @@ def test_resume_reuses_scores_and_cached_results(workspace, tmp_path, monkeypatc
     with monkeypatch.context() as mp:
         mp.setattr(search_api, "_finish", interrupt)
         with pytest.raises(KeyboardInterrupt):
-            search_student(workspace / "teacher", out, settings(), calib=workspace / "calib.txt")
+            search_student(workspace / "teacher", out, settings(), calib=workspace / "calib.txt",
+                       dtype="fp32")
     assert not out.exists() and (tmp_path / ".resumed.partial").is_dir()
     monkeypatch.setattr(search_api, "short_kd", lambda *a, **k: pytest.fail("distilled again"))
     monkeypatch.setattr(search_api, "score_model", lambda *a, **k: pytest.fail("scored again"))
-    result = search_student(workspace / "teacher", out, settings(), calib=workspace / "calib.txt")
+    result = search_student(workspace / "teacher", out, settings(), calib=workspace / "calib.txt",
+                       dtype="fp32")
     assert result.chosen and (out / "config.json").is_file()
     assert not (tmp_path / ".resumed.partial").exists()
 
 
 @pytest.mark.parametrize("args, message", [
-    ([], "one of the arguments --target-params --target-memory-gb --target-speedup"),
-    (["--target-speedup", "2"], "--target-speedup needs --at-batch"),
+    ([], "give exactly one target"),
+    (["--target-params", "0.5", "--target-speedup", "2"], "give exactly one target"),
+    (["--target-speedup", "2"], "target_speedup needs at_batch"),
     (["--target-params", "0.01"], "no shape within 40% width"),
-    (["--target-params", "0.8", "--tolerance", "2"], "--tolerance must be in (0, 1)"),
-    (["--target-params", "0.8", "--rank-by", "bleu"], "unknown --rank-by 'bleu'"),
-    (["--target-params", "0.8", "--rank-by", "task:nope"], "unknown task 'nope'"),
-    (["--target-params", "0.8", "--steps", "1,2"], "cannot parse steps"),
+    (["--target-params", "0.8", "--tolerance", "2"], "tolerance: 2.0 must be in (0, 1)"),
+    (["--target-params", "0.8", "--rank-by", "bleu"], "rank_by: 'bleu' is not loss, kd or task"),
+    (["--target-params", "0.8", "--rank-by", "task:nope"], "rank_by: 'task:nope' is not"),
+    (["--target-params", "0.8", "--steps", "1,2"], "steps: '1,2' is not HIDDEN,FFN,LAYERS"),
+    (["--target-params", "0.8", "--gpu", "b200"], "gpu: 'b200' is not one of h100, h200, a100"),
     (["--target-params", "0.8", "--calib", "missing.txt"], "calibration data missing.txt"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(workspace, tmp_path, capsys, args, message):
@@ -204,8 +207,12 @@ def test_bad_input_is_one_line_and_writes_nothing(workspace, tmp_path, capsys, a
     assert not out.exists() and not (tmp_path / ".out.partial").exists()
 
 
-def test_goal_refuses_nonsense():
+def test_settings_refuse_nonsense():
     with pytest.raises(MinitronError, match="must exceed 1"):
-        Goal("speedup", 0.9)
-    with pytest.raises(MinitronError, match="depth pruning must be in"):
-        Bounds(max_depth=1.0)
+        SearchSettings(target_speedup=0.9, at_batch=1)
+    with pytest.raises(MinitronError, match="max_depth_prune: 1.0 must be in"):
+        SearchSettings(target_params=0.5, max_depth_prune=1.0)
+    with pytest.raises(MinitronError, match="depth by loss or bi"):
+        SearchSettings(target_params=0.5, depth_metric="accuracy")
+    assert Goal("params", 0.5).resolved(1000).value == 500
+    assert Bounds().steps(ModelShape(4096, 14336, 32, 8, 32, 128), Alignment()) == (256, 512, 2)

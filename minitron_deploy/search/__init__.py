@@ -2,10 +2,7 @@
 target, pruned from one importance artifact and ranked by held-out loss and short
 distillation."""
 
-from .api import SearchResult, SearchSettings, plan_search, search_student
-from .goal import Goal
-from .predict import Deployment
-from .space import Bounds
+from .api import SearchResult, plan_search, search_student
+from .settings import SearchSettings
 
-__all__ = ["Bounds", "Deployment", "Goal", "SearchResult", "SearchSettings", "plan_search",
-           "search_student"]
+__all__ = ["SearchResult", "SearchSettings", "plan_search", "search_student"]

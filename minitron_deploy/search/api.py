@@ -11,10 +11,9 @@ at the end: the chosen shape pruned by :func:`~minitron_deploy.prune.prune` from
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -23,84 +22,27 @@ from tqdm.auto import tqdm
 from ..align import Alignment
 from ..artifacts import ARTIFACTS_DIR, SCORES
 from ..data import calibration_batches, check_seq_len, load_texts, pack_tokens, split_documents
-from ..distill.api import DistillConfig, work_dir_for
-from ..eval.tasks import TASKS
+from ..distill.api import work_dir_for
 from ..errors import MinitronError
+from ..files import settings_hash, sha256_file, write_text_atomic
 from ..hub import resolve_model
-from ..importance.criteria import check_settings
 from ..importance.scores import ImportanceScores
 from ..modeling import atomic_dir, check_output_dir, load_config, load_model
 from ..precision import resolve_precision
 from ..prune import prune
-from ..scoring import ScoringSettings, score_model
+from ..prune_settings import PruneSettings
+from ..scoring import score_model
 from ..shape import ModelShape
-from ..files import settings_hash, sha256_file, write_text_atomic
 from .candidates import Candidate, find_candidates
 from .goal import Goal
-from .predict import Deployment, Predictor
+from .predict import Predictor
 from .rank import ResultCache, heldout_loss, pruned_copy, shape_spec, short_kd, task_metric
 from .report import write_report
-from .space import Bounds
+from .settings import SearchSettings
 
-RANK_BY = ("loss", "kd", "task:NAME")
-DEPTH_METRICS = ("loss", "bi")
 CACHE_DIR = "search"
-
-
-@dataclass
-class SearchSettings:
-    """Everything a search takes besides paths.
-
-    ``top_k`` candidates (lowest loss after pruning) get a short distillation of
-    ``rank_tokens`` with the ``distill`` template (its tokens, seq_len, device and seed are the
-    search's); ``rank_by`` is ``loss`` (no distillation), ``kd`` or ``task:NAME`` (accuracy
-    after the short distillation). Without ``heldout`` data, ``heldout_fraction`` of the
-    calibration documents are held out (and kept out of scoring and distillation)."""
-
-    goal: Goal
-    deployment: Deployment = field(default_factory=Deployment)
-    bounds: Bounds = field(default_factory=Bounds)
-    align: Alignment = field(default_factory=Alignment)
-    max_candidates: int = 32
-    top_k: int = 3
-    rank_by: str = "kd"
-    rank_tokens: int = 8192
-    task_limit: int | None = 200
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    scoring: ScoringSettings = field(default_factory=ScoringSettings)
-    calib_samples: int = 1024
-    seq_len: int = 512
-    batch_size: int = 8
-    heldout_seqs: int = 32
-    heldout_fraction: float = 0.1
-    device: str = "cpu"
-    dtype: str = "auto"
-
-    def validate(self) -> None:
-        if self.rank_by not in ("loss", "kd") and not self.rank_by.startswith("task:"):
-            raise MinitronError(f"unknown --rank-by {self.rank_by!r}; choose from "
-                                f"{', '.join(RANK_BY)}")
-        for name in ("max_candidates", "top_k", "rank_tokens", "calib_samples", "seq_len",
-                     "batch_size", "heldout_seqs"):
-            if getattr(self, name) < 1:
-                raise MinitronError(f"{name.replace('_', '-')} must be at least 1, "
-                                    f"got {getattr(self, name)}")
-        if self.scoring.depth_metric not in DEPTH_METRICS:
-            raise MinitronError(f"search scores depth by {' or '.join(DEPTH_METRICS)}, not "
-                                f"{self.scoring.depth_metric!r}")
-        check_settings(self.scoring)
-        if self.task is not None and self.task not in TASKS:
-            raise MinitronError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
-
-    @property
-    def task(self) -> str | None:
-        return self.rank_by.split(":", 1)[1] if self.rank_by.startswith("task:") else None
-
-    def kd_config(self) -> DistillConfig:
-        precision = {"fp32": "fp32", "bf16": "bf16"}.get(self.dtype, self.distill.precision)
-        return dataclasses.replace(self.distill, tokens=self.rank_tokens, steps=None,
-                                   seq_len=self.seq_len, device=self.device,
-                                   seed=self.scoring.seed, precision=precision)
+#: Share of the calibration documents held out when no held-out text is given.
+HELDOUT_FRACTION = 0.1
 
 
 @dataclass
@@ -125,14 +67,13 @@ class SearchPlan:
 
 def plan_search(config, settings: SearchSettings) -> SearchPlan:
     """The candidates meeting the goal (no weights loaded) and the rule's shape for params."""
-    settings.validate()
-    predictor = Predictor(config, settings.deployment)
+    predictor = Predictor(config, settings.deployment())
     source_params = predictor.params(predictor.source)
-    goal = settings.goal.resolved(source_params)
+    goal = settings.goal().resolved(source_params)
     if goal.kind == "params" and goal.value >= source_params:
         raise MinitronError(f"target of {goal.value:,.0f} parameters is not smaller than the "
                             f"source ({source_params:,})")
-    candidates = find_candidates(config, goal, predictor, settings.bounds, settings.align,
+    candidates = find_candidates(config, goal, predictor, settings.bounds(), settings.align,
                                  settings.max_candidates)
     return SearchPlan(predictor.source, source_params, goal, candidates,
                       _rule(config, goal, settings.align, predictor))
@@ -151,12 +92,19 @@ def _rule(config, goal: Goal, align: Alignment, predictor: Predictor) -> dict | 
     return {"shape": shape.as_dict(), **asdict(predictor.predict(shape))}
 
 
-def search_student(model: str | Path, out: str | Path, settings: SearchSettings, *,
-                   calib: str | Path | None = None, heldout: str | Path | None = None,
-                   scores: str | Path | None = None, dry_run: bool = False) -> SearchResult:
-    """Search the student of ``model`` (a folder or Hub id) for ``settings.goal``; write the
-    chosen pruned model to ``out`` (a dry run writes the candidates' predictions and
-    config-only folders instead, without loading weights)."""
+def search_student(model: str | Path, out: str | Path, settings: SearchSettings | None = None,
+                   *, calib: str | Path | None = None, heldout: str | Path | None = None,
+                   device: str = "cpu", dtype: str = "auto", dry_run: bool = False,
+                   **overrides) -> SearchResult:
+    """Search the student of ``model`` (a folder or Hub id); write the chosen pruned model to
+    ``out`` (a dry run writes the candidates' predictions and config-only folders instead,
+    without loading weights).
+
+    ``settings`` and ``overrides`` (any of :class:`SearchSettings`' fields by name, e.g.
+    ``target_params=0.5, candidates=3``) make the settings, checked by the schema. Without
+    ``heldout`` text, 10% of the ``calib`` documents are held out for the loss (and kept out
+    of scoring and distillation)."""
+    settings = SearchSettings.make(settings, **overrides)
     model_dir = resolve_model(model)
     config = load_config(model_dir)
     plan = plan_search(config, settings)
@@ -169,26 +117,26 @@ def search_student(model: str | Path, out: str | Path, settings: SearchSettings,
     if heldout is not None and not Path(heldout).exists():
         raise MinitronError(f"held-out data {heldout} does not exist")
     check_seq_len(settings.seq_len, config)
-    dtype = resolve_precision(settings.device, settings.dtype)
+    dtype = resolve_precision(device, dtype)
     work = work_dir_for(out)
     work.mkdir(parents=True, exist_ok=True)
 
-    teacher, tokenizer = load_model(model_dir, dtype=dtype, device=settings.device)
+    teacher, tokenizer = load_model(model_dir, dtype=dtype, device=device)
     if tokenizer is None:
         raise MinitronError(f"{model_dir} has no tokenizer to tokenize the data")
     train_text, held = _data(calib, heldout, tokenizer, settings, work)
-    metric = None if settings.task is None else task_metric(
-        settings.task, settings.task_limit, tokenizer, settings.batch_size)
-    scores_path = _scores(teacher, tokenizer, model_dir, train_text, scores, plan, settings, work)
+    metric = None if settings.rank_task is None else task_metric(
+        settings.rank_task, settings.rank_task_limit, tokenizer, settings.batch_size)
+    scores_path = _scores(teacher, tokenizer, model_dir, train_text, plan, settings, work)
+    kd = settings.kd_config(device, dtype)
     cache = ResultCache(work / CACHE_DIR, {
         "model": str(model_dir), "scores": sha256_file(scores_path), "dtype": dtype,
-        "heldout": held.tolist(), "depth_metric": settings.scoring.depth_metric,
-        "kd": asdict(settings.kd_config()), "task": settings.task,
-        "task_limit": settings.task_limit})
+        "heldout": held.tolist(), "depth_metric": settings.depth_metric, "kd": asdict(kd),
+        "task": settings.rank_task, "task_limit": settings.rank_task_limit})
     scores_obj = ImportanceScores.load(scores_path)
 
     def pruned(candidate: Candidate):
-        return pruned_copy(teacher, scores_obj, candidate, settings.scoring.depth_metric)
+        return pruned_copy(teacher, scores_obj, candidate, settings.depth_metric)
 
     for c in tqdm(plan.candidates, desc="loss after pruning", unit="candidate"):
         if "loss_pruned" not in cache.get(c.key):
@@ -196,16 +144,16 @@ def search_student(model: str | Path, out: str | Path, settings: SearchSettings,
     results = {c.key: cache.get(c.key) for c in plan.candidates}
     order = sorted(plan.candidates, key=lambda c: results[c.key]["loss_pruned"])
     if settings.rank_by != "loss":
-        for c in tqdm(order[:settings.top_k], desc="short distillation", unit="candidate"):
+        for c in tqdm(order[:settings.candidates], desc="short distillation", unit="candidate"):
             if "loss_kd" not in results[c.key] or (metric and "task" not in results[c.key]):
-                student = short_kd(model_dir, pruned(c), train_text, work / "kd" / c.key,
-                                   settings.kd_config())
+                student = short_kd(model_dir, pruned(c), train_text, work / "kd" / c.key, kd)
                 values = {"loss_kd": heldout_loss(student, held, settings.batch_size)}
                 if metric is not None:
                     values["task"] = metric(student)
                 results[c.key] = cache.update(c.key, **values)
     chosen = _best(order, results, settings)
-    return _finish(model_dir, out, work, plan, settings, results, chosen, scores_path, dtype)
+    return _finish(model_dir, out, work, plan, settings, results, chosen, scores_path, device,
+                   dtype)
 
 
 def _data(calib, heldout, tokenizer, settings: SearchSettings, work: Path
@@ -216,8 +164,7 @@ def _data(calib, heldout, tokenizer, settings: SearchSettings, work: Path
         texts = load_texts(heldout)
         train = Path(calib)
     else:
-        kept, held_docs = split_documents(load_texts(calib), settings.heldout_fraction,
-                                          settings.scoring.seed)
+        kept, held_docs = split_documents(load_texts(calib), HELDOUT_FRACTION, settings.seed)
         train = work / "train.txt"
         if not train.is_file():
             write_text_atomic(train, "\n".join(t.replace("\n", " ") for t in kept) + "\n")
@@ -225,38 +172,30 @@ def _data(calib, heldout, tokenizer, settings: SearchSettings, work: Path
     return train, pack_tokens(texts, tokenizer, settings.seq_len, settings.heldout_seqs, seed=0)
 
 
-def _scores(teacher, tokenizer, model_dir: Path, train_text: Path, scores, plan: SearchPlan,
+def _scores(teacher, tokenizer, model_dir: Path, train_text: Path, plan: SearchPlan,
             settings: SearchSettings, work: Path) -> Path:
-    """One importance artifact for every candidate: the given one, the one an interrupted
-    run computed with the same settings, or one calibration pass now."""
+    """One importance artifact for every candidate: the given one (checked against these
+    settings and weights), the one an interrupted run computed with the same settings, or one
+    calibration pass now."""
     blocks = sorted({plan.source.num_layers - c.shape.num_layers for c in plan.candidates} - {0})
-    metric = settings.scoring.depth_metric
-    if scores is not None:
-        loaded = ImportanceScores.load(scores)
-        loaded.check_matches(plan.source)
-        held = loaded.meta.get("criterion", "activation")
-        if held != settings.scoring.criterion:
-            raise MinitronError(f"the scores file holds {held!r} scores, not "
-                                f"{settings.scoring.criterion!r}")
-        missing = [k for k in blocks if loaded.depth(metric, k) is None]
-        if missing:
-            raise MinitronError(f"the scores hold no '{metric}' depth scores for blocks of "
-                                f"{missing} layers; score with --block-sizes "
-                                f"{','.join(map(str, blocks))} or let search calibrate")
+    if settings.scores is not None:
+        loaded = ImportanceScores.load(settings.scores)
+        for block in blocks or [0]:
+            loaded.check_reuse(settings, plan.source, block)
+        loaded.check_weights(teacher)
         return loaded.save(work / SCORES)
     path, stamp = work / SCORES, work / "scores-settings.json"
-    wanted = {"scoring": asdict(settings.scoring), "blocks": blocks, "calib": str(train_text),
-              "calib_samples": settings.calib_samples, "seq_len": settings.seq_len,
-              "batch_size": settings.batch_size, "model": str(model_dir)}
-    if path.is_file() and stamp.is_file() and stamp.read_text().strip() == settings_hash(wanted):
+    wanted = settings_hash({"scoring": settings.scoring().record(), "blocks": blocks,
+                            "calib": str(train_text), "model": str(model_dir)})
+    if path.is_file() and stamp.is_file() and stamp.read_text().strip() == wanted:
         return path
     batches = calibration_batches(train_text, tokenizer, settings.calib_samples,
-                                  settings.seq_len, settings.batch_size, settings.scoring.seed)
-    computed = score_model(teacher, batches, settings.scoring, block_sizes=sorted({1, *blocks}),
+                                  settings.seq_len, settings.batch_size, settings.seed)
+    computed = score_model(teacher, batches, settings, block_sizes=sorted({1, *blocks}),
                            tokenizer=tokenizer, depth_block_sizes=blocks)
     computed.meta.update(source=str(model_dir.resolve()), calib=str(train_text))
     computed.save(path)
-    write_text_atomic(stamp, settings_hash(wanted) + "\n")
+    write_text_atomic(stamp, wanted + "\n")
     return path
 
 
@@ -264,8 +203,8 @@ def _best(order: list[Candidate], results: dict[str, dict], settings: SearchSett
           ) -> Candidate:
     if settings.rank_by == "loss":
         return order[0]
-    ranked = order[:settings.top_k]
-    if settings.task:
+    ranked = order[:settings.candidates]
+    if settings.rank_task:
         return max(ranked, key=lambda c: results[c.key]["task"])
     return min(ranked, key=lambda c: results[c.key]["loss_kd"])
 
@@ -288,10 +227,10 @@ def _report(plan: SearchPlan, settings: SearchSettings, model_dir: Path,
     return {"model": str(model_dir), "source_shape": plan.source.as_dict(),
             "source_params": plan.source_params,
             "goal": {**asdict(plan.goal), "window": list(plan.goal.window())},
-            "deployment": asdict(settings.deployment),
-            "gpu_numbers": GPU_LIMITS_SOURCE[settings.deployment.gpu],
-            "bounds": asdict(settings.bounds), "align": settings.align.as_dict(),
-            "rank_by": settings.rank_by, "top_k": settings.top_k,
+            "deployment": asdict(settings.deployment()),
+            "gpu_numbers": GPU_LIMITS_SOURCE[settings.gpu], "settings": settings.record(),
+            "bounds": asdict(settings.bounds()), "align": settings.align.as_dict(),
+            "rank_by": settings.rank_by, "top_k": settings.candidates,
             "rank_tokens": settings.rank_tokens, "rule": plan.rule, "chosen": chosen,
             "candidates": _rows(plan, results, chosen)}
 
@@ -310,15 +249,16 @@ def _dry_run(config, plan: SearchPlan, settings: SearchSettings, model_dir: Path
 
 
 def _finish(model_dir: Path, out: Path, work: Path, plan: SearchPlan, settings: SearchSettings,
-            results: dict[str, dict], chosen: Candidate, scores_path: Path,
+            results: dict[str, dict], chosen: Candidate, scores_path: Path, device: str,
             dtype: str) -> SearchResult:
     """Prune the chosen shape from the scores into the work dir, add the report and the
     per-candidate results, then move it to ``out`` and drop the work dir."""
     report = _report(plan, settings, model_dir, results, chosen.key)
     final = work / "chosen"
     shutil.rmtree(final, ignore_errors=True)
-    prune(model_dir, final, shape_spec(chosen), scores_path=scores_path,
-          settings=settings.scoring, device=settings.device, dtype=dtype)
+    prune(model_dir, final, PruneSettings.make(shape_spec(chosen, settings.align),
+                                               settings.scoring(), scores=str(scores_path)),
+          device=device, dtype=dtype)
     write_report(report, final / ARTIFACTS_DIR)
     shutil.copytree(work / CACHE_DIR, final / ARTIFACTS_DIR / CACHE_DIR)
     check_output_dir(out, model_dir)

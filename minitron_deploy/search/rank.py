@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..align import Alignment
 from ..distill.api import DistillConfig, distill
 from ..eval.multiple_choice import evaluate_items
 from ..eval.perplexity import perplexity
@@ -28,12 +29,12 @@ from ..target import TargetSpec, resolve_target
 from .candidates import Candidate
 
 
-def shape_spec(candidate: Candidate) -> TargetSpec:
+def shape_spec(candidate: Candidate, align: Alignment = Alignment()) -> TargetSpec:
     """The explicit ``minitron prune`` request for a candidate's shape."""
     s = candidate.shape
     return TargetSpec(hidden_size=s.hidden_size, ffn_hidden_size=s.ffn_hidden_size,
                       num_heads=s.num_heads, num_kv_heads=s.num_kv_heads,
-                      num_layers=s.num_layers)
+                      num_layers=s.num_layers, align=align)
 
 
 def pruned_copy(teacher: nn.Module, scores: ImportanceScores, candidate: Candidate,
