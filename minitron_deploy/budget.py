@@ -74,10 +74,12 @@ def _seconds(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def eval_tokens(spec: EvalStage, tokenizer) -> int:
-    """Tokens one model's evaluation runs through, right padding of its batches included."""
-    total = spec.ppl_seqs * spec.seq_len if PPL in spec.tasks else 0
-    for task in (t for t in spec.tasks if t != PPL):
+def eval_tokens(spec: EvalStage, tokenizer, tasks: list[str] | None = None) -> int:
+    """Tokens one model's evaluation of ``tasks`` (default: the stage's) runs through, right
+    padding of its batches included."""
+    tasks = spec.tasks if tasks is None else tasks
+    total = spec.ppl_seqs * spec.seq_len if PPL in tasks else 0
+    for task in (t for t in tasks if t != PPL):
         lengths = sorted((len(tokenizer(c + k)["input_ids"])
                           for item in load_named_task(task, spec.limit)
                           for c, k in zip(item.contexts, item.continuations)), reverse=True)
@@ -86,11 +88,13 @@ def eval_tokens(spec: EvalStage, tokenizer) -> int:
     return total
 
 
-def eval_seconds(speed: Speed, tokens: int, students: int = 2) -> float:
-    """Evaluating the teacher and ``students`` student-sized models on ``tokens`` each."""
+def eval_seconds(speed: Speed, teacher_tokens: int, student_tokens: list[int]) -> float:
+    """Evaluating the teacher on ``teacher_tokens`` and one student-sized model on each of
+    ``student_tokens``."""
     per_model_load = speed.load_s / 2
-    return SAFETY * (tokens * (speed.teacher_token_s + students * speed.student_token_s)
-                     + (1 + students) * per_model_load)
+    return SAFETY * (teacher_tokens * speed.teacher_token_s
+                     + sum(student_tokens) * speed.student_token_s
+                     + (1 + len(student_tokens)) * per_model_load)
 
 
 def distill_overhead_seconds(speed: Speed, steps: int, cfg: DistillConfig) -> float:

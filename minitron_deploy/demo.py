@@ -75,7 +75,11 @@ def size_to_budget(recipe: Recipe, work: Path, budget_s: float,
     t0 = time.perf_counter()
     cfg = replace(recipe.distill, device=recipe.device)
     speed = measure_speed(teacher, prune_stage.output, cfg)
-    evaluation_s = eval_seconds(speed, eval_tokens(recipe.eval, _tokenizer(teacher)))
+    tokenizer = _tokenizer(teacher)
+    full = eval_tokens(recipe.eval, tokenizer)
+    pruned = full if recipe.eval.pruned_tasks is None else eval_tokens(
+        recipe.eval, tokenizer, recipe.eval.pruned_tasks)
+    evaluation_s = eval_seconds(speed, full, [pruned, full])
     seconds["sizing"] = time.perf_counter() - t0
     elapsed = time.perf_counter() - started
     steps = fit_steps(budget_s - elapsed - evaluation_s, speed, cfg)

@@ -10,6 +10,7 @@ export, evaluation, benchmarking and the report run on rank 0 while the other ra
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -47,7 +48,9 @@ def _prune_stage(rnd: Iteration, device: str, teacher: Path, data: Path, out: Pa
 
 def _eval_stage(recipe: Recipe, models: dict[str, Path], heldout: Path, out: Path) -> None:
     e = recipe.eval
-    results = {name: evaluate(path, e.tasks, e.limit, heldout, e.seq_len, e.ppl_seqs,
+    tasks = {name: e.tasks for name in models} | (
+        {"pruned": e.pruned_tasks} if e.pruned_tasks is not None else {})
+    results = {name: evaluate(path, tasks[name], e.limit, heldout, e.seq_len, e.ppl_seqs,
                               recipe.device, batch_size=e.batch_size)
                for name, path in models.items()}
     with atomic_dir(out) as tmp:
@@ -198,7 +201,7 @@ def _plot(results: dict[str, dict], path: Path, title: str) -> None:
     from matplotlib import pyplot as plt
 
     tasks = [t for t in metric_names(results) if t != PPL]
-    has_ppl = all("ppl" in r for r in results.values())
+    has_ppl = all(PPL in r for r in results.values())
     panels = int(has_ppl) + int(bool(tasks))
     fig, axes = plt.subplots(1, panels, figsize=(4 + 4 * panels, 4), squeeze=False)
     axes = list(axes[0])
@@ -213,7 +216,8 @@ def _plot(results: dict[str, dict], path: Path, title: str) -> None:
         width = 0.8 / len(results)
         for k, (name, res) in enumerate(results.items()):
             ax.bar([i + k * width for i in range(len(tasks))],
-                   [100 * headline(t, res[t]) for t in tasks], width, label=name)
+                   [100 * headline(t, res[t]) if t in res else math.nan for t in tasks],
+                   width, label=name)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks)
         ax.set_ylabel("accuracy (%)")
         ax.legend()

@@ -24,6 +24,7 @@ import yaml
 
 from .distill.api import DistillConfig
 from .errors import MinitronError
+from .eval.api import parse_tasks
 from .export.api import DEFAULT_DTYPES
 from .prune_settings import PruneSettings
 from .schema import Schema
@@ -39,6 +40,12 @@ class EvalStage:
     seq_len: int = 512
     ppl_seqs: int = 64
     batch_size: int = 16
+    #: Tasks of the pruned model before distillation (None: the same as ``tasks``).
+    pruned_tasks: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        for tasks in (self.tasks, self.pruned_tasks or ["ppl"]):
+            parse_tasks(",".join(tasks))
 
 
 @dataclass

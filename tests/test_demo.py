@@ -41,6 +41,7 @@ def test_eval_tokens_counts_perplexity_and_padded_batches():
                          batch_size=2)
         total = eval_tokens(spec, _CharTokenizer())
         assert total > 128 + 3 * 2 * 20  # three questions, at least two choices each
+        assert eval_tokens(spec, _CharTokenizer(), ["ppl"]) == 128
 
 
 def _recipe(tmp_path, tokens: int):

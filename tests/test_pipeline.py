@@ -26,10 +26,12 @@ heldout: {tmp_path / 'held.txt'}
 prune: {{target_params: 0.6, calib_samples: 8, seq_len: 32, batch_size: 4,
         align: {{hidden: 1, ffn: 1}}}}
 distill: {{steps: 6, seq_len: 32, batch_size: 4, lr: 3.0e-3}}
-eval: {{tasks: {TASKS}, limit: 4, seq_len: 32, ppl_seqs: 4}}
+eval: {{tasks: {TASKS}, limit: 4, seq_len: 32, ppl_seqs: 4, pruned_tasks: [ppl]}}
 """)
     work = tmp_path / "work"
     first = run_pipeline(load_recipe(recipe_file), work)
+    assert set(first.results["pruned"]) == {"ppl", "ppl_stderr"}  # pruned_tasks
+    assert set(first.results["distilled"]) == set(first.results["teacher"])
     record = json.loads((first.pruned / "minitron" / "minitron.json").read_text())
     assert record["align"] == {"hidden": 1, "ffn": 1, "heads": 1}  # as asked (default: 16)
     assert set(first.results) == {"teacher", "pruned", "distilled"}
