@@ -18,6 +18,13 @@ saved artifact (``config={"scores": path}``), refused like ``minitron prune`` re
 computed on other weights or with another criterion. The kept indices and the norm rescaling
 applied are recorded in the ModelOpt state, so ``mto.save``/``mto.restore`` and HF
 checkpointing round-trip the model.
+
+With ``config={"search": {...}}`` and a ``params`` constraint the shape is searched, as
+``minitron search`` does (same :class:`~minitron_deploy.search.SearchSettings`, same candidates
+from one scoring pass): every candidate is pruned from a copy of the model and ranked by
+``config["score_func"]`` (higher is better), the best one is applied, and ``best["candidates"]``
+lists them all with their scores. Ranking after a short distillation needs a teacher folder and
+data: use ``minitron search`` for that.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from minitron_deploy.prune import prune_model
 from minitron_deploy.prune_settings import PruneSettings
 from minitron_deploy.schema import fields_of, modelopt_fields
 from minitron_deploy.scoring import score_forward_loop
+from minitron_deploy.search import SearchSettings, plan_search
+from minitron_deploy.search.rank import rank_after_pruning, shape_spec
 from minitron_deploy.shape import ModelShape
 from minitron_deploy.target import resolve_target
 from minitron_deploy.trim import KeepPlan, resolve_rescale_norms, trim_model
@@ -82,7 +91,7 @@ class HFMinitronSearcher(BaseSearcher):
 
     @property
     def default_search_config(self) -> dict:
-        return {**super().default_search_config, **modelopt_settings()}
+        return {**super().default_search_config, **modelopt_settings(), "search": None}
 
     @property
     def default_state_dict(self) -> SearchStateDict:
@@ -102,27 +111,28 @@ class HFMinitronSearcher(BaseSearcher):
 
     def run_search(self) -> None:
         model = self.model
-        settings = PruneSettings.from_mapping(
-            {**{k: self.config[k] for k in modelopt_settings()},
-             **_target_values(self.constraints)})
-        target = resolve_target(model.config, settings)
-        rescale_norms = resolve_rescale_norms(model.config, settings.rescale())
         source = ModelShape.from_config(model.config)
-        block = source.num_layers - target.shape.num_layers
-        if settings.scores:
-            scores = ImportanceScores.load(settings.scores)
-            scores.check_reuse(settings, source, block)
-            scores.check_weights(model)
-        elif self.forward_loop is not None:
-            if settings.depth_metric == "accuracy" and block:
-                raise MinitronError("depth_metric: 'accuracy' needs a tokenizer and a task; "
-                                    "use minitron prune or reuse its scores")
-            scores = score_forward_loop(model, self.forward_loop, settings,
-                                        block_sizes=sorted({1, max(block, 1)}),
-                                        depth_block_sizes=[block] if block else [])
+        base = {k: self.config[k] for k in modelopt_settings()}
+        found = None
+        if self.config["search"] is None:
+            settings = PruneSettings.from_mapping({**base, **_target_values(self.constraints)})
+            target = resolve_target(model.config, settings)
+            scores = self._scores(settings, source, [source.num_layers - target.shape.num_layers])
         else:
-            raise MinitronError("hf_minitron needs config['forward_loop'] (or 'data_loader') or "
-                                "config['scores']")
+            search = self._search_settings(base)
+            plan = plan_search(model.config, search)
+            scores = self._scores(search, source, [source.num_layers - c.shape.num_layers
+                                                   for c in plan.candidates])
+            score_func = self.config["score_func"]
+            order, losses = rank_after_pruning(model, scores, plan.candidates,
+                                               search.depth_metric,
+                                               lambda m: -float(score_func(m)))
+            settings = PruneSettings.make(shape_spec(order[0], search.align), search.scoring(),
+                                          rescale_norms=base["rescale_norms"])
+            target = resolve_target(model.config, settings)
+            found = [{"export_config": c.shape.as_dict(), "params": c.prediction.params,
+                      "speedup": c.prediction.speedup, "score": -losses[c.key]} for c in order]
+        rescale_norms = resolve_rescale_norms(model.config, settings.rescale())
         plan = prune_model(model, scores, target, settings.depth_metric, rescale_norms)
         state = {"source_shape": source.as_dict(), "plan": plan.to_json(),
                  "rescale_norms": rescale_norms, "settings": settings.record()}
@@ -130,6 +140,45 @@ class HFMinitronSearcher(BaseSearcher):
         self.best = {"export_config": target.shape.as_dict(), "reason": target.reason,
                      "params": target.params_after, "align": target.align.as_dict(),
                      "rescale_norms": rescale_norms}
+        if found is not None:
+            self.best["candidates"] = found
+
+    def _search_settings(self, base: dict[str, Any]) -> SearchSettings:
+        """``config["search"]`` over the mode's settings, for the ``params`` constraint; the
+        candidates are ranked by ``config["score_func"]`` right after pruning."""
+        if set(self.constraints) != {"params"}:
+            raise MinitronError("search: the ModelOpt mode searches under a 'params' constraint")
+        names = {f.name for f in fields_of(SearchSettings)}
+        search = SearchSettings.from_mapping(
+            {**{k: v for k, v in base.items() if k in names}, **self.config["search"],
+             **_target_values(self.constraints)}, "search")
+        if search.rank_by != "loss":
+            raise MinitronError("search.rank_by: the ModelOpt mode ranks by config['score_func'] "
+                                "right after pruning; the short distillation needs minitron search")
+        if self.config["score_func"] is None:
+            raise MinitronError("search needs config['score_func'] (model -> score, higher is "
+                                "better, e.g. minus a validation loss) to rank the candidates")
+        return search
+
+    def _scores(self, settings, source: ModelShape, blocks: list[int]) -> ImportanceScores:
+        """One artifact for every depth in ``blocks``: the saved one (checked against these
+        settings and weights) or one forward loop."""
+        model = self.model
+        blocks = sorted(set(blocks) - {0})
+        if settings.scores:
+            scores = ImportanceScores.load(settings.scores)
+            for block in blocks or [0]:
+                scores.check_reuse(settings, source, block)
+            scores.check_weights(model)
+            return scores
+        if self.forward_loop is None:
+            raise MinitronError("hf_minitron needs config['forward_loop'] (or 'data_loader') or "
+                                "config['scores']")
+        if settings.depth_metric == "accuracy" and blocks:
+            raise MinitronError("depth_metric: 'accuracy' needs a tokenizer and a task; "
+                                "use minitron prune or reuse its scores")
+        return score_forward_loop(model, self.forward_loop, settings,
+                                  block_sizes=sorted({1, *blocks}), depth_block_sizes=blocks)
 
 
 def _convert(model: nn.Module, config: ModeloptBaseConfig) -> ConvertReturnType:

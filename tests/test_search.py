@@ -216,3 +216,29 @@ def test_settings_refuse_nonsense():
         SearchSettings(target_params=0.5, depth_metric="accuracy")
     assert Goal("params", 0.5).resolved(1000).value == 500
     assert Bounds().steps(ModelShape(4096, 14336, 32, 8, 32, 128), Alignment()) == (256, 512, 2)
+
+
+def test_modelopt_mode_searches_with_the_same_candidates():
+    pytest.importorskip("modelopt.torch.opt")
+    import minitron_plugins.modelopt  # noqa: F401
+    import modelopt.torch.prune as mtp
+    from tiny_models import tiny_batch, tiny_model
+
+    def loop(model):
+        for seed in range(2):
+            model(input_ids=tiny_batch(seed=seed + 5), use_cache=False)
+
+    def prefer(model):  # deepest, then widest MLP
+        return model.config.num_hidden_layers * 1000 + model.config.intermediate_size
+
+    search = {"tolerance": 0.2, "max_depth_prune": 0.5, "rank_by": "loss"}
+    model, _ = mtp.prune(tiny_model("llama"), mode="hf_minitron", constraints={"params": 0.8},
+                         dummy_input=tiny_batch(),
+                         config={"forward_loop": loop, "search": search, "score_func": prefer})
+    plan = plan_search(tiny_config("llama"), SearchSettings(target_params=0.8, **search))
+    best = max(plan.candidates, key=lambda c: (c.shape.num_layers, c.shape.ffn_hidden_size))
+    assert ModelShape.from_config(model.config) == best.shape
+    with pytest.raises(MinitronError, match="search.rank_by"):
+        mtp.prune(tiny_model("llama"), mode="hf_minitron", constraints={"params": 0.8},
+                  dummy_input=tiny_batch(), config={"forward_loop": loop, "score_func": prefer,
+                                                    "search": {**search, "rank_by": "kd"}})

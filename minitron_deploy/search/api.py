@@ -36,7 +36,8 @@ from ..shape import ModelShape
 from .candidates import Candidate, find_candidates
 from .goal import Goal
 from .predict import Predictor
-from .rank import ResultCache, heldout_loss, pruned_copy, shape_spec, short_kd, task_metric
+from .rank import (ResultCache, heldout_loss, pruned_copy, rank_after_pruning, shape_spec,
+                   short_kd, task_metric)
 from .report import write_report
 from .settings import SearchSettings
 
@@ -133,20 +134,17 @@ def search_student(model: str | Path, out: str | Path, settings: SearchSettings 
         "model": str(model_dir), "scores": sha256_file(scores_path), "dtype": dtype,
         "heldout": held.tolist(), "depth_metric": settings.depth_metric, "kd": asdict(kd),
         "task": settings.rank_task, "task_limit": settings.rank_task_limit})
-    scores_obj = ImportanceScores.load(scores_path)
-
-    def pruned(candidate: Candidate):
-        return pruned_copy(teacher, scores_obj, candidate, settings.depth_metric)
-
-    for c in tqdm(plan.candidates, desc="loss after pruning", unit="candidate"):
-        if "loss_pruned" not in cache.get(c.key):
-            cache.update(c.key, loss_pruned=heldout_loss(pruned(c), held, settings.batch_size))
+    teacher_scores = ImportanceScores.load(scores_path)
+    order, _ = rank_after_pruning(teacher, teacher_scores, plan.candidates,
+                                  settings.depth_metric,
+                                  lambda m: heldout_loss(m, held, settings.batch_size), cache)
     results = {c.key: cache.get(c.key) for c in plan.candidates}
-    order = sorted(plan.candidates, key=lambda c: results[c.key]["loss_pruned"])
     if settings.rank_by != "loss":
         for c in tqdm(order[:settings.candidates], desc="short distillation", unit="candidate"):
             if "loss_kd" not in results[c.key] or (metric and "task" not in results[c.key]):
-                student = short_kd(model_dir, pruned(c), train_text, work / "kd" / c.key, kd)
+                student = short_kd(model_dir, pruned_copy(teacher, teacher_scores, c,
+                                                          settings.depth_metric),
+                                   train_text, work / "kd" / c.key, kd)
                 values = {"loss_kd": heldout_loss(student, held, settings.batch_size)}
                 if metric is not None:
                     values["task"] = metric(student)

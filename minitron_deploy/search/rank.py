@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..align import Alignment
 from ..distill.api import DistillConfig, distill
@@ -43,6 +44,25 @@ def pruned_copy(teacher: nn.Module, scores: ImportanceScores, candidate: Candida
     model = copy.deepcopy(teacher)
     prune_model(model, scores, resolve_target(model.config, shape_spec(candidate)), depth_metric)
     return model
+
+
+def rank_after_pruning(teacher: nn.Module, scores: ImportanceScores,
+                       candidates: list[Candidate], depth_metric: str,
+                       loss_of: Callable[[nn.Module], float],
+                       cache: ResultCache | None = None
+                       ) -> tuple[list[Candidate], dict[str, float]]:
+    """Every candidate pruned from ``teacher`` with the same ``scores`` and measured by
+    ``loss_of`` (lower is better; results in ``cache`` are reused, new ones added): the
+    candidates best first, and the loss per candidate key."""
+    losses = {}
+    for c in tqdm(candidates, desc="loss after pruning", unit="candidate"):
+        loss = cache.get(c.key).get("loss_pruned") if cache is not None else None
+        if loss is None:
+            loss = loss_of(pruned_copy(teacher, scores, c, depth_metric))
+            if cache is not None:
+                cache.update(c.key, loss_pruned=loss)
+        losses[c.key] = loss
+    return sorted(candidates, key=lambda c: losses[c.key]), losses
 
 
 def heldout_loss(model: nn.Module, sequences: torch.Tensor, batch_size: int) -> float:
