@@ -98,7 +98,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def parity(vllm_env, tmp_path_factory):
-    """All 21 pruned models through transformers and one vLLM engine process."""
+    """Every pruned model (each family x variant) through transformers and one vLLM engine
+    process."""
     dirs = build_models(tmp_path_factory.mktemp("vllm-parity"))
     results, failed, engine = greedy_parity([str(d) for d in dirs.values()], prompts(),
                                             NEW_TOKENS, threads=1)
