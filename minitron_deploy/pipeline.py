@@ -43,7 +43,15 @@ class PipelineResult:
 
 
 def _prune_stage(rnd: Iteration, device: str, teacher: Path, data: Path, out: Path) -> None:
-    print_prune_summary(prune(teacher, out, rnd.prune, calib=data, device=device))
+    if rnd.prune.search is None:
+        print_prune_summary(prune(teacher, out, rnd.prune.prune_settings(), calib=data,
+                                  device=device))
+        return
+    from .search import search_student
+    from .search.report import markdown
+
+    print(markdown(search_student(teacher, out, rnd.prune.search, calib=data,
+                                  device=device).report))
 
 
 def _eval_stage(recipe: Recipe, models: dict[str, Path], heldout: Path, out: Path) -> None:

@@ -367,8 +367,15 @@ def device_memory(device: str) -> int | None:
 def _prune_plan(name: str, source, rnd, available: int | None,
                 gpu: bool) -> tuple[StagePlan, object]:
     """Whole-model calibration when it fits, else (on GPU, for the criteria that stream)
-    layer by layer, as ``prune``'s ``offload="auto"`` decides at run time."""
-    target = resolve_target(source, rnd.prune)
+    layer by layer, as ``prune``'s ``offload="auto"`` decides at run time. A search is
+    planned at its candidate closest to the target."""
+    spec = rnd.prune
+    if spec.search is not None:
+        from .search import plan_search
+        from .search.rank import shape_spec
+
+        spec = shape_spec(plan_search(source, spec.search).candidates[0], spec.search.align)
+    target = resolve_target(source, spec)
     sizes = ModelSizes.from_config(source)
     calibration = {"whole model": calibration_memory(sizes, rnd.prune, layerwise=False)}
     if gpu and rnd.prune.criterion in STREAMABLE_CRITERIA \

@@ -11,6 +11,8 @@
 Unknown keys and wrong types are refused with the key's full path; sections map onto the
 Python API's own settings: ``prune`` is :class:`~minitron_deploy.prune_settings.PruneSettings`
 (every ``minitron prune`` setting, checked by its schema), ``distill`` is ``DistillConfig``.
+``prune.search`` chooses the shape by a student search instead (``minitron search``'s own
+settings, the target among them, e.g. ``search: {target_params: 0.5, candidates: 3}``).
 """
 
 from __future__ import annotations
@@ -26,8 +28,52 @@ from .distill.api import DistillConfig
 from .errors import MinitronError
 from .eval.api import parse_tasks
 from .export.api import DEFAULT_DTYPES
+from .importance.settings import ScoringSettings
 from .prune_settings import PruneSettings
-from .schema import Schema
+from .schema import Schema, fields_of, setting
+from .search.settings import SearchSettings
+
+#: Settings of the search section besides the scoring ones (those are the prune section's).
+_SEARCH_OWN = tuple(f.name for f in fields_of(SearchSettings)
+                    if f.name not in {g.name for g in fields_of(ScoringSettings)})
+
+
+def _search_section(value: object) -> dict:
+    """The ``search`` mapping (or the search of a copied section) as its own settings."""
+    if isinstance(value, SearchSettings):
+        return {name: getattr(value, name) for name in _SEARCH_OWN}
+    if not isinstance(value, dict):
+        raise MinitronError(f"{value!r} is not a mapping")
+    misplaced = sorted(set(value) - set(_SEARCH_OWN))
+    if misplaced:
+        raise MinitronError(f"{', '.join(map(str, misplaced))}: not search settings (scoring "
+                            "settings go in the prune section itself)")
+    return value
+
+
+@dataclass
+class PruneStage(PruneSettings):
+    """The ``prune`` section: :class:`PruneSettings`, or with ``search`` the shape chosen by
+    a student search scored with this section's settings (its align and scores apply unless
+    the search gives its own)."""
+
+    search: SearchSettings | None = setting(
+        None, "choose the shape by search: minitron search's settings, the target among them",
+        unset="no search", convert=_search_section)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.search is None:
+            return
+        if not self.is_empty():
+            raise MinitronError("search: give the target inside search, not beside it")
+        base = {f.name: getattr(self, f.name) for f in fields_of(ScoringSettings)}
+        self.search = SearchSettings(**base, **{"align": self.align, "scores": self.scores,
+                                                **self.search})
+
+    def prune_settings(self) -> PruneSettings:
+        """The section without its search (what ``prune`` takes)."""
+        return PruneSettings(**{f.name: getattr(self, f.name) for f in fields_of(PruneSettings)})
 
 
 @dataclass
@@ -52,7 +98,7 @@ class EvalStage:
 class Iteration:
     """One prune + distill round of an iterative recipe (its student teaches the next)."""
 
-    prune: PruneSettings = field(default_factory=PruneSettings)
+    prune: PruneStage = field(default_factory=PruneStage)
     distill: DistillConfig = field(default_factory=lambda: DistillConfig(tokens=10_000_000))
 
 
@@ -87,7 +133,7 @@ class Recipe:
     data: str
     heldout: str
     device: str = "cpu"
-    prune: PruneSettings = field(default_factory=PruneSettings)
+    prune: PruneStage = field(default_factory=PruneStage)
     distill: DistillConfig = field(default_factory=lambda: DistillConfig(tokens=10_000_000))
     iterations: list[Iteration] | None = None  # replaces prune/distill when given
     eval: EvalStage = field(default_factory=EvalStage)

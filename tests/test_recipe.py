@@ -37,7 +37,7 @@ def test_prune_section_is_the_prune_settings(tmp_path):
                                                    "align: {hidden: 128}, drop_layers: 3-4}\n"))
     assert isinstance(recipe.prune, PruneSettings)
     assert recipe.prune.align == Alignment(128, 64, 1) and recipe.prune.drop_layers == [3, 4]
-    assert load_recipe(write(tmp_path, MINIMAL)).prune == PruneSettings()
+    assert load_recipe(write(tmp_path, MINIMAL)).prune.prune_settings() == PruneSettings()
 
 
 def test_overrides_replace_values(tmp_path):

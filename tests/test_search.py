@@ -242,3 +242,32 @@ def test_modelopt_mode_searches_with_the_same_candidates():
         mtp.prune(tiny_model("llama"), mode="hf_minitron", constraints={"params": 0.8},
                   dummy_input=tiny_batch(), config={"forward_loop": loop, "score_func": prefer,
                                                     "search": {**search, "rank_by": "kd"}})
+
+
+def test_recipe_prune_search_runs_the_same_search(workspace, tmp_path):
+    from minitron_deploy.pipeline import build_stages
+    from minitron_deploy.plan import plan_recipe
+    from minitron_deploy.recipe import load_recipe
+
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(f"""
+name: searched
+teacher: {workspace / 'teacher'}
+data: {workspace / 'calib.txt'}
+heldout: {workspace / 'calib.txt'}
+prune: {{calib_samples: 8, seq_len: 32, batch_size: 4, depth_metric: bi,
+        search: {{target_params: 0.8, tolerance: 0.2, max_depth_prune: 0.5, rank_by: loss,
+                  heldout_seqs: 4}}}}
+distill: {{steps: 1, seq_len: 32, batch_size: 4}}
+""")
+    recipe = load_recipe(recipe_file)
+    search = recipe.prune.search
+    assert search.target_params == 0.8 and search.seq_len == 32 and search.depth_metric == "bi"
+    assert plan_recipe(recipe, work_dir=tmp_path / "plan")  # planned at the closest candidate
+    stage = build_stages(recipe, tmp_path / "work", workspace / "teacher",
+                         workspace / "calib.txt", workspace / "calib.txt")[0]
+    stage.execute()
+    report = json.loads((stage.output / "minitron" / "search.json").read_text())
+    assert report["rank_by"] == "loss" and report["chosen"]
+    with pytest.raises(MinitronError, match="target inside search"):
+        load_recipe(tmp_path / "r.yaml", {"prune.target_params": 0.5})
