@@ -1,0 +1,190 @@
+"""SmolLM2-135M at half its parameters: the searched student against the ``--target-params``
+rule's student after the same distillation budget, and how the ranking after a short
+distillation agrees with the ranking after a longer one.
+
+Every step keeps its output under ``--work`` and is skipped when it is there, so an
+interrupted run continues. Usage (repository root):
+
+    python benchmarks/search/smollm2_half.py --work /tmp/search-bench \\
+        --out benchmarks/search/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+from scipy.stats import spearmanr
+
+from minitron_deploy import assets
+from minitron_deploy.distill.api import DistillConfig, distill
+from minitron_deploy.eval.api import evaluate
+from minitron_deploy.prune import prune
+from minitron_deploy.prune_settings import PruneSettings
+from minitron_deploy.search import SearchSettings, search_student
+
+
+def _args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/search/results"))
+    p.add_argument("--candidates", type=int, default=3, help="K distilled during the search")
+    p.add_argument("--rank-tokens", type=int, default=8192)
+    p.add_argument("--final-tokens", type=int, default=16384)
+    p.add_argument("--spearman-tokens", default="",
+                   help="short budgets (e.g. 2048,8192) at which every candidate is distilled "
+                        "and ranked against --final-tokens for every candidate (slow)")
+    p.add_argument("--tasks", default="ppl", help="eval tasks of the final students")
+    p.add_argument("--task-limit", type=int, default=100)
+    return p.parse_args()
+
+
+def _settings(rank_tokens: int, top_k: int, scores: Path | None) -> SearchSettings:
+    """Half the parameters; the demo recipe's sequence length, batch and learning rate."""
+    return SearchSettings(target_params=0.5, candidates=top_k, rank_tokens=rank_tokens, lr=1e-3,
+                          depth_metric="bi", calib_samples=32, seq_len=256, batch_size=8,
+                          heldout_seqs=16, scores=None if scores is None else str(scores))
+
+
+def _kd(tokens: int) -> DistillConfig:
+    """The demo recipe's distillation settings (2,048 tokens a step)."""
+    return DistillConfig(tokens=tokens, seq_len=256, batch_size=8, lr=1e-3, warmup_steps=1,
+                         checkpoint_every=4, precision="fp32")
+
+
+def _distilled(teacher: Path, student: Path, data: Path, out: Path, tokens: int) -> Path:
+    if not (out / "config.json").is_file():
+        distill(teacher, student, data, out, _kd(tokens), resume=True)
+    return out
+
+
+def _evaluated(model: Path, heldout: Path, tasks: list[str], limit: int,
+               path: Path | None = None) -> dict:
+    path = path or model / "minitron" / "bench-eval.json"
+    if not path.is_file():
+        results = evaluate(model, tasks, limit, heldout, seq_len=256, ppl_seqs=32, dtype="fp32")
+        path.write_text(json.dumps(results, indent=2) + "\n")
+    return json.loads(path.read_text())
+
+
+def _pruned(teacher: Path, out: Path, shape: dict, scores: Path) -> Path:
+    if not (out / "config.json").is_file():
+        settings = PruneSettings(
+            hidden_size=shape["hidden_size"], ffn_hidden_size=shape["ffn_hidden_size"],
+            num_heads=shape["num_heads"], num_kv_heads=shape["num_kv_heads"],
+            num_layers=shape["num_layers"], depth_metric="bi", scores=str(scores))
+        prune(teacher, out, settings, dtype="fp32")
+    return out
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    """Whether two checkpoints hold bit-identical tensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    x, y = (load_file(str(d / "model.safetensors")) for d in (a, b))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def _search(teacher, calib, heldout, out: Path, rank_tokens: int, top_k: int,
+            scores: Path | None = None) -> dict:
+    if not (out / "config.json").is_file():
+        search_student(teacher, out, _settings(rank_tokens, top_k, scores), calib=calib,
+                       heldout=heldout, dtype="fp32")
+    return json.loads((out / "minitron" / "search.json").read_text())
+
+
+def main() -> None:
+    args = _args()
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    teacher = assets.resolve_checkpoint("builtin:smollm2-135m", work)
+    calib = assets.resolve("builtin:stdlib-docs", work)
+    heldout = assets.resolve("builtin:stdlib-docs-heldout", work)
+    tasks = [t for t in args.tasks.split(",") if t]
+    times: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    report = _search(teacher, calib, heldout, work / "searched", args.rank_tokens,
+                     args.candidates)
+    times["search"] = time.perf_counter() - t0
+    scores = work / "searched"
+    rule_shape = report["rule"]["shape"]
+    scores_file = scores / "minitron" / "importance.safetensors"
+    rule = _pruned(teacher, work / "rule", rule_shape, scores_file)
+    identical = _same_weights(work / "searched", rule)
+    compared = [("rule", rule)]
+    if identical:  # then the runner-up after the short distillation instead
+        runner = min((r for r in report["candidates"]
+                      if r["loss_kd"] is not None and r["key"] != report["chosen"]),
+                     key=lambda r: r["loss_kd"])
+        compared = [("runner_up", _pruned(teacher, work / "runner-up", runner["shape"],
+                                          scores_file))]
+
+    final = {"searched_equals_rule": identical}
+    for name, student in (("searched", work / "searched"), *compared):
+        t0 = time.perf_counter()
+        model = _distilled(teacher, student, calib, work / f"{name}-kd{args.final_tokens}",
+                           args.final_tokens)
+        final[name] = {"shape": json.loads((student / "minitron" / "minitron.json").read_text())
+                       ["target_shape"],
+                       "pruned": _evaluated(student, heldout, ["ppl"], args.task_limit),
+                       "distilled": _evaluated(model, heldout, tasks, args.task_limit)}
+        times[f"{name} final"] = time.perf_counter() - t0
+    final["teacher"] = _evaluated(teacher, heldout, tasks, args.task_limit,
+                                  work / "teacher-eval.json")
+
+    spearman = {}
+    budgets = [int(n) for n in args.spearman_tokens.split(",") if n]
+    if budgets:
+        n_candidates = len(report["candidates"])
+        long = {}
+        for row in report["candidates"]:
+            student = _pruned(teacher, work / "candidates" / row["key"], row["shape"],
+                              scores_file)
+            model = _distilled(teacher, student, calib, work / "candidates-kd" / row["key"],
+                               args.final_tokens)
+            long[row["key"]] = math.log(_evaluated(model, heldout, ["ppl"], None)["ppl"])
+        keys = sorted(long)
+        spearman["after_pruning"] = spearmanr(
+            [next(r for r in report["candidates"] if r["key"] == k)["loss_pruned"]
+             for k in keys], [long[k] for k in keys]).statistic
+        for n in budgets:
+            short = _search(teacher, calib, heldout, work / f"searched-all-{n}", n,
+                            n_candidates, scores_file)
+            by_key = {r["key"]: r["loss_kd"] for r in short["candidates"]}
+            spearman[f"after_{n}_tokens"] = spearmanr([by_key[k] for k in keys],
+                                                      [long[k] for k in keys]).statistic
+        spearman["final_losses"] = long
+
+    result = {"search": report, "final_tokens": args.final_tokens, "final": final,
+              "spearman_vs_final": spearman, "seconds": times, "machine": _machine(),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "commit": _commit()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "smollm2_half.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "search"}, indent=2))
+
+
+def _machine() -> dict:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "load_avg_1m": os.getloadavg()[0]}
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+if __name__ == "__main__":
+    main()
