@@ -271,3 +271,13 @@ distill: {{steps: 1, seq_len: 32, batch_size: 4}}
     assert report["rank_by"] == "loss" and report["chosen"]
     with pytest.raises(MinitronError, match="target inside search"):
         load_recipe(tmp_path / "r.yaml", {"prune.target_params": 0.5})
+
+
+def test_refusal_after_loading_leaves_no_work_dir(workspace, tmp_path, capsys):
+    (tmp_path / "short.txt").write_text("too short\n")
+    rc = main(["search", "--model", str(workspace / "teacher"), "--calib",
+               str(workspace / "calib.txt"), "--heldout", str(tmp_path / "short.txt"),
+               "--target-params", "0.8", "--tolerance", "0.2", "--seq-len", "32",
+               "--dtype", "fp32", "--out", str(tmp_path / "out")])
+    assert rc == 2 and "fewer than one sequence" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["short.txt"]

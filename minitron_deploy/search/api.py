@@ -2,7 +2,8 @@
 
 Candidates (``candidates.py``) are the aligned shapes within the pruning bounds that meet the
 goal; all are pruned from one importance artifact, ranked by held-out loss right after
-pruning, and the best ``top_k`` again after a short distillation (or by a task's accuracy).
+pruning, and the best ``candidates`` again after a short distillation (or by a task's
+accuracy).
 The work (scores, per-candidate results, distillation checkpoints) lives in ``.<out>.partial``
 beside the output, so a re-run with the same settings resumes; the output folder appears only
 at the end: the chosen shape pruned by :func:`~minitron_deploy.prune.prune` from those scores
@@ -11,6 +12,7 @@ at the end: the chosen shape pruned by :func:`~minitron_deploy.prune.prune` from
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -33,6 +35,7 @@ from ..prune import prune
 from ..prune_settings import PruneSettings
 from ..scoring import score_model
 from ..shape import ModelShape
+from ..target import TargetSpec, resolve_target
 from .candidates import Candidate, find_candidates
 from .goal import Goal
 from .predict import Predictor
@@ -82,8 +85,6 @@ def plan_search(config, settings: SearchSettings) -> SearchPlan:
 
 def _rule(config, goal: Goal, align: Alignment, predictor: Predictor) -> dict | None:
     """The shape the ``--target-params`` rule picks for a parameter goal (for comparison)."""
-    from ..target import TargetSpec, resolve_target
-
     if goal.kind != "params":
         return None
     try:
@@ -120,8 +121,27 @@ def search_student(model: str | Path, out: str | Path, settings: SearchSettings 
     check_seq_len(settings.seq_len, config)
     dtype = resolve_precision(device, dtype)
     work = work_dir_for(out)
-    work.mkdir(parents=True, exist_ok=True)
+    with _discarded_unless_resumable(work):
+        return _search(model_dir, out, work, plan, settings, calib, heldout, device, dtype)
 
+
+@contextlib.contextmanager
+def _discarded_unless_resumable(work: Path):
+    """Create ``work``; on failure remove it again if this run created it and it holds nothing
+    to resume from (no scores, no candidate results), so a refusal leaves nothing behind."""
+    fresh = not work.exists()
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if fresh and not (work / SCORES).exists() and not any((work / CACHE_DIR).glob("*.json")):
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _search(model_dir: Path, out: Path, work: Path, plan: SearchPlan, settings: SearchSettings,
+            calib, heldout, device: str, dtype: str) -> SearchResult:
+    """Score once, rank every candidate after pruning, distill the best, write the winner."""
     teacher, tokenizer = load_model(model_dir, dtype=dtype, device=device)
     if tokenizer is None:
         raise MinitronError(f"{model_dir} has no tokenizer to tokenize the data")
