@@ -2,6 +2,13 @@
 
 __version__ = "0.1.0"
 
+import os  # noqa: E402
+
+# OpenMP threads that spin while waiting made CPU forwards ~3x slower on a shared 2-core machine
+# (benchmarks/demo/README.md). Read when torch loads its OpenMP runtime, so it applies only if
+# torch is not imported yet; a value set by the user wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .align import Alignment  # noqa: E402
 from .errors import MinitronError  # noqa: E402
 from .export import export as export_model  # noqa: E402
