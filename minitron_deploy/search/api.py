@@ -223,7 +223,7 @@ def _best(order: list[Candidate], results: dict[str, dict], settings: SearchSett
         return order[0]
     ranked = order[:settings.candidates]
     if settings.rank_task:
-        return max(ranked, key=lambda c: results[c.key]["task"])
+        return max(ranked, key=lambda c: (results[c.key]["task"], -results[c.key]["loss_kd"]))
     return min(ranked, key=lambda c: results[c.key]["loss_kd"])
 
 
