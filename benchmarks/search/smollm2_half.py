@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -39,8 +39,9 @@ def _args() -> argparse.Namespace:
     p.add_argument("--rank-tokens", type=int, default=8192)
     p.add_argument("--final-tokens", type=int, default=16384)
     p.add_argument("--spearman-tokens", default="",
-                   help="short budgets (e.g. 2048,8192) at which every candidate is distilled "
-                        "and ranked against --final-tokens for every candidate (slow)")
+                   help="budgets (e.g. 2048,8192) at which every candidate is distilled; the "
+                        "rankings after pruning and after each budget are compared with the "
+                        "one after the largest (Spearman)")
     p.add_argument("--tasks", default="ppl", help="eval tasks of the final students")
     p.add_argument("--task-limit", type=int, default=100)
     return p.parse_args()
@@ -101,6 +102,29 @@ def _search(teacher, calib, heldout, out: Path, rank_tokens: int, top_k: int,
     return json.loads((out / "minitron" / "search.json").read_text())
 
 
+def _spearman(args, teacher, calib, heldout, report: dict, work: Path) -> dict:
+    """Every candidate ranked after each ``--spearman-tokens`` budget (a search with K = all,
+    the same scores; the main search's results are reused where they match), and the Spearman
+    correlation of each ranking with the one after the largest budget."""
+    budgets = sorted(int(n) for n in args.spearman_tokens.split(","))
+    losses = {"after pruning": {r["key"]: r["loss_pruned"] for r in report["candidates"]}}
+    for n in budgets:
+        cache = work / f".searched-all-{n}.partial" / "search"
+        cache.mkdir(parents=True, exist_ok=True)
+        for done in (work / "searched" / "minitron" / "search").glob("*.json"):
+            if not (cache / done.name).exists():
+                shutil.copy2(done, cache / done.name)
+        short = _search(teacher, calib, heldout, work / f"searched-all-{n}", n,
+                        len(report["candidates"]), work / "searched")
+        losses[f"after {n} tokens"] = {r["key"]: r["loss_kd"] for r in short["candidates"]}
+    keys = sorted(losses["after pruning"])
+    reference = losses[f"after {budgets[-1]} tokens"]
+    return {"reference": f"after {budgets[-1]} tokens", "losses": losses,
+            "spearman": {name: spearmanr([got[k] for k in keys],
+                                         [reference[k] for k in keys]).statistic
+                         for name, got in losses.items() if got is not reference}}
+
+
 def main() -> None:
     args = _args()
     work = args.work
@@ -141,31 +165,11 @@ def main() -> None:
     final["teacher"] = _evaluated(teacher, heldout, tasks, args.task_limit,
                                   work / "teacher-eval.json")
 
-    spearman = {}
-    budgets = [int(n) for n in args.spearman_tokens.split(",") if n]
-    if budgets:
-        n_candidates = len(report["candidates"])
-        long = {}
-        for row in report["candidates"]:
-            student = _pruned(teacher, work / "candidates" / row["key"], row["shape"],
-                              scores_file)
-            model = _distilled(teacher, student, calib, work / "candidates-kd" / row["key"],
-                               args.final_tokens)
-            long[row["key"]] = math.log(_evaluated(model, heldout, ["ppl"], None)["ppl"])
-        keys = sorted(long)
-        spearman["after_pruning"] = spearmanr(
-            [next(r for r in report["candidates"] if r["key"] == k)["loss_pruned"]
-             for k in keys], [long[k] for k in keys]).statistic
-        for n in budgets:
-            short = _search(teacher, calib, heldout, work / f"searched-all-{n}", n,
-                            n_candidates, scores_file)
-            by_key = {r["key"]: r["loss_kd"] for r in short["candidates"]}
-            spearman[f"after_{n}_tokens"] = spearmanr([by_key[k] for k in keys],
-                                                      [long[k] for k in keys]).statistic
-        spearman["final_losses"] = long
+    spearman = _spearman(args, teacher, calib, heldout, report, work) \
+        if args.spearman_tokens else {}
 
     result = {"search": report, "final_tokens": args.final_tokens, "final": final,
-              "spearman_vs_final": spearman, "seconds": times, "machine": _machine(),
+              "spearman": spearman, "seconds": times, "machine": _machine(),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "commit": _commit()}
     args.out.mkdir(parents=True, exist_ok=True)
