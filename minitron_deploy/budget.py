@@ -22,6 +22,8 @@ from .recipe import EvalStage
 MIN_STEPS = 4
 #: Measured seconds are scaled by this before sizing (noise, neighbours on a shared CPU).
 SAFETY = 1.15
+#: Fewest items per task a sized evaluation keeps (standard errors grow as 1/sqrt(items)).
+MIN_EVAL_ITEMS = 40
 
 
 @dataclass
@@ -111,3 +113,16 @@ def fit_steps(spare_s: float, speed: Speed, cfg: DistillConfig) -> int:
     per_step_s = SAFETY * (speed.step_s + speed.load_s / cfg.checkpoint_every)
     fitting = int((spare_s - distill_overhead_seconds(speed, 0, cfg)) // per_step_s)
     return min(most, max(MIN_STEPS, fitting))
+
+
+def fit_eval_limit(spare_s: float, seconds_at: Callable[[int], float], limit: int | None,
+                   least: int = MIN_EVAL_ITEMS, step: int = 10) -> int | None:
+    """Items per task for an evaluation costed by ``seconds_at(limit)`` to fit ``spare_s``:
+    ``limit`` itself when it fits (or is None: every item), else the largest multiple of
+    ``step`` below it that fits, never fewer than ``least``."""
+    if limit is None or limit <= least or seconds_at(limit) <= spare_s:
+        return limit
+    for items in range((limit - 1) // step * step, least, -step):
+        if seconds_at(items) <= spare_s:
+            return items
+    return least

@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from . import assets
-from .budget import (SAFETY, distill_overhead_seconds, eval_seconds, eval_tokens, fit_steps,
-                     measure_speed)
+from .budget import (MIN_STEPS, SAFETY, distill_overhead_seconds, eval_seconds, eval_tokens,
+                     fit_eval_limit, fit_steps, measure_speed)
 from .errors import MinitronError
 from .pipeline import PipelineResult, build_stages, run_pipeline, summary
 from .recipe import Recipe, load_recipe, packaged_recipe
@@ -61,7 +61,8 @@ def size_to_budget(recipe: Recipe, work: Path, budget_s: float,
     saved = _read_json(work / SIZING)
     if saved.get("key") == key:
         print(f"[demo] sized before for this budget: {saved['tokens']:,} distillation tokens")
-        return _with_tokens(recipe, saved["tokens"]), saved, {}
+        limit = saved.get("eval_limit", recipe.eval.limit)
+        return _sized(recipe, saved["tokens"], limit), saved, {}
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
@@ -76,10 +77,20 @@ def size_to_budget(recipe: Recipe, work: Path, budget_s: float,
     cfg = replace(recipe.distill, device=recipe.device)
     speed = measure_speed(teacher, prune_stage.output, cfg)
     tokenizer = _tokenizer(teacher)
-    full = eval_tokens(recipe.eval, tokenizer)
-    pruned = full if recipe.eval.pruned_tasks is None else eval_tokens(
-        recipe.eval, tokenizer, recipe.eval.pruned_tasks)
-    evaluation_s = eval_seconds(speed, full, [pruned, full])
+
+    def evaluation_seconds(limit: int | None) -> float:
+        spec = replace(recipe.eval, limit=limit)
+        full = eval_tokens(spec, tokenizer)
+        pruned = full if spec.pruned_tasks is None else eval_tokens(spec, tokenizer,
+                                                                    spec.pruned_tasks)
+        return eval_seconds(speed, full, [pruned, full])
+
+    elapsed = time.perf_counter() - started
+    fewest_steps_s = SAFETY * MIN_STEPS * speed.step_s + distill_overhead_seconds(
+        speed, MIN_STEPS, cfg)
+    eval_limit = fit_eval_limit(budget_s - elapsed - fewest_steps_s, evaluation_seconds,
+                                recipe.eval.limit)
+    evaluation_s = evaluation_seconds(eval_limit)
     seconds["sizing"] = time.perf_counter() - t0
     elapsed = time.perf_counter() - started
     steps = fit_steps(budget_s - elapsed - evaluation_s, speed, cfg)
@@ -87,12 +98,13 @@ def size_to_budget(recipe: Recipe, work: Path, budget_s: float,
     tokens = min(steps * per_step, cfg.tokens or steps * per_step)
     distill_s = SAFETY * steps * speed.step_s + distill_overhead_seconds(speed, steps, cfg)
     sizing = {"key": key, "time_budget_min": budget_s / 60, "tokens": tokens, "steps": steps,
-              "recipe_tokens": recipe.distill.tokens, "measured": asdict(speed),
+              "recipe_tokens": recipe.distill.tokens, "eval_limit": eval_limit,
+              "recipe_eval_limit": recipe.eval.limit, "measured": asdict(speed),
               "estimated_s": {"before_distill": elapsed, "distill": distill_s,
                               "eval": evaluation_s, "total": elapsed + distill_s + evaluation_s}}
     write_json_atomic(work / SIZING, sizing)
     _print_eta(sizing, speed.step_s, budget_s)
-    return _with_tokens(recipe, tokens), sizing, seconds
+    return _sized(recipe, tokens, eval_limit), sizing, seconds
 
 
 def _print_eta(sizing: dict, step_s: float, budget_s: float) -> None:
@@ -101,13 +113,17 @@ def _print_eta(sizing: dict, step_s: float, budget_s: float) -> None:
     print(f"[demo] {sizing['tokens']:,} distillation tokens ({sizing['steps']} steps, "
           f"~{step_s:.1f} s each; evaluation ~{sizing['estimated_s']['eval'] / 60:.1f} min): "
           f"ETA {eta:%H:%M:%S}, {total / 60:.1f} min in all")
+    if sizing["eval_limit"] != sizing["recipe_eval_limit"]:
+        print(f"[demo] zero-shot tasks scored on {sizing['eval_limit']} items each instead of "
+              f"{sizing['recipe_eval_limit']} to fit the budget (wider standard errors)")
     if total > budget_s:
         print(f"[demo] this machine needs about {total / 60:.1f} min even with the fewest steps; "
               f"the {budget_s / 60:g} min budget will be exceeded")
 
 
-def _with_tokens(recipe: Recipe, tokens: int) -> Recipe:
-    return replace(recipe, distill=replace(recipe.distill, tokens=tokens, steps=None))
+def _sized(recipe: Recipe, tokens: int, eval_limit: int | None) -> Recipe:
+    return replace(recipe, distill=replace(recipe.distill, tokens=tokens, steps=None),
+                   eval=replace(recipe.eval, limit=eval_limit))
 
 
 def _tokenizer(model_dir: Path):

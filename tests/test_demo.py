@@ -7,7 +7,7 @@ import json
 import pytest
 
 from minitron_deploy import demo
-from minitron_deploy.budget import MIN_STEPS, Speed, eval_tokens, fit_steps
+from minitron_deploy.budget import MIN_STEPS, Speed, eval_tokens, fit_eval_limit, fit_steps
 from minitron_deploy.demo import SIZING, run_demo
 from minitron_deploy.distill.api import DistillConfig
 from minitron_deploy.errors import MinitronError
@@ -32,6 +32,18 @@ def test_fit_steps_caps_floors_and_divides():
 class _CharTokenizer:
     def __call__(self, text):
         return {"input_ids": list(range(len(text)))}
+
+
+def test_fit_eval_limit_keeps_the_recipes_items_when_they_fit_and_shrinks_to_a_floor():
+    def seconds(items: int) -> float:
+        return 10.0 * items
+
+    assert fit_eval_limit(1000.0, seconds, 100) == 100  # fits as written
+    assert fit_eval_limit(999.0, seconds, 100) == 90  # largest step below that fits
+    assert fit_eval_limit(555.0, seconds, 100) == 50
+    assert fit_eval_limit(0.0, seconds, 100) == 40  # never fewer than the floor
+    assert fit_eval_limit(0.0, seconds, None) is None  # every item: not sized
+    assert fit_eval_limit(0.0, seconds, 30) == 30  # already below the floor
 
 
 def test_eval_tokens_counts_perplexity_and_padded_batches():
@@ -70,6 +82,7 @@ def test_demo_sizes_tokens_records_them_and_reuses_the_sizing(tmp_path, monkeypa
     assert "ETA" in out and "640 distillation tokens (5 steps" in out
     sizing = json.loads((work / SIZING).read_text())
     assert sizing["tokens"] == 640 and sizing["recipe_tokens"] == 1024
+    assert sizing["eval_limit"] is None  # every item (the recipe sets no limit)
     report = json.loads((work / "report.json").read_text())
     assert report["demo"]["tokens"] == 640 and report["demo"]["time_budget_min"] == 100
     assert {"prune", "sizing", "distill", "eval"} <= set(report["stage_seconds"])
