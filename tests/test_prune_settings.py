@@ -154,7 +154,7 @@ def _reuse_errors(tmp_path, model_dir, scores, **settings) -> list[str]:
     recipe.write_text(yaml.safe_dump({"name": "r", "teacher": "/m", "data": "/d", "heldout": "/h",
                                       "prune": {"scores": str(scores), "ffn_hidden_size": 32,
                                                 **settings}}))
-    for call in (lambda: prune(model_dir, out, load_recipe(recipe).prune),
+    for call in (lambda: prune(model_dir, out, load_recipe(recipe).prune.prune_settings()),
                  lambda: prune(model_dir, out, scores=scores, ffn_hidden_size=32, **settings),
                  lambda: _modelopt_prune(AutoModelForCausalLM.from_pretrained(str(model_dir)),
                                          {"scores": str(scores), **settings})):

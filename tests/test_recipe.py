@@ -19,7 +19,7 @@ def test_demo_recipe_parses_into_api_settings():
     recipe = load_recipe(packaged_recipe("demo"))
     assert recipe.teacher == "builtin:smollm2-135m"
     assert isinstance(recipe.distill, DistillConfig) and recipe.distill.tokens == 81920
-    assert recipe.distill.lr == pytest.approx(1e-3) and recipe.prune.target_params == 0.8
+    assert recipe.distill.lr == pytest.approx(2e-4) and recipe.prune.target_params == 0.9
     assert "ppl" in recipe.eval.tasks and recipe.eval.pruned_tasks == ["ppl"]
 
 
