@@ -81,8 +81,8 @@ def size_to_budget(recipe: Recipe, work: Path, budget_s: float,
     def evaluation_seconds(limit: int | None) -> float:
         spec = replace(recipe.eval, limit=limit)
         full = eval_tokens(spec, tokenizer)
-        pruned = full if spec.pruned_tasks is None else eval_tokens(spec, tokenizer,
-                                                                    spec.pruned_tasks)
+        pruned = full if spec.tasks_for("pruned") == spec.tasks else eval_tokens(
+            spec, tokenizer, spec.tasks_for("pruned"))
         return eval_seconds(speed, full, [pruned, full])
 
     elapsed = time.perf_counter() - started

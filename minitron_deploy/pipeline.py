@@ -56,9 +56,7 @@ def _prune_stage(rnd: Iteration, device: str, teacher: Path, data: Path, out: Pa
 
 def _eval_stage(recipe: Recipe, models: dict[str, Path], heldout: Path, out: Path) -> None:
     e = recipe.eval
-    tasks = {name: e.tasks for name in models} | (
-        {"pruned": e.pruned_tasks} if e.pruned_tasks is not None else {})
-    results = {name: evaluate(path, tasks[name], e.limit, heldout, e.seq_len, e.ppl_seqs,
+    results = {name: evaluate(path, e.tasks_for(name), e.limit, heldout, e.seq_len, e.ppl_seqs,
                               recipe.device, batch_size=e.batch_size)
                for name, path in models.items()}
     with atomic_dir(out) as tmp:

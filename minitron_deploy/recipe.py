@@ -90,8 +90,15 @@ class EvalStage:
     pruned_tasks: list[str] | None = None
 
     def __post_init__(self) -> None:
-        for tasks in (self.tasks, self.pruned_tasks or ["ppl"]):
-            parse_tasks(",".join(tasks))
+        for tasks in (self.tasks, self.pruned_tasks):
+            if tasks is not None:
+                parse_tasks(",".join(tasks))
+
+    def tasks_for(self, model: str) -> list[str]:
+        """Tasks of ``model`` ("teacher", "pruned" or "distilled")."""
+        if model == "pruned" and self.pruned_tasks is not None:
+            return self.pruned_tasks
+        return self.tasks
 
 
 @dataclass
