@@ -44,7 +44,9 @@ def _close_progress_bars() -> None:
 
 def _error(message: str) -> int:
     _close_progress_bars()
-    print(f"minitron: error: {message}", file=sys.stderr)
+    # one write of the whole line: ranks sharing a stderr pipe cannot split each other's line
+    sys.stderr.write(f"minitron: error: {message}\n")
+    sys.stderr.flush()
     return 2
 
 
