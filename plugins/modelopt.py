@@ -19,11 +19,14 @@ computed on other weights or with another criterion. The kept indices and the no
 applied are recorded in the ModelOpt state, so ``mto.save``/``mto.restore`` and HF
 checkpointing round-trip the model.
 
-With ``config={"search": {...}}`` and a ``params`` constraint the shape is searched, as
-``minitron search`` does (same :class:`~minitron_deploy.search.SearchSettings`, same candidates
-from one scoring pass): every candidate is pruned from a copy of the model and ranked by
-``config["score_func"]`` (higher is better), the best one is applied, and ``best["candidates"]``
-lists them all with their scores. Ranking after a short distillation needs a teacher folder and
+With ``config={"search": {...}}`` and a ``params``, ``active_params`` (the same for these
+dense models) or ``memory_mb`` constraint the shape is searched, as ``minitron search`` does
+(same :class:`~minitron_deploy.search.SearchSettings`, same candidates from one scoring pass):
+every candidate is pruned from a copy of the model and ranked by ``config["score_func"]``
+(higher is better), the best one is applied, and ``best["candidates"]`` lists them all with
+their scores. ``memory_mb`` counts as ModelOpt does: MiB (2**20 bytes) of 16-bit weights plus
+the 16-bit KV cache, here of ``search``'s ``at_batch`` sequences (default 1) of ``isl + osl``
+tokens (default 512 + 128; ModelOpt's Megatron search assumes 4096, so set them to match). Ranking after a short distillation needs a teacher folder and
 data: use ``minitron search`` for that.
 """
 
@@ -68,22 +71,31 @@ class HFMinitronConfig(ModeloptBaseConfig):
     """Configuration of the ``hf_minitron`` mode (all settings live in the search config)."""
 
 
+#: Metric constraints and the search target each becomes (a MiB of memory is 2**20 bytes,
+#: as ModelOpt counts it; every supported family is dense, so active equals total parameters).
+_METRIC_TARGETS = {"params": "target_params", "active_params": "target_params",
+                   "memory_mb": "target_memory_gb"}
+
+
 def _target_values(constraints: dict) -> dict[str, Any]:
-    """The constraints as PruneSettings target fields."""
-    unknown = set(constraints) - {"export_config", "params"}
-    if unknown or len(constraints) != 1:
-        raise MinitronError("hf_minitron takes exactly one constraint: 'export_config' or 'params'")
-    if "params" in constraints:
-        value = constraints["params"]
-        if isinstance(value, str) and value.endswith("%"):
-            value = float(value[:-1]) / 100
-        return {"target_params": value}
-    export = constraints["export_config"]
-    bad = set(export) - set(_EXPORT_KEYS)
-    if bad:
-        raise MinitronError(f"unsupported export_config keys {sorted(bad)}; "
-                            f"use {sorted(_EXPORT_KEYS)}")
-    return {_EXPORT_KEYS[k]: v for k, v in export.items()}
+    """The constraints as PruneSettings / SearchSettings target fields."""
+    known = {"export_config", *_METRIC_TARGETS}
+    if set(constraints) - known or len(constraints) != 1:
+        raise MinitronError(f"hf_minitron takes exactly one constraint of "
+                            f"{', '.join(sorted(known))}, got "
+                            f"{', '.join(map(str, constraints)) or 'none'}")
+    (key, value), = constraints.items()
+    if key == "export_config":
+        bad = set(value) - set(_EXPORT_KEYS)
+        if bad:
+            raise MinitronError(f"unsupported export_config keys {sorted(bad)}; "
+                                f"use {sorted(_EXPORT_KEYS)}")
+        return {_EXPORT_KEYS[k]: v for k, v in value.items()}
+    if key != "memory_mb" and isinstance(value, str) and value.endswith("%"):
+        value = float(value[:-1]) / 100
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MinitronError(f"{key}: {value!r} is not a number")
+    return {_METRIC_TARGETS[key]: value / 1024 if key == "memory_mb" else value}
 
 
 class HFMinitronSearcher(BaseSearcher):
@@ -115,6 +127,9 @@ class HFMinitronSearcher(BaseSearcher):
         base = {k: self.config[k] for k in modelopt_settings()}
         found = None
         if self.config["search"] is None:
+            if "memory_mb" in self.constraints:
+                raise MinitronError("memory_mb: a memory constraint is met by search; give "
+                                    "config['search'] ({} for the defaults) and a score_func")
             settings = PruneSettings.from_mapping({**base, **_target_values(self.constraints)})
             target = resolve_target(model.config, settings)
             scores = self._scores(settings, source, [source.num_layers - target.shape.num_layers])
@@ -131,6 +146,7 @@ class HFMinitronSearcher(BaseSearcher):
                                           rescale_norms=base["rescale_norms"])
             target = resolve_target(model.config, settings)
             found = [{"export_config": c.shape.as_dict(), "params": c.prediction.params,
+                      "memory_mb": c.prediction.memory_gib * 1024,
                       "speedup": c.prediction.speedup, "score": -losses[c.key]} for c in order]
         rescale_norms = resolve_rescale_norms(model.config, settings.rescale())
         plan = prune_model(model, scores, target, settings.depth_metric, rescale_norms)
@@ -144,10 +160,11 @@ class HFMinitronSearcher(BaseSearcher):
             self.best["candidates"] = found
 
     def _search_settings(self, base: dict[str, Any]) -> SearchSettings:
-        """``config["search"]`` over the mode's settings, for the ``params`` constraint; the
+        """``config["search"]`` over the mode's settings, for a metric constraint; the
         candidates are ranked by ``config["score_func"]`` right after pruning."""
-        if set(self.constraints) != {"params"}:
-            raise MinitronError("search: the ModelOpt mode searches under a 'params' constraint")
+        if not set(self.constraints) <= set(_METRIC_TARGETS):
+            raise MinitronError("search: the ModelOpt mode searches under a "
+                                f"{', '.join(_METRIC_TARGETS)} constraint, not export_config")
         names = {f.name for f in fields_of(SearchSettings)}
         search = SearchSettings.from_mapping(
             {**{k: v for k, v in base.items() if k in names}, **self.config["search"],

@@ -245,6 +245,51 @@ def test_modelopt_mode_searches_with_the_same_candidates():
                                                     "search": {**search, "rank_by": "kd"}})
 
 
+def test_modelopt_memory_constraint_is_weights_plus_kv_cache_in_mib():
+    """ModelOpt's ``memory_mb`` (MiB of 16-bit weights and KV cache) searches the candidates of
+    ``target_memory_gb``; the chosen model's memory, counted here from its weights and config,
+    lies in the window; ``active_params`` is ``params`` for these dense models."""
+    pytest.importorskip("modelopt.torch.opt")
+    import minitron_plugins.modelopt  # noqa: F401
+    import modelopt.torch.prune as mtp
+    from tiny_models import tiny_batch, tiny_model
+
+    def loop(model):
+        model(input_ids=tiny_batch(seed=5), use_cache=False)
+
+    def memory_mib(model, tokens=4 * (64 + 16)):
+        cfg = model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * tokens
+        return (sum(p.numel() for p in model.parameters()) + kv) * 2 / 2**20
+
+    deploy = {"at_batch": 4, "isl": 64, "osl": 16}
+    search = {"tolerance": 0.3, "max_depth_prune": 0.5, "rank_by": "loss", **deploy}
+    limit = 0.8 * memory_mib(tiny_model("llama"))
+
+    def pruned(constraints, **config):  # the candidate with the most memory wins
+        return mtp.prune(tiny_model("llama"), mode="hf_minitron", constraints=constraints,
+                         dummy_input=tiny_batch(),
+                         config={"forward_loop": loop, "score_func": memory_mib, **config})[0]
+
+    model = pruned({"memory_mb": limit}, search=search)
+    plan = plan_search(tiny_config("llama"), SearchSettings(target_memory_gb=limit / 1024,
+                                                            **search))
+    best = max(plan.candidates, key=lambda c: c.prediction.memory_gib)
+    assert ModelShape.from_config(model.config) == best.shape
+    assert 0.7 * limit <= memory_mib(model) == pytest.approx(best.prediction.memory_gib * 1024)
+    assert memory_mib(model) <= limit
+    assert minitron_plugins.modelopt._target_values({"memory_mb": 1536}) == {
+        "target_memory_gb": 1.5}
+    by_params = {k: pruned({k: 0.8}, search=search).config.to_dict()
+                 for k in ("params", "active_params")}
+    assert by_params["params"] == by_params["active_params"]
+    with pytest.raises(MinitronError, match="memory_mb: a memory constraint is met by search"):
+        pruned({"memory_mb": limit})
+    with pytest.raises(MinitronError, match="exactly one constraint"):
+        pruned({"params": 0.8, "memory_mb": limit}, search=search)
+
+
 def test_recipe_prune_search_runs_the_same_search(workspace, tmp_path):
     from minitron_deploy.pipeline import build_stages
     from minitron_deploy.plan import plan_recipe
