@@ -134,8 +134,10 @@ class Schema:
         merged: dict[str, Any] = {}
         for piece in filter(None, pieces):
             own = fields_of(type(piece)) if isinstance(piece, Schema) else ()
-            if not own or not {f.name for f in own} <= names:
-                raise MinitronError(f"{type(piece).__name__} is not part of {cls.__name__}")
+            extra = sorted({f.name for f in own} - names)
+            if not own or extra:
+                why = f": {cls.__name__} has no {', '.join(extra)}" if extra else ""
+                raise MinitronError(f"{type(piece).__name__} is not part of {cls.__name__}{why}")
             merged.update({f.name: getattr(piece, f.name) for f in own})
         unknown = _unknown(cls, values)
         if unknown:

@@ -108,6 +108,12 @@ def test_the_api_takes_settings_parts_and_keywords():
                                                                           "s.safetensors")
     with pytest.raises(MinitronError, match=r"^unknown key\(s\) colour \(known: hidden_size"):
         PruneSettings.make(colour="blue")
+    from minitron_deploy.recipe import PruneStage
+
+    stage = PruneStage.from_mapping({"search": {"target_params": 0.5}})
+    with pytest.raises(MinitronError, match="^PruneStage is not part of PruneSettings: "
+                                            "PruneSettings has no search$"):
+        PruneSettings.make(stage)
 
 
 @pytest.fixture(scope="module")
