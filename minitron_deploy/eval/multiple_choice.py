@@ -15,6 +15,8 @@ log-likelihood by the choice's length in characters first.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import math
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from ..errors import MinitronError
 
@@ -107,36 +110,135 @@ def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int],
 
 
 def loglikelihoods(model: nn.Module, tokenizer, requests: list[tuple[str, str]],
-                   batch_size: int = 16) -> list[float]:
-    """Sum of log p(continuation | context) for every ``(context, continuation)`` request."""
-    device = next(model.parameters()).device
+                   batch_size: int = 16, share_contexts: bool = True) -> list[float]:
+    """Sum of log p(continuation | context) for every ``(context, continuation)`` request.
+
+    With ``share_contexts``, requests whose context tokens are the same (the choices of one
+    question) run the context once and score their continuations on its KV cache, several
+    questions per batch; the rest (and every request of a model with sliding-window layers)
+    run as lm-eval runs them: one full sequence per request, batched, right-padded."""
     limit = getattr(model.config, "max_position_embeddings", None) or 10**9
-    encoded = []
-    for ctx, cont in requests:
+    share = share_contexts and not _has_sliding_layers(model)
+    encoded, groups = [], {}
+    for i, (ctx, cont) in enumerate(requests):
         c, k = _encode_pair(tokenizer, ctx, cont)
         tokens = (c + k)[-(limit + 1):]  # left-truncate to the context window
         encoded.append((tokens[:-1], tokens[-min(len(k), len(tokens) - 1):]))
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+        if share and len(c) + len(k) <= limit:
+            groups.setdefault(tuple(c), []).append(i)
     results = [0.0] * len(encoded)
+    shared = sorted(((list(c), members) for c, members in groups.items() if len(members) > 1),
+                    key=lambda group: -len(group[0]))
+    if _padded_tokens(shared, encoded, batch_size) >= _padded_tokens([], encoded, batch_size):
+        shared = []  # contexts too short against the choices to repay their padding
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        width = len(encoded[batch[0]][0])
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            inp = encoded[i][0]
-            ids[row, :len(inp)] = torch.tensor(inp)
-            mask[row, :len(inp)] = 1
-        with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           use_cache=False).logits
-        for row, i in enumerate(batch):
-            inp, cont = encoded[i]
-            span = logits[row, len(inp) - len(cont):len(inp)].float()
-            picked = torch.log_softmax(span, dim=-1).gather(1, torch.tensor(cont, device=device)[:, None])
-            results[i] = float(picked.sum())
+    with torch.no_grad():
+        for start in range(0, len(shared), batch_size):
+            batch = shared[start:start + batch_size]
+            lls = _shared_contexts(model, [c for c, _ in batch],
+                                   [[encoded[i][1] for i in members] for _, members in batch],
+                                   pad, batch_size)
+            for i, ll in zip((i for _, members in batch for i in members), lls):
+                results[i] = ll
+        done = {i for _, members in shared for i in members}
+        rest = sorted((i for i in range(len(encoded)) if i not in done),
+                      key=lambda i: -len(encoded[i][0]))
+        for start in range(0, len(rest), batch_size):
+            rows = rest[start:start + batch_size]
+            logits = _forward(model, [encoded[i][0] for i in rows], pad)
+            for row, i in enumerate(rows):
+                inp, cont = encoded[i]
+                results[i] = _summed(logits[row, len(inp) - len(cont):len(inp)], cont)
     return results
+
+
+def _padded_tokens(shared: list[tuple[list[int], list[int]]],
+                   encoded: list[tuple[list[int], list[int]]], batch_size: int) -> int:
+    """Token positions the forwards of :func:`loglikelihoods` compute, padding included, when
+    the ``shared`` groups run on their contexts' cache and the other requests run whole."""
+    def padded(lengths: list[int]) -> int:
+        lengths = sorted(lengths, reverse=True)
+        return sum(len(lengths[i:i + batch_size]) * lengths[i]
+                   for i in range(0, len(lengths), batch_size))
+
+    total, done = 0, set()
+    for start in range(0, len(shared), batch_size):
+        batch = shared[start:start + batch_size]
+        total += len(batch) * len(batch[0][0]) + padded(
+            [len(encoded[i][1]) - 1 for _, members in batch for i in members
+             if len(encoded[i][1]) > 1])
+        done.update(i for _, members in batch for i in members)
+    return total + padded([len(inp) for i, (inp, _) in enumerate(encoded) if i not in done])
+
+
+def _has_sliding_layers(model: nn.Module) -> bool:
+    """Whether the model's KV cache keeps only a window of some layers (then contexts of
+    different lengths cannot share one padded batch)."""
+    return any(getattr(layer, "is_sliding", False)
+               for layer in DynamicCache(config=model.config).layers)
+
+
+def _forward(model: nn.Module, rows: list[list[int]], pad: int, cache=None,
+             past: list[int] | None = None) -> torch.Tensor:
+    """Logits of right-padded ``rows``; with ``past``, each row continues the first ``past[r]``
+    tokens of its (right-padded) row of ``cache``."""
+    device = next(model.parameters()).device
+    width = max(len(r) for r in rows)
+    offset = cache.get_seq_length() if past else 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), offset + width), dtype=torch.long)
+    for row, tokens in enumerate(rows):
+        ids[row, :len(tokens)] = torch.tensor(tokens)
+        mask[row, :past[row] if past else 0] = 1
+        mask[row, offset:offset + len(tokens)] = 1
+    extra = {} if cache is None else {_cache_keyword(model): cache}
+    if past:
+        extra["position_ids"] = (torch.tensor(past)[:, None] + torch.arange(width)).to(device)
+    return model(input_ids=ids.to(device), attention_mask=mask.to(device), **extra,
+                 use_cache=cache is not None).logits
+
+
+def _cache_keyword(model: nn.Module) -> str:
+    """The forward's KV-cache argument (transformers renamed ``past_key_values`` to ``cache``)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _summed(logits: torch.Tensor, tokens: list[int]) -> float:
+    """Sum of the log-probabilities of ``tokens`` under ``logits`` [len(tokens), V]."""
+    if not tokens:
+        return 0.0
+    target = torch.tensor(tokens, device=logits.device)[:, None]
+    return float(torch.log_softmax(logits.float(), dim=-1).gather(1, target).sum())
+
+
+def _shared_contexts(model: nn.Module, contexts: list[list[int]],
+                     continuations: list[list[list[int]]], pad: int,
+                     batch_size: int) -> list[float]:
+    """Log-likelihood of each continuation after its context, all continuations in order:
+    the contexts run once (one padded batch), and the continuations, longest first in batches
+    of ``batch_size``, run on the rows of that KV cache they follow. A cache that does not
+    hold the contexts (a model run with a layer subset it cannot follow) falls back to one
+    full sequence per continuation."""
+    cache = DynamicCache(config=model.config)
+    logits = _forward(model, contexts, pad, cache)
+    owners = [g for g, ks in enumerate(continuations) for _ in ks]
+    flat = [k for ks in continuations for k in ks]
+    if cache.get_seq_length() != max(map(len, contexts)):
+        full = _forward(model, [contexts[g] + k[:-1] for g, k in zip(owners, flat)], pad)
+        return [_summed(full[row, len(contexts[g]) - 1:len(contexts[g]) + len(k) - 1], k)
+                for row, (g, k) in enumerate(zip(owners, flat))]
+    lls = [float(torch.log_softmax(logits[g, len(contexts[g]) - 1].float(), dim=-1)[k[0]])
+           for g, k in zip(owners, flat)]
+    longer = sorted((r for r, k in enumerate(flat) if len(k) > 1), key=lambda r: -len(flat[r]))
+    for start in range(0, len(longer), batch_size):
+        rows = longer[start:start + batch_size]
+        part = copy.deepcopy(cache)
+        part.batch_select_indices(torch.tensor([owners[r] for r in rows], device=logits.device))
+        logits = _forward(model, [flat[r][:-1] for r in rows], pad, part,
+                          [len(contexts[owners[r]]) for r in rows])
+        for row, r in enumerate(rows):
+            lls[r] += _summed(logits[row, :len(flat[r]) - 1], flat[r][1:])
+    return lls
 
 
 @dataclass

@@ -22,21 +22,33 @@ DEPTH_METRICS = ("loss", "bi", "accuracy")
 
 @contextmanager
 def layers_removed(model: nn.Module, drop: Iterable[int]):
-    """Temporarily run ``model`` without the layers in ``drop`` (cache-free forward only)."""
+    """Temporarily run ``model`` without the layers in ``drop``. The kept layers are numbered
+    0..n-1 meanwhile (their ``layer_idx``, the config's layer count and layer types follow),
+    so a KV cache built for the shortened model lines up with them."""
     adapter = get_adapter(model.config)
     decoder, config = adapter.decoder(model), model.config
     original, original_types = decoder.layers, getattr(config, "layer_types", None)
+    original_count = config.num_hidden_layers
     drop = set(drop)
     kept = [i for i in range(len(original)) if i not in drop]
+    numbered = [(module, module.layer_idx, new) for new, i in enumerate(kept)
+                for module in original[i].modules()
+                if isinstance(getattr(module, "layer_idx", None), int)]
     decoder.layers = nn.ModuleList(original[i] for i in kept)
+    config.num_hidden_layers = len(kept)
     if original_types is not None:
         config.layer_types = [original_types[i] for i in kept]
+    for module, _, new in numbered:
+        module.layer_idx = new
     try:
         yield model
     finally:
         decoder.layers = original
+        config.num_hidden_layers = original_count
         if original_types is not None:
             config.layer_types = original_types
+        for module, old, _ in numbered:
+            module.layer_idx = old
 
 
 class BlockImportanceCollector:
