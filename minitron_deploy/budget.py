@@ -14,6 +14,7 @@ import torch
 from .distill.api import DistillConfig
 from .distill.objectives import KDObjective, autocast_for
 from .eval.api import PPL
+from .eval.multiple_choice import plan_scoring
 from .eval.tasks import load_named_task
 from .modeling import load_model
 from .recipe import EvalStage
@@ -76,17 +77,15 @@ def _seconds(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def eval_tokens(spec: EvalStage, tokenizer, tasks: list[str] | None = None) -> int:
-    """Tokens one model's evaluation of ``tasks`` (default: the stage's) runs through, right
-    padding of its batches included."""
+def eval_tokens(spec: EvalStage, tokenizer, config, tasks: list[str] | None = None) -> int:
+    """Token positions one evaluation of ``tasks`` (default: the stage's) computes on a model
+    with ``config``, padding included, as the evaluator plans them."""
     tasks = spec.tasks if tasks is None else tasks
     total = spec.ppl_seqs * spec.seq_len if PPL in tasks else 0
     for task in (t for t in tasks if t != PPL):
-        lengths = sorted((len(tokenizer(c + k)["input_ids"])
-                          for item in load_named_task(task, spec.limit)
-                          for c, k in zip(item.contexts, item.continuations)), reverse=True)
-        total += sum(lengths[i] * len(lengths[i:i + spec.batch_size])
-                     for i in range(0, len(lengths), spec.batch_size))
+        requests = [(c, k) for item in load_named_task(task, spec.limit)
+                    for c, k in zip(item.contexts, item.continuations)]
+        total += plan_scoring(config, tokenizer, requests, spec.batch_size).positions
     return total
 
 

@@ -21,6 +21,7 @@ from .errors import MinitronError
 from .pipeline import PipelineResult, build_stages, run_pipeline, summary
 from .recipe import Recipe, load_recipe, packaged_recipe
 from .files import settings_hash, write_json_atomic
+from .modeling import load_config
 
 SIZING = "demo-sizing.json"
 
@@ -78,11 +79,13 @@ def size_to_budget(recipe: Recipe, work: Path, budget_s: float,
     speed = measure_speed(teacher, prune_stage.output, cfg)
     tokenizer = _tokenizer(teacher)
 
+    config = load_config(teacher)
+
     def evaluation_seconds(limit: int | None) -> float:
         spec = replace(recipe.eval, limit=limit)
-        full = eval_tokens(spec, tokenizer)
+        full = eval_tokens(spec, tokenizer, config)
         pruned = full if spec.tasks_for("pruned") == spec.tasks else eval_tokens(
-            spec, tokenizer, spec.tasks_for("pruned"))
+            spec, tokenizer, config, spec.tasks_for("pruned"))
         return eval_seconds(speed, full, [pruned, full])
 
     elapsed = time.perf_counter() - started

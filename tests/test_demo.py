@@ -29,11 +29,6 @@ def test_fit_steps_caps_floors_and_divides():
     assert fit_steps(10_000.0, SLOW, DistillConfig(steps=3, checkpoint_every=10)) == 3
 
 
-class _CharTokenizer:
-    def __call__(self, text):
-        return {"input_ids": list(range(len(text)))}
-
-
 def test_fit_eval_limit_keeps_the_recipes_items_when_they_fit_and_shrinks_to_a_floor():
     def seconds(items: int) -> float:
         return 10.0 * items
@@ -46,14 +41,25 @@ def test_fit_eval_limit_keeps_the_recipes_items_when_they_fit_and_shrinks_to_a_f
     assert fit_eval_limit(0.0, seconds, 30) == 30  # already below the floor
 
 
-def test_eval_tokens_counts_perplexity_and_padded_batches():
-    assert eval_tokens(EvalStage(tasks=["ppl"], seq_len=32, ppl_seqs=4), _CharTokenizer()) == 128
+def test_eval_tokens_are_the_positions_the_evaluator_computes():
+    from minitron_deploy.eval.multiple_choice import evaluate_items
+    from minitron_deploy.eval.tasks import load_named_task
+    from tiny_models import char_tokenizer, tiny_model
+
+    model, tok = tiny_model("llama"), char_tokenizer()
+    spec = EvalStage(tasks=["ppl"], seq_len=32, ppl_seqs=4, batch_size=2)
+    assert eval_tokens(spec, tok, model.config) == 128
     if HAS_TASKS:
-        spec = EvalStage(tasks=["ppl", "arc_easy"], limit=3, seq_len=32, ppl_seqs=4,
-                         batch_size=2)
-        total = eval_tokens(spec, _CharTokenizer())
-        assert total > 128 + 3 * 2 * 20  # three questions, at least two choices each
-        assert eval_tokens(spec, _CharTokenizer(), ["ppl"]) == 128
+        positions = []
+        model.register_forward_pre_hook(
+            lambda module, args, kwargs: positions.append(kwargs["input_ids"].numel()),
+            with_kwargs=True)
+        for task in ("arc_easy", "piqa"):
+            spec = EvalStage(tasks=["ppl", task], limit=6, seq_len=32, ppl_seqs=4, batch_size=2)
+            positions.clear()
+            evaluate_items(model, tok, load_named_task(task, 6), batch_size=2)
+            assert eval_tokens(spec, tok, model.config) == 128 + sum(positions)
+            assert eval_tokens(spec, tok, model.config, ["ppl"]) == 128
 
 
 def _recipe(tmp_path, tokens: int):

@@ -109,42 +109,83 @@ def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int],
     return ctx, whole[len(ctx):] or whole[-1:]
 
 
-def loglikelihoods(model: nn.Module, tokenizer, requests: list[tuple[str, str]],
-                   batch_size: int = 16, share_contexts: bool = True) -> list[float]:
-    """Sum of log p(continuation | context) for every ``(context, continuation)`` request.
+@dataclass
+class ScoringPlan:
+    """How :func:`loglikelihoods` runs a list of requests: each request's input tokens and the
+    continuation tokens scored, the groups (context tokens, request indices) whose choices run
+    on their context's KV cache, batched ``batch_size`` questions at a time, and the other
+    requests, which run whole, longest first."""
 
-    With ``share_contexts``, requests whose context tokens are the same (the choices of one
-    question) run the context once and score their continuations on its KV cache, several
-    questions per batch; the rest (and every request of a model with sliding-window layers)
-    run as lm-eval runs them: one full sequence per request, batched, right-padded."""
-    limit = getattr(model.config, "max_position_embeddings", None) or 10**9
-    share = share_contexts and not _has_sliding_layers(model)
+    encoded: list[tuple[list[int], list[int]]]
+    shared: list[tuple[list[int], list[int]]]
+    whole: list[int]
+    batch_size: int
+
+    @property
+    def positions(self) -> int:
+        """Token positions the forwards compute, padding included."""
+        total = 0
+        for start in range(0, len(self.shared), self.batch_size):
+            batch = self.shared[start:start + self.batch_size]
+            total += len(batch) * len(batch[0][0]) + _padded(
+                [len(self.encoded[i][1]) - 1 for _, members in batch for i in members
+                 if len(self.encoded[i][1]) > 1], self.batch_size)
+        return total + _padded([len(self.encoded[i][0]) for i in self.whole], self.batch_size)
+
+
+def _padded(lengths: list[int], batch_size: int) -> int:
+    """Positions of right-padded batches of ``lengths``, longest first."""
+    lengths = sorted(lengths, reverse=True)
+    return sum(len(lengths[i:i + batch_size]) * lengths[i]
+               for i in range(0, len(lengths), batch_size))
+
+
+def plan_scoring(config, tokenizer, requests: list[tuple[str, str]], batch_size: int = 16,
+                 share_contexts: bool = True) -> ScoringPlan:
+    """The :class:`ScoringPlan` of ``requests`` for a model with ``config``: contexts are
+    shared when that computes fewer positions than one sequence per request, and never for
+    models with sliding-window layers (their cache keeps only a window, so contexts of
+    different lengths cannot share a padded batch)."""
+    limit = getattr(config, "max_position_embeddings", None) or 10**9
     encoded, groups = [], {}
     for i, (ctx, cont) in enumerate(requests):
         c, k = _encode_pair(tokenizer, ctx, cont)
         tokens = (c + k)[-(limit + 1):]  # left-truncate to the context window
         encoded.append((tokens[:-1], tokens[-min(len(k), len(tokens) - 1):]))
-        if share and len(c) + len(k) <= limit:
+        if len(c) + len(k) <= limit:
             groups.setdefault(tuple(c), []).append(i)
-    results = [0.0] * len(encoded)
+    every = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    alone = ScoringPlan(encoded, [], every, batch_size)
+    if not share_contexts or _has_sliding_layers(config):
+        return alone
     shared = sorted(((list(c), members) for c, members in groups.items() if len(members) > 1),
                     key=lambda group: -len(group[0]))
-    if _padded_tokens(shared, encoded, batch_size) >= _padded_tokens([], encoded, batch_size):
-        shared = []  # contexts too short against the choices to repay their padding
+    done = {i for _, members in shared for i in members}
+    plan = ScoringPlan(encoded, shared, [i for i in every if i not in done], batch_size)
+    return plan if plan.positions < alone.positions else alone
+
+
+def loglikelihoods(model: nn.Module, tokenizer, requests: list[tuple[str, str]],
+                   batch_size: int = 16, share_contexts: bool = True) -> list[float]:
+    """Sum of log p(continuation | context) for every ``(context, continuation)`` request.
+
+    With ``share_contexts``, requests whose context tokens are the same (the choices of one
+    question) may run the context once and score their continuations on its KV cache
+    (:func:`plan_scoring` decides); the rest run as lm-eval runs them: one full sequence per
+    request, batched, right-padded."""
+    plan = plan_scoring(model.config, tokenizer, requests, batch_size, share_contexts)
+    encoded, results = plan.encoded, [0.0] * len(plan.encoded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with torch.no_grad():
-        for start in range(0, len(shared), batch_size):
-            batch = shared[start:start + batch_size]
+        for start in range(0, len(plan.shared), batch_size):
+            batch = plan.shared[start:start + batch_size]
             lls = _shared_contexts(model, [c for c, _ in batch],
                                    [[encoded[i][1] for i in members] for _, members in batch],
                                    pad, batch_size)
             for i, ll in zip((i for _, members in batch for i in members), lls):
                 results[i] = ll
-        done = {i for _, members in shared for i in members}
-        rest = sorted((i for i in range(len(encoded)) if i not in done),
-                      key=lambda i: -len(encoded[i][0]))
-        for start in range(0, len(rest), batch_size):
-            rows = rest[start:start + batch_size]
+        for start in range(0, len(plan.whole), batch_size):
+            rows = plan.whole[start:start + batch_size]
             logits = _forward(model, [encoded[i][0] for i in rows], pad)
             for row, i in enumerate(rows):
                 inp, cont = encoded[i]
@@ -152,30 +193,10 @@ def loglikelihoods(model: nn.Module, tokenizer, requests: list[tuple[str, str]],
     return results
 
 
-def _padded_tokens(shared: list[tuple[list[int], list[int]]],
-                   encoded: list[tuple[list[int], list[int]]], batch_size: int) -> int:
-    """Token positions the forwards of :func:`loglikelihoods` compute, padding included, when
-    the ``shared`` groups run on their contexts' cache and the other requests run whole."""
-    def padded(lengths: list[int]) -> int:
-        lengths = sorted(lengths, reverse=True)
-        return sum(len(lengths[i:i + batch_size]) * lengths[i]
-                   for i in range(0, len(lengths), batch_size))
-
-    total, done = 0, set()
-    for start in range(0, len(shared), batch_size):
-        batch = shared[start:start + batch_size]
-        total += len(batch) * len(batch[0][0]) + padded(
-            [len(encoded[i][1]) - 1 for _, members in batch for i in members
-             if len(encoded[i][1]) > 1])
-        done.update(i for _, members in batch for i in members)
-    return total + padded([len(inp) for i, (inp, _) in enumerate(encoded) if i not in done])
-
-
-def _has_sliding_layers(model: nn.Module) -> bool:
-    """Whether the model's KV cache keeps only a window of some layers (then contexts of
-    different lengths cannot share one padded batch)."""
+def _has_sliding_layers(config) -> bool:
+    """Whether a model's KV cache keeps only a window of some layers."""
     return any(getattr(layer, "is_sliding", False)
-               for layer in DynamicCache(config=model.config).layers)
+               for layer in DynamicCache(config=config).layers)
 
 
 def _forward(model: nn.Module, rows: list[list[int]], pad: int, cache=None,
