@@ -11,20 +11,18 @@ Both ways run in the same process, alternating, on the same items. Usage (reposi
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from provenance import provenance  # noqa: E402
 
-from minitron_deploy import assets
-from minitron_deploy.eval.multiple_choice import loglikelihoods
-from minitron_deploy.eval.tasks import load_named_task
-from minitron_deploy.modeling import load_model
+from minitron_deploy import assets  # noqa: E402
+from minitron_deploy.eval.multiple_choice import loglikelihoods  # noqa: E402
+from minitron_deploy.eval.tasks import load_named_task  # noqa: E402
+from minitron_deploy.modeling import load_model  # noqa: E402
 
 
 def _args() -> argparse.Namespace:
@@ -79,26 +77,11 @@ def main() -> None:
                       "items_with_a_changed_prediction": changed}
         print(task, json.dumps(rows[task]))
     result = {"model": args.model, "limit": args.limit, "batch_size": args.batch_size,
-              "repeats": args.repeats, "tasks": rows, "machine": _machine(),
-              "torch_threads": torch.get_num_threads(), "commit": _commit(),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+              "repeats": args.repeats, "tasks": rows, **provenance()}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 
-
-def _machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "load_avg_1m": os.getloadavg()[0],
-            "capability": torch.backends.cpu.get_cpu_capability()}
-
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 if __name__ == "__main__":

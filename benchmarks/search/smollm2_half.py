@@ -12,23 +12,23 @@ interrupted run continues. Usage (repository root):
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import shutil
-import subprocess
+import sys
 import time
 from pathlib import Path
 
 from scipy.stats import spearmanr
 
-from minitron_deploy import assets
-from minitron_deploy.distill.api import DistillConfig, distill
-from minitron_deploy.eval.api import evaluate
-from minitron_deploy.prune import prune
-from minitron_deploy.prune_settings import PruneSettings
-from minitron_deploy.search import SearchSettings, search_student
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from provenance import provenance  # noqa: E402
+
+from minitron_deploy import assets  # noqa: E402
+from minitron_deploy.distill.api import DistillConfig, distill  # noqa: E402
+from minitron_deploy.eval.api import evaluate  # noqa: E402
+from minitron_deploy.prune import prune  # noqa: E402
+from minitron_deploy.prune_settings import PruneSettings  # noqa: E402
+from minitron_deploy.search import SearchSettings, search_student  # noqa: E402
 
 
 def _args() -> argparse.Namespace:
@@ -37,11 +37,14 @@ def _args() -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("benchmarks/search/results"))
     p.add_argument("--candidates", type=int, default=3, help="K distilled during the search")
     p.add_argument("--rank-tokens", type=int, default=8192)
-    p.add_argument("--final-tokens", type=int, default=16384)
+    p.add_argument("--final-tokens", type=int, default=None,
+                   help="distillation budget of the compared students (default: the largest "
+                        "--spearman-tokens budget, else 16384)")
     p.add_argument("--spearman-tokens", default="",
-                   help="budgets (e.g. 2048,8192) at which every candidate is distilled; the "
-                        "rankings after pruning and after each budget are compared with the "
-                        "one after the largest (Spearman)")
+                   help="budgets (e.g. 2048,8192,32768) at which every candidate is distilled; "
+                        "the rankings after pruning and after each budget are compared with "
+                        "the one after the largest (Spearman), and the runner-up compared with "
+                        "the searched student is the best other candidate after it")
     p.add_argument("--tasks", default="ppl", help="eval tasks of the final students")
     p.add_argument("--task-limit", type=int, default=100)
     return p.parse_args()
@@ -55,9 +58,9 @@ def _settings(rank_tokens: int, top_k: int, scores: Path | None) -> SearchSettin
 
 
 def _kd(tokens: int) -> DistillConfig:
-    """The demo recipe's distillation settings (2,048 tokens a step)."""
-    return DistillConfig(tokens=tokens, seq_len=256, batch_size=8, lr=1e-3, warmup_steps=1,
-                         checkpoint_every=4, precision="fp32")
+    """The search's own short distillation (2,048 tokens a step), for ``tokens``: a compared
+    student at a budget the search also ran is the very model it ranked."""
+    return _settings(tokens, 1, None).kd_config("cpu", "fp32")
 
 
 def _distilled(teacher: Path, student: Path, data: Path, out: Path, tokens: int) -> Path:
@@ -66,9 +69,9 @@ def _distilled(teacher: Path, student: Path, data: Path, out: Path, tokens: int)
     return out
 
 
-def _evaluated(model: Path, heldout: Path, tasks: list[str], limit: int,
-               path: Path | None = None) -> dict:
-    path = path or model / "minitron" / "bench-eval.json"
+def _evaluated(model: Path, heldout: Path, tasks: list[str], limit: int) -> dict:
+    """The eval results, cached beside the model per task list and item limit."""
+    path = model.parent / f".{model.name}-eval-{'-'.join(tasks)}-{limit}.json"
     if not path.is_file():
         results = evaluate(model, tasks, limit, heldout, seq_len=256, ppl_seqs=32, dtype="fp32")
         path.write_text(json.dumps(results, indent=2) + "\n")
@@ -102,11 +105,15 @@ def _search(teacher, calib, heldout, out: Path, rank_tokens: int, top_k: int,
     return json.loads((out / "minitron" / "search.json").read_text())
 
 
+def _budgets(args) -> list[int]:
+    return sorted(int(n) for n in args.spearman_tokens.split(",") if n)
+
+
 def _spearman(args, teacher, calib, heldout, report: dict, work: Path) -> dict:
     """Every candidate ranked after each ``--spearman-tokens`` budget (a search with K = all,
     the same scores; the main search's results are reused where they match), and the Spearman
     correlation of each ranking with the one after the largest budget."""
-    budgets = sorted(int(n) for n in args.spearman_tokens.split(","))
+    budgets = _budgets(args)
     losses = {"after pruning": {r["key"]: r["loss_pruned"] for r in report["candidates"]}}
     for n in budgets:
         cache = work / f".searched-all-{n}.partial" / "search"
@@ -139,55 +146,44 @@ def main() -> None:
     report = _search(teacher, calib, heldout, work / "searched", args.rank_tokens,
                      args.candidates)
     times["search"] = time.perf_counter() - t0
+    spearman = _spearman(args, teacher, calib, heldout, report, work) \
+        if args.spearman_tokens else {}
+    final_tokens = args.final_tokens or (max(_budgets(args)) if spearman else 16384)
     scores = work / "searched"
     rule_shape = report["rule"]["shape"]
     scores_file = scores / "minitron" / "importance.safetensors"
     rule = _pruned(teacher, work / "rule", rule_shape, scores_file)
     identical = _same_weights(work / "searched", rule)
     compared = [("rule", rule)]
-    if identical:  # then the runner-up after the short distillation instead
-        runner = min((r for r in report["candidates"]
-                      if r["loss_kd"] is not None and r["key"] != report["chosen"]),
-                     key=lambda r: r["loss_kd"])
-        compared = [("runner_up", _pruned(teacher, work / "runner-up", runner["shape"],
-                                          scores_file))]
+    if identical:  # then the best other candidate instead
+        losses = (spearman["losses"][spearman["reference"]] if spearman else
+                  {r["key"]: r["loss_kd"] for r in report["candidates"]
+                   if r["loss_kd"] is not None})
+        runner = min((k for k in losses if k != report["chosen"]), key=losses.get)
+        shape = next(r["shape"] for r in report["candidates"] if r["key"] == runner)
+        compared = [("runner_up", _pruned(teacher, work / "runner-up", shape, scores_file))]
 
     final = {"searched_equals_rule": identical}
     for name, student in (("searched", work / "searched"), *compared):
         t0 = time.perf_counter()
-        model = _distilled(teacher, student, calib, work / f"{name}-kd{args.final_tokens}",
-                           args.final_tokens)
+        model = _distilled(teacher, student, calib, work / f"{name}-kd{final_tokens}",
+                           final_tokens)
         final[name] = {"shape": json.loads((student / "minitron" / "minitron.json").read_text())
                        ["target_shape"],
                        "pruned": _evaluated(student, heldout, ["ppl"], args.task_limit),
                        "distilled": _evaluated(model, heldout, tasks, args.task_limit)}
         times[f"{name} final"] = time.perf_counter() - t0
-    final["teacher"] = _evaluated(teacher, heldout, tasks, args.task_limit,
-                                  work / "teacher-eval.json")
+    t0 = time.perf_counter()
+    final["teacher"] = _evaluated(teacher, heldout, tasks, args.task_limit)
+    times["teacher eval"] = time.perf_counter() - t0
 
-    spearman = _spearman(args, teacher, calib, heldout, report, work) \
-        if args.spearman_tokens else {}
-
-    result = {"search": report, "final_tokens": args.final_tokens, "final": final,
-              "spearman": spearman, "seconds": times, "machine": _machine(),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "commit": _commit()}
+    result = {"search": report, "final_tokens": final_tokens, "tasks": tasks,
+              "task_limit": args.task_limit, "final": final,
+              "spearman": spearman, "seconds": times, **provenance()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "smollm2_half.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "search"}, indent=2))
 
-
-def _machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "load_avg_1m": os.getloadavg()[0]}
-
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 if __name__ == "__main__":
