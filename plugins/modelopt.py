@@ -141,7 +141,7 @@ class HFMinitronSearcher(BaseSearcher):
             score_func = self.config["score_func"]
             order, losses = rank_after_pruning(model, scores, plan.candidates,
                                                search.depth_metric,
-                                               lambda m: -float(score_func(m)))
+                                               lambda m: [-float(score_func(m))])
             settings = PruneSettings.make(shape_spec(order[0], search.align), search.scoring(),
                                           rescale_norms=base["rescale_norms"])
             target = resolve_target(model.config, settings)

@@ -4,20 +4,25 @@ model is what ``minitron prune`` makes of the same shape and scores."""
 
 import importlib.util
 import json
+import math
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 import minitron_deploy.modeling as modeling
 import minitron_deploy.search.api as search_api
 from minitron_deploy.align import Alignment
 from minitron_deploy.bench.models import ModelSpec
 from minitron_deploy.cli import main
+from minitron_deploy.data import load_texts, pack_tokens, split_documents
 from minitron_deploy.errors import MinitronError
+from minitron_deploy.eval.perplexity import perplexity
 from minitron_deploy.search import SearchSettings, plan_search, search_student
 from minitron_deploy.search.goal import Goal
 from minitron_deploy.search.predict import Deployment, Predictor
+from minitron_deploy.search.rank import paired_gap
 from minitron_deploy.search.space import Bounds
 from minitron_deploy.shape import ModelShape, count_params
 from tiny_models import CALIB_TEXT, save_tiny_checkpoint, tiny_config
@@ -136,6 +141,38 @@ def test_ranking_picks_lowest_loss_after_short_kd(searched):
     assert config["num_hidden_layers"] == chosen[0]["shape"]["num_layers"]
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(
         p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("search"))
+
+
+def test_paired_gap_is_the_mean_difference_with_its_standard_error():
+    gap, stderr = paired_gap([1.0, 2.0, 4.0], [0.0, 1.0, 1.0])  # differences 1, 1, 3
+    assert gap == pytest.approx(5 / 3) and stderr == pytest.approx(2 / 3)
+    assert paired_gap([2.5], [1.0]) == (1.5, 0.0)
+
+
+def test_losses_and_gaps_are_per_held_out_sequence(searched, workspace):
+    """The ranked loss is the token-weighted held-out loss; each candidate's gap to the chosen
+    one is paired over the same sequences, and 'tied' means within two standard errors."""
+    out, _ = searched
+    report = json.loads((out / "minitron" / "search.json").read_text())
+    rows = report["candidates"]
+    chosen = next(r for r in rows if r["chosen"])
+    tokenizer = AutoTokenizer.from_pretrained(str(workspace / "teacher"))
+    _, held_docs = split_documents(load_texts(workspace / "calib.txt"),
+                                   search_api.HELDOUT_FRACTION, settings().seed)
+    held = pack_tokens(held_docs, tokenizer, TINY["seq_len"], TINY["heldout_seqs"], seed=0)
+    model = modeling.load_model(out, dtype="fp32", device="cpu")[0]  # the chosen, pruned
+    cached = json.loads((out / "minitron" / "search" / f"{chosen['key']}.json").read_text())
+    assert len(cached["loss_pruned_seqs"]) == len(held)
+    assert chosen["loss_pruned"] == pytest.approx(math.log(perplexity(model, held)), abs=1e-6)
+    for r in rows:
+        if r["loss_kd"] is not None:
+            assert r["gap_kd"] == pytest.approx(r["loss_kd"] - chosen["loss_kd"], abs=1e-9)
+            assert r["gap_kd_stderr"] >= 0
+        assert r["gap_pruned"] == pytest.approx(r["loss_pruned"] - chosen["loss_pruned"],
+                                                abs=1e-9)
+    assert report["tied_with_chosen"] == [
+        r["key"] for r in rows if not r["chosen"] and r["gap_kd"] is not None
+        and r["gap_kd"] <= 2 * r["gap_kd_stderr"]]
 
 
 def test_rank_by_loss_skips_distillation(workspace, tmp_path, monkeypatch):

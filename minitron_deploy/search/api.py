@@ -17,6 +17,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import fmean
 
 import torch
 from tqdm.auto import tqdm
@@ -39,8 +40,8 @@ from ..target import TargetSpec, resolve_target
 from .candidates import Candidate, find_candidates
 from .goal import Goal
 from .predict import Predictor
-from .rank import (ResultCache, heldout_loss, pruned_copy, rank_after_pruning, shape_spec,
-                   short_kd, task_metric)
+from .rank import (ResultCache, heldout_losses, paired_gap, pruned_copy, rank_after_pruning,
+                   shape_spec, short_kd, task_metric)
 from .report import write_report
 from .settings import SearchSettings
 
@@ -157,7 +158,7 @@ def _search(model_dir: Path, out: Path, work: Path, plan: SearchPlan, settings: 
     teacher_scores = ImportanceScores.load(scores_path)
     order, _ = rank_after_pruning(teacher, teacher_scores, plan.candidates,
                                   settings.depth_metric,
-                                  lambda m: heldout_loss(m, held, settings.batch_size), cache)
+                                  lambda m: heldout_losses(m, held, settings.batch_size), cache)
     results = {c.key: cache.get(c.key) for c in plan.candidates}
     if settings.rank_by != "loss":
         for c in tqdm(order[:settings.candidates], desc="short distillation", unit="candidate"):
@@ -165,7 +166,8 @@ def _search(model_dir: Path, out: Path, work: Path, plan: SearchPlan, settings: 
                 student = short_kd(model_dir, pruned_copy(teacher, teacher_scores, c,
                                                           settings.depth_metric),
                                    train_text, work / "kd" / c.key, kd)
-                values = {"loss_kd": heldout_loss(student, held, settings.batch_size)}
+                per_seq = heldout_losses(student, held, settings.batch_size)
+                values = {"loss_kd": fmean(per_seq), "loss_kd_seqs": per_seq}
                 if metric is not None:
                     values["task"] = metric(student)
                 results[c.key] = cache.update(c.key, **values)
@@ -228,20 +230,42 @@ def _best(order: list[Candidate], results: dict[str, dict], settings: SearchSett
 
 
 def _rows(plan: SearchPlan, results: dict[str, dict] | None, chosen: str | None) -> list[dict]:
+    results = results or {}
+    reference = results.get(chosen, {})
     rows = []
     for c in plan.candidates:
-        got = (results or {}).get(c.key, {})
+        got = results.get(c.key, {})
         rows.append({"key": c.key, "axes": c.axes, "shape": c.shape.as_dict(),
                      **asdict(c.prediction), "loss_pruned": got.get("loss_pruned"),
                      "loss_kd": got.get("loss_kd"), "task": got.get("task"),
+                     **_gap(got, reference, "pruned"), **_gap(got, reference, "kd"),
                      "chosen": c.key == chosen})
     return rows
+
+
+def _gap(got: dict, reference: dict, stage: str) -> dict:
+    """``loss_<stage>`` above the chosen candidate's, paired over the held-out sequences, with
+    its standard error (None where either was not measured)."""
+    mine, theirs = got.get(f"loss_{stage}_seqs"), reference.get(f"loss_{stage}_seqs")
+    gap, stderr = paired_gap(mine, theirs) if mine and theirs else (None, None)
+    return {f"gap_{stage}": gap, f"gap_{stage}_stderr": stderr}
+
+
+def _tied(rows: list[dict], settings: SearchSettings) -> list[str]:
+    """Candidates whose loss, by the measure that chose, is within two standard errors of the
+    chosen one's: the ranking did not separate them (none when a task accuracy chose)."""
+    if settings.rank_task:
+        return []
+    stage = "pruned" if settings.rank_by == "loss" else "kd"
+    return [r["key"] for r in rows if not r["chosen"] and r[f"gap_{stage}"] is not None
+            and r[f"gap_{stage}"] <= 2 * r[f"gap_{stage}_stderr"]]
 
 
 def _report(plan: SearchPlan, settings: SearchSettings, model_dir: Path,
             results: dict[str, dict] | None, chosen: str | None) -> dict:
     from ..bench.hardware import GPU_LIMITS_SOURCE
 
+    rows = _rows(plan, results, chosen)
     return {"model": str(model_dir), "source_shape": plan.source.as_dict(),
             "source_params": plan.source_params,
             "goal": {**asdict(plan.goal), "window": list(plan.goal.window())},
@@ -250,7 +274,7 @@ def _report(plan: SearchPlan, settings: SearchSettings, model_dir: Path,
             "bounds": asdict(settings.bounds()), "align": settings.align.as_dict(),
             "rank_by": settings.rank_by, "top_k": settings.candidates,
             "rank_tokens": settings.rank_tokens, "rule": plan.rule, "chosen": chosen,
-            "candidates": _rows(plan, results, chosen)}
+            "candidates": rows, "tied_with_chosen": _tied(rows, settings)}
 
 
 def _dry_run(config, plan: SearchPlan, settings: SearchSettings, model_dir: Path,

@@ -13,6 +13,7 @@ import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from statistics import fmean, stdev
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from ..align import Alignment
 from ..distill.api import DistillConfig, distill
 from ..eval.multiple_choice import evaluate_items
-from ..eval.perplexity import perplexity
+from ..eval.perplexity import sequence_nll
 from ..importance.scores import ImportanceScores
 from ..modeling import load_model, save_checkpoint_atomic
 from ..prune import prune_model
@@ -48,26 +49,36 @@ def pruned_copy(teacher: nn.Module, scores: ImportanceScores, candidate: Candida
 
 def rank_after_pruning(teacher: nn.Module, scores: ImportanceScores,
                        candidates: list[Candidate], depth_metric: str,
-                       loss_of: Callable[[nn.Module], float],
+                       losses_of: Callable[[nn.Module], list[float]],
                        cache: ResultCache | None = None
                        ) -> tuple[list[Candidate], dict[str, float]]:
     """Every candidate pruned from ``teacher`` with the same ``scores`` and measured by
-    ``loss_of`` (lower is better; results in ``cache`` are reused, new ones added): the
-    candidates best first, and the loss per candidate key."""
+    ``losses_of`` (per-sample losses, lower is better, ranked by their mean; results in
+    ``cache`` are reused, new ones added): the candidates best first, and the mean loss per
+    candidate key."""
     losses = {}
     for c in tqdm(candidates, desc="loss after pruning", unit="candidate"):
-        loss = cache.get(c.key).get("loss_pruned") if cache is not None else None
-        if loss is None:
-            loss = loss_of(pruned_copy(teacher, scores, c, depth_metric))
+        cached = cache.get(c.key) if cache is not None else {}
+        if cached.get("loss_pruned") is None:
+            per_sample = losses_of(pruned_copy(teacher, scores, c, depth_metric))
+            cached = {"loss_pruned": fmean(per_sample), "loss_pruned_seqs": per_sample}
             if cache is not None:
-                cache.update(c.key, loss_pruned=loss)
-        losses[c.key] = loss
+                cache.update(c.key, **cached)
+        losses[c.key] = cached["loss_pruned"]
     return sorted(candidates, key=lambda c: losses[c.key]), losses
 
 
-def heldout_loss(model: nn.Module, sequences: torch.Tensor, batch_size: int) -> float:
-    """Mean next-token loss (nats) on held-out sequences."""
-    return math.log(perplexity(model, sequences, batch_size))
+def heldout_losses(model: nn.Module, sequences: torch.Tensor, batch_size: int) -> list[float]:
+    """Mean next-token loss (nats) of each held-out sequence."""
+    nll, count = sequence_nll(model, sequences, batch_size)
+    return (nll / count).tolist()
+
+
+def paired_gap(losses: list[float], reference: list[float]) -> tuple[float, float]:
+    """How much higher ``losses`` are than ``reference`` on the same held-out sequences: the
+    mean per-sequence difference and its standard error (0 for a single sequence)."""
+    diff = [a - b for a, b in zip(losses, reference, strict=True)]
+    return fmean(diff), stdev(diff) / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
 
 
 class ResultCache:

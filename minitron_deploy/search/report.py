@@ -50,17 +50,30 @@ def markdown(report: dict) -> str:
                      f" ({rule['params']:,} parameters, speedup {rule['speedup']:.2f}x)")
     if report.get("chosen"):
         lines.append(f"- chosen: **{report['chosen']}**")
+    if report.get("tied_with_chosen"):
+        lines.append(f"- within two standard errors of the chosen (paired over the held-out "
+                     f"sequences): {', '.join(report['tied_with_chosen'])}; the ranking does "
+                     "not separate them (more --rank-tokens or --heldout-seqs would)")
+    stage = "pruned" if report["rank_by"] == "loss" else "kd"
     has_task = any(r.get("task") is not None for r in report["candidates"])
-    lines += ["", "| candidate | axes | params | memory GiB | speedup | loss pruned | loss KD |"
+    lines += ["", "| candidate | axes | params | memory GiB | speedup | loss pruned | loss KD | "
+              f"loss {'KD' if stage == 'kd' else 'pruned'} - chosen |"
               + (" task |" if has_task else ""),
-              "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if has_task else "")]
+              "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_task else "")]
     for r in report["candidates"]:
         name = f"**{r['key']}**" if r.get("chosen") else r["key"]
         lines.append(f"| {name} | {r['axes']} | {r['params']:,} | {r['memory_gib']:.2f} | "
                      f"{r['speedup']:.2f} | {_number(r['loss_pruned'], '.4f')} | "
-                     f"{_number(r['loss_kd'], '.4f')} |"
+                     f"{_number(r['loss_kd'], '.4f')} | {_gap(r, stage)} |"
                      + (f" {_number(r['task'], '.3f')} |" if has_task else ""))
     return "\n".join(lines) + "\n"
+
+
+def _gap(row: dict, stage: str) -> str:
+    gap = row.get(f"gap_{stage}")
+    if gap is None or row.get("chosen"):
+        return ""
+    return f"{gap:+.4f} ± {row[f'gap_{stage}_stderr']:.4f}"
 
 
 def plot(report: dict, path: Path) -> Path:
