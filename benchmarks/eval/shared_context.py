@@ -83,6 +83,5 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
-
 if __name__ == "__main__":
     main()

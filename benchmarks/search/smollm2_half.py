@@ -185,6 +185,5 @@ def main() -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "search"}, indent=2))
 
 
-
 if __name__ == "__main__":
     main()
