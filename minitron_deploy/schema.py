@@ -87,7 +87,17 @@ class Field:
         return self.setting.unset if self.default is None else self.setting.show(self.default)
 
 
+_BOOL_TEXT = {"true": True, "yes": True, "on": True, "1": True,
+              "false": False, "no": False, "off": False, "0": False}
+
+
 def _scalar(kind: type, value: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in _BOOL_TEXT:
+            return _BOOL_TEXT[value.lower()]
+        if not isinstance(value, bool):
+            raise MinitronError(f"{value!r} is not true or false")
+        return value
     if kind is str:
         if not isinstance(value, str):
             raise MinitronError(f"{value!r} is not a string")

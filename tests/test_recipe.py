@@ -47,7 +47,7 @@ def test_overrides_replace_values(tmp_path):
 
 @pytest.mark.parametrize("text,message", [
     (MINIMAL + "distill: {lrr: 1}\n", r"r.yaml.distill: unknown key\(s\) lrr"),
-    (MINIMAL + "distill: {tokens: many}\n", r"r.yaml.distill.tokens: expected"),
+    (MINIMAL + "distill: {tokens: many}\n", r"r.yaml.distill.tokens: .many. is not an integer"),
     (MINIMAL + "prune: {calib_samples: true}\n", r"r.yaml.prune.calib_samples: True is not an integer"),
     (MINIMAL + "eval: {tasks: ppl}\n", r"eval.tasks: expected a list"),
     (MINIMAL + "prune: 3\n", r"prune: expected a mapping"),

@@ -58,11 +58,14 @@ def add_settings_args(p: argparse.ArgumentParser, schema: type[Schema]) -> None:
     """One flag per setting of ``schema`` (``--name-with-dashes``), its help and default read
     off the schema."""
     for f in fields_of(schema):
-        choices = f.setting.choices
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=f.default,
-                       action=_SettingAction, field=f,
-                       metavar="{" + ",".join(choices) + "}" if choices else None,
-                       help=f"{f.setting.help} (default: {f.default_text()})")
+        flag, choices = f"--{f.name.replace('_', '-')}", f.setting.choices
+        text = f"{f.setting.help} (default: {f.default_text()})".replace("%", "%%")
+        if f.kind is bool:
+            p.add_argument(flag, dest=f.name, default=f.default,
+                           action=argparse.BooleanOptionalAction, help=text)
+            continue
+        p.add_argument(flag, dest=f.name, default=f.default, action=_SettingAction, field=f,
+                       metavar="{" + ",".join(choices) + "}" if choices else None, help=text)
 
 
 def settings_from_args(schema: type[S], args: argparse.Namespace) -> S:

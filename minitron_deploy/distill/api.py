@@ -26,47 +26,86 @@ from ..errors import MinitronError
 from ..hub import resolve_model
 from ..modeling import (check_not_inside, check_output_dir, load_config, load_model,
                         save_checkpoint_atomic)
+from ..schema import Schema, at_least, positive, setting
 from ..tokens import prepare_token_file
 from .losses import HiddenStateLoss, hidden_state_loss, read_pruning_record
 from .objectives import KDObjective, LMObjective
 from .objectives import uses_bf16
-from .parallel import (DistEnv, barrier, check_strategy, distributed_env, full_state_dict, is_sharded,
-                       plain_copy, shard_model)
+from .parallel import (STRATEGIES, DistEnv, barrier, check_strategy, distributed_env,
+                       full_state_dict, is_sharded, plain_copy, shard_model)
 from .plot import plot_loss_curve
 from .trainer import TrainConfig, mean_losses, train
 
 
+def _fraction(value: float) -> str | None:
+    return None if 0 <= value <= 1 else "must be between 0 and 1"
+
+
+def _fraction_below_one(value: float) -> str | None:
+    return None if 0 <= value < 1 else "must be at least 0 and below 1"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must not be negative"
+
+
 @dataclass
-class DistillConfig:
+class DistillConfig(Schema):
     """Everything ``minitron distill`` takes besides paths. Give ``tokens`` or ``steps``."""
 
-    tokens: int | None = None
-    steps: int | None = None
-    seq_len: int = 512
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 1e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int | None = None
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    checkpoint_every: int = 100
-    seed: int = 0
-    kd_temperature: float = 1.0
-    lm_loss_weight: float = 0.0
-    intermediate_loss: str | None = None  # "cosine" or "mse"
-    intermediate_weight: float = 1.0
-    intermediate_layers: int = 1
-    teacher_correction_steps: int = 0
-    teacher_correction_lr: float = 1e-5
-    chunk_tokens: int = 512
-    device: str = "cpu"
-    precision: str = "auto"
-    strategy: str = "auto"  # single, ddp, fsdp; auto: the memory planner's choice
-    teacher_sharding: str = "auto"  # fsdp only: shard, replicate; auto: the planner's choice
-    activation_checkpointing: bool = False
-    val_fraction: float = 0.0  # documents held out to report validation losses before/after
-    val_sequences: int = 16
+    tokens: int | None = setting(None, "training tokens, e.g. 2e6 (this or --steps)",
+                                 unset="none", check=at_least(1))
+    steps: int | None = setting(None, "optimizer steps (this or --tokens)", unset="none",
+                                check=at_least(1))
+    seq_len: int = setting(512, "tokens per training sequence", check=at_least(2))
+    batch_size: int = setting(8, "per device micro-batch", check=at_least(1))
+    grad_accum: int = setting(1, "micro-batches per optimizer step", check=at_least(1))
+    lr: float = setting(1e-4, "peak AdamW learning rate", check=positive)
+    min_lr_ratio: float = setting(0.1, "final learning rate of the cosine decay, as a share "
+                                       "of the peak", check=_fraction)
+    warmup_steps: int | None = setting(None, "linear warmup steps", unset="5% of the steps",
+                                       check=at_least(0))
+    weight_decay: float = setting(0.01, "AdamW weight decay", check=_non_negative)
+    max_grad_norm: float = setting(1.0, "gradient clipping norm", check=positive)
+    checkpoint_every: int = setting(100, "optimizer steps between resumable checkpoints",
+                                    check=at_least(1))
+    seed: int = setting(0, "seed of the data order and the held-out split")
+    kd_temperature: float = setting(1.0, "softmax temperature of teacher and student in the KL",
+                                    check=positive)
+    lm_loss_weight: float = setting(0.0, "mix of plain LM loss: 0 = pure KD, 1 = LM only (no "
+                                         "teacher)", check=_fraction)
+    intermediate_loss: str | None = setting(
+        None, "also match hidden states at mapped layers", unset="logits only",
+        choices=("cosine", "mse"))
+    intermediate_weight: float = setting(1.0, "weight of the hidden-state loss",
+                                         check=_non_negative)
+    intermediate_layers: int = setting(1, "how many evenly spaced layers to match (the last "
+                                          "one included)", check=at_least(1))
+    teacher_correction_steps: int = setting(0, "fine-tune the teacher on the data this many "
+                                               "steps before KD", check=at_least(0))
+    teacher_correction_lr: float = setting(1e-5, "learning rate of the teacher fine-tuning",
+                                           check=positive)
+    chunk_tokens: int = setting(512, "tokens per chunk of the KL computation (memory vs "
+                                     "speed)", check=at_least(1))
+    device: str = setting("cpu", "cpu, cuda or cuda:N")
+    precision: str = setting("auto", "auto: bf16 autocast where it is faster (GPUs; CPUs "
+                                     "measured once, e.g. with AMX), else fp32",
+                             choices=("auto", "bf16", "fp32"))
+    strategy: str = setting("auto", "single process, DDP or FSDP2 under torchrun (auto: the "
+                                    "memory planner's choice: DDP where replicas fit, else "
+                                    "FSDP)", choices=STRATEGIES)
+    teacher_sharding: str = setting("auto", "FSDP only: shard the frozen teacher for forward "
+                                            "or replicate it on every rank (auto: replicate "
+                                            "where it fits)",
+                                    choices=("auto", "shard", "replicate"))
+    activation_checkpointing: bool = setting(False, "recompute each decoder layer in the "
+                                                    "backward pass: less activation memory "
+                                                    "for about 30% more compute")
+    val_fraction: float = setting(0.0, "hold out this share of documents; distill.json "
+                                       "reports their loss before and after training",
+                                  check=_fraction_below_one)
+    val_sequences: int = setting(16, "held-out sequences evaluated when val_fraction is set",
+                                 check=at_least(1))
 
     @property
     def uses_teacher(self) -> bool:
