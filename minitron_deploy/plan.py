@@ -47,6 +47,7 @@ from .distill.api import DistillConfig
 from .errors import MinitronError
 from .importance.layerwise import STREAMABLE_CRITERIA
 from .modeling import load_config
+from .precision import resolve_precision
 from .prune_settings import PruneSettings
 from .recipe import Recipe
 from .shape import ModelShape, count_params, reshaped_config
@@ -140,7 +141,11 @@ class Choice:
 
 
 def _bf16(cfg: DistillConfig, gpu: bool) -> bool:
-    return cfg.precision == "bf16" or (cfg.precision == "auto" and gpu)
+    """Whether the run computes in bf16: on GPUs (planned, perhaps not present here) wherever
+    ``auto``; on this CPU where the runtime's choice for ``auto`` (its probe) is bf16."""
+    if gpu:
+        return cfg.precision in ("auto", "bf16")
+    return resolve_precision("cpu", cfg.precision) == "bf16"
 
 
 def layer_activation_bytes(m: ModelSizes, tokens: int, compute: int, residual: int) -> int:

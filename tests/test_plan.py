@@ -157,6 +157,27 @@ def test_activation_model_matches_what_autograd_saves(dtype, autocast, compute, 
     assert measured == pytest.approx(predicted, rel=0.03)
 
 
+def test_auto_precision_on_a_cpu_plans_what_the_run_computes_in(llama8b, monkeypatch):
+    """``auto`` on a CPU is planned as the runtime resolves it: bf16 where the probe chose it
+    (AMX, AVX512-BF16), fp32 elsewhere; the same as asking for that precision."""
+    import minitron_deploy.plan as plan
+
+    teacher, student = llama8b
+    cfg = DistillConfig(tokens=1, seq_len=512, batch_size=2)
+    planned = {}
+    for probed in ("bf16", "fp32"):
+        monkeypatch.setattr(plan, "resolve_precision",
+                            lambda device, requested, probed=probed:
+                            probed if requested == "auto" else requested)
+        planned[probed] = distill_memory(teacher, student, cfg, 1, "single", gpu=False)
+        asked = distill_memory(teacher, student, dataclasses.replace(cfg, precision=probed), 1,
+                               "single", gpu=False)
+        assert planned[probed] == asked
+    # autocast keeps bf16 copies of the weights and halves the saved activations
+    assert planned["bf16"].compute > planned["fp32"].compute == 0
+    assert planned["bf16"].activations < planned["fp32"].activations
+
+
 def test_choice_follows_the_config(llama8b):
     base = _recipe_distill()
     device = 80 * GIB
