@@ -31,16 +31,15 @@ MIN_EVAL_ITEMS = 40
 class Speed:
     """What the probe measured on this machine."""
 
-    step_s: float  # one optimizer step at the run's batch size (scaled from a smaller batch)
+    step_s: float  # one optimizer step at the run's batch (extrapolated from 1 and 2 sequences)
     teacher_token_s: float  # no-grad forward seconds per token, evaluation precision
     student_token_s: float
     load_s: float  # loading teacher and student
 
 
-def measure_speed(teacher: Path, student: Path, cfg: DistillConfig, batch: int = 2,
-                  steps: int = 2) -> Speed:
-    """Time ``steps`` KD steps (forward, backward, AdamW) at ``batch`` sequences after one
-    warm-up step, and one no-grad forward of each model, on random tokens."""
+def measure_speed(teacher: Path, student: Path, cfg: DistillConfig) -> Speed:
+    """Time KD steps (forward, backward, AdamW) of 1 and 2 sequences after one warm-up step,
+    and one no-grad forward of each model, on random tokens."""
     device = torch.device(cfg.device)
     t0 = time.perf_counter()
     teacher_model = load_model(teacher, device=cfg.device)[0]
@@ -62,13 +61,24 @@ def measure_speed(teacher: Path, student: Path, cfg: DistillConfig, batch: int =
         optimizer.zero_grad(set_to_none=True)
 
     step(1)
-    step_s = sum(_seconds(lambda: step(batch)) for _ in range(steps)) / steps
-    tokens = batch * cfg.seq_len
+    one, two = (_seconds(lambda: step(n)) for n in (1, 2))
+    tokens = 2 * cfg.seq_len
     with torch.no_grad(), autocast_for(device, "auto"):
-        teacher_s = _seconds(lambda: teacher_model(input_ids=ids(batch), use_cache=False))
-        student_s = _seconds(lambda: student_model(input_ids=ids(batch), use_cache=False))
-    return Speed(step_s * cfg.batch_size * cfg.grad_accum / batch, teacher_s / tokens,
+        teacher_s = _seconds(lambda: teacher_model(input_ids=ids(2), use_cache=False))
+        student_s = _seconds(lambda: student_model(input_ids=ids(2), use_cache=False))
+    return Speed(step_seconds(one, two, cfg.batch_size * cfg.grad_accum), teacher_s / tokens,
                  student_s / tokens, load_s)
+
+
+def step_seconds(one: float, two: float, sequences: int) -> float:
+    """An optimizer step over ``sequences`` from steps of 1 and 2 sequences taking ``one`` and
+    ``two`` seconds: a fixed part (the optimizer update, per-step work) plus a part per
+    sequence. Where noise makes the second step no slower, every second counts as per
+    sequence (the larger estimate)."""
+    per_sequence = two - one
+    if per_sequence <= 0:
+        return two / 2 * sequences
+    return one - per_sequence + per_sequence * sequences
 
 
 def _seconds(fn: Callable[[], object]) -> float:

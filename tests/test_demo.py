@@ -7,7 +7,8 @@ import json
 import pytest
 
 from minitron_deploy import demo
-from minitron_deploy.budget import MIN_STEPS, Speed, eval_tokens, fit_eval_limit, fit_steps
+from minitron_deploy.budget import (MIN_STEPS, Speed, eval_tokens, fit_eval_limit, fit_steps,
+                                    step_seconds)
 from minitron_deploy.demo import SIZING, run_demo
 from minitron_deploy.distill.api import DistillConfig
 from minitron_deploy.errors import MinitronError
@@ -27,6 +28,13 @@ def test_fit_steps_caps_floors_and_divides():
     fits = fit_steps(10_000.0, SLOW, cfg)
     assert 1 < fits < 10  # 1000 s a step, plus margin and overhead, in 10000 s
     assert fit_steps(10_000.0, SLOW, DistillConfig(steps=3, checkpoint_every=10)) == 3
+
+
+def test_step_time_is_a_fixed_part_plus_a_part_per_sequence():
+    fixed, per_sequence = 1.75, 1.2  # e.g. the optimizer update, then forward + backward
+    assert step_seconds(fixed + per_sequence, fixed + 2 * per_sequence, 8) == \
+        pytest.approx(fixed + 8 * per_sequence)
+    assert step_seconds(3.0, 2.9, 8) == pytest.approx(2.9 / 2 * 8)  # noise: proportional
 
 
 def test_fit_eval_limit_keeps_the_recipes_items_when_they_fit_and_shrinks_to_a_floor():
