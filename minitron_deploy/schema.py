@@ -53,6 +53,19 @@ def positive(value: Any) -> str | None:
     return None if value > 0 else "must be positive"
 
 
+def non_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must not be negative"
+
+
+def in_unit_interval(value: Any) -> str | None:
+    return None if 0 <= value <= 1 else "must be in [0, 1]"
+
+
+def below_one(value: Any) -> str | None:
+    """A fraction that leaves something: in [0, 1)."""
+    return None if 0 <= value < 1 else "must be in [0, 1)"
+
+
 @dataclass(frozen=True)
 class Field:
     """One declared setting: its name, Python type (without None), default and Setting."""

@@ -17,10 +17,10 @@ from minitron_deploy.schema import fields_of
 BAD = [
     ("tokens", "many", "many", "tokens: 'many' is not an integer"),
     ("lr", "-1", -1, "lr: -1.0 must be positive"),
-    ("lm_loss_weight", "1.5", 1.5, "lm_loss_weight: 1.5 must be between 0 and 1"),
+    ("lm_loss_weight", "1.5", 1.5, "lm_loss_weight: 1.5 must be in [0, 1]"),
     ("strategy", "zero3", "zero3", "strategy: 'zero3' is not one of auto, single, ddp, fsdp"),
     ("intermediate_loss", "kl", "kl", "intermediate_loss: 'kl' is not one of cosine, mse"),
-    ("val_fraction", "1", 1, "val_fraction: 1.0 must be at least 0 and below 1"),
+    ("val_fraction", "1", 1, "val_fraction: 1.0 must be in [0, 1)"),
 ]
 
 

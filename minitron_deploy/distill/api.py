@@ -26,7 +26,8 @@ from ..errors import MinitronError
 from ..hub import resolve_model
 from ..modeling import (check_not_inside, check_output_dir, load_config, load_model,
                         save_checkpoint_atomic)
-from ..schema import Schema, at_least, positive, setting
+from ..schema import (Schema, at_least, below_one, in_unit_interval, non_negative, positive,
+                      setting)
 from ..tokens import prepare_token_file
 from .losses import HiddenStateLoss, hidden_state_loss, read_pruning_record
 from .objectives import KDObjective, LMObjective
@@ -35,18 +36,6 @@ from .parallel import (STRATEGIES, DistEnv, barrier, check_strategy, distributed
                        full_state_dict, is_sharded, plain_copy, shard_model)
 from .plot import plot_loss_curve
 from .trainer import TrainConfig, mean_losses, train
-
-
-def _fraction(value: float) -> str | None:
-    return None if 0 <= value <= 1 else "must be between 0 and 1"
-
-
-def _fraction_below_one(value: float) -> str | None:
-    return None if 0 <= value < 1 else "must be at least 0 and below 1"
-
-
-def _non_negative(value: float) -> str | None:
-    return None if value >= 0 else "must not be negative"
 
 
 @dataclass
@@ -62,10 +51,10 @@ class DistillConfig(Schema):
     grad_accum: int = setting(1, "micro-batches per optimizer step", check=at_least(1))
     lr: float = setting(1e-4, "peak AdamW learning rate", check=positive)
     min_lr_ratio: float = setting(0.1, "final learning rate of the cosine decay, as a share "
-                                       "of the peak", check=_fraction)
+                                       "of the peak", check=in_unit_interval)
     warmup_steps: int | None = setting(None, "linear warmup steps", unset="5% of the steps",
                                        check=at_least(0))
-    weight_decay: float = setting(0.01, "AdamW weight decay", check=_non_negative)
+    weight_decay: float = setting(0.01, "AdamW weight decay", check=non_negative)
     max_grad_norm: float = setting(1.0, "gradient clipping norm", check=positive)
     checkpoint_every: int = setting(100, "optimizer steps between resumable checkpoints",
                                     check=at_least(1))
@@ -73,12 +62,12 @@ class DistillConfig(Schema):
     kd_temperature: float = setting(1.0, "softmax temperature of teacher and student in the KL",
                                     check=positive)
     lm_loss_weight: float = setting(0.0, "mix of plain LM loss: 0 = pure KD, 1 = LM only (no "
-                                         "teacher)", check=_fraction)
+                                         "teacher)", check=in_unit_interval)
     intermediate_loss: str | None = setting(
         None, "also match hidden states at mapped layers", unset="logits only",
         choices=("cosine", "mse"))
     intermediate_weight: float = setting(1.0, "weight of the hidden-state loss",
-                                         check=_non_negative)
+                                         check=non_negative)
     intermediate_layers: int = setting(1, "how many evenly spaced layers to match (the last "
                                           "one included)", check=at_least(1))
     teacher_correction_steps: int = setting(0, "fine-tune the teacher on the data this many "
@@ -103,7 +92,7 @@ class DistillConfig(Schema):
                                                     "for about 30% more compute")
     val_fraction: float = setting(0.0, "hold out this share of documents; distill.json "
                                        "reports their loss before and after training",
-                                  check=_fraction_below_one)
+                                  check=below_one)
     val_sequences: int = setting(16, "held-out sequences evaluated when val_fraction is set",
                                  check=at_least(1))
 

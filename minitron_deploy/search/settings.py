@@ -13,7 +13,7 @@ from ..distill.api import DistillConfig
 from ..errors import MinitronError
 from ..eval.tasks import TASKS
 from ..importance.settings import ScoringSettings
-from ..schema import at_least, fields_of, positive, setting
+from ..schema import at_least, below_one, fields_of, positive, setting
 from ..target import parse_alignment
 from .goal import Goal
 from .predict import Deployment
@@ -22,10 +22,6 @@ from .space import Bounds
 TARGETS = ("target_params", "target_memory_gb", "target_speedup")
 _OTHER = "another target"
 _RANK_BY = "loss, kd or task:NAME"
-
-
-def _fraction(value: float) -> str | None:
-    return None if 0 <= value < 1 else "must be in [0, 1)"
 
 
 def _open_fraction(value: float) -> str | None:
@@ -81,8 +77,8 @@ class SearchSettings(ScoringSettings):
                                "memory target, or above the speedup target",
                                check=_open_fraction)
     max_width_prune: float = setting(0.4, "most pruning of hidden size, FFN size and heads per "
-                                     "KV group", check=_fraction)
-    max_depth_prune: float = setting(0.2, "most pruning of layers", check=_fraction)
+                                     "KV group", check=below_one)
+    max_depth_prune: float = setting(0.2, "most pruning of layers", check=below_one)
     steps: tuple[int, int, int] | None = setting(
         None, "grid steps HIDDEN,FFN,LAYERS (multiples of align)",
         unset="hidden 256, FFN 512, 2 layers at 8B scale, smaller for smaller models",
