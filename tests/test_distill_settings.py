@@ -1,17 +1,14 @@
 """Distillation settings are one schema: ``minitron distill``'s flags, the recipe's ``distill``
 section and ``DistillConfig`` are read off it and give the same one-line errors."""
 
-import argparse
-
 import pytest
-import yaml
 
-from minitron_deploy.cli import HelpFormatter, build_parser, main
+from minitron_deploy.cli import HelpFormatter, main
 from minitron_deploy.commands.common import settings_from_args
 from minitron_deploy.distill.api import DistillConfig
 from minitron_deploy.errors import MinitronError
-from minitron_deploy.recipe import load_recipe
 from minitron_deploy.schema import fields_of
+from surfaces import recipe_refusal, subparser
 
 #: (setting, value as typed on the command line, as written in YAML / Python, the error)
 BAD = [
@@ -24,11 +21,6 @@ BAD = [
 ]
 
 
-def _subparser(name: str) -> argparse.ArgumentParser:
-    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    return sub.choices[name]
-
-
 @pytest.mark.parametrize("name, text, value, message", BAD)
 def test_a_bad_value_gets_the_same_line_on_every_surface(tmp_path, capsys, name, text, value,
                                                          message):
@@ -38,12 +30,7 @@ def test_a_bad_value_gets_the_same_line_on_every_surface(tmp_path, capsys, name,
     assert capsys.readouterr().err.strip().splitlines() == [f"minitron: error: {message}"]
     assert not (tmp_path / "o").exists()
 
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"name": "r", "teacher": "/m", "data": "/d",
-                                      "heldout": "/h", "distill": {name: value}}))
-    with pytest.raises(MinitronError) as err:
-        load_recipe(recipe)
-    assert str(err.value) == f"r.yaml.distill.{message}"
+    assert recipe_refusal(tmp_path, "distill", {name: value}) == f"r.yaml.distill.{message}"
 
     with pytest.raises(MinitronError) as err:
         DistillConfig(**{name: value})
@@ -52,7 +39,7 @@ def test_a_bad_value_gets_the_same_line_on_every_surface(tmp_path, capsys, name,
 
 def test_every_setting_is_a_flag_and_a_recipe_key():
     formatter = HelpFormatter(prog="minitron")
-    actions = {a.dest: a for a in _subparser("distill")._actions}
+    actions = {a.dest: a for a in subparser("distill")._actions}
     for f in fields_of(DistillConfig):
         action = actions[f.name]
         assert action.option_strings[0] == f"--{f.name.replace('_', '-')}"
@@ -63,12 +50,12 @@ def test_every_setting_is_a_flag_and_a_recipe_key():
 
 
 def test_flags_become_the_same_settings_as_the_api():
-    parsed = _subparser("distill").parse_args(
+    parsed = subparser("distill").parse_args(
         ["--teacher", "t", "--student", "s", "--data", "d", "--out", "o", "--tokens", "2e6",
          "--activation-checkpointing", "--intermediate-loss", "mse", "--seq-len", "1024"])
     assert settings_from_args(DistillConfig, parsed) == DistillConfig(
         tokens=2_000_000, activation_checkpointing=True, intermediate_loss="mse", seq_len=1024)
-    default = _subparser("distill").parse_args(["--teacher", "t", "--student", "s", "--data",
+    default = subparser("distill").parse_args(["--teacher", "t", "--student", "s", "--data",
                                                 "d", "--out", "o", "--steps", "4"])
     assert settings_from_args(DistillConfig, default) == DistillConfig(steps=4)
 

@@ -2,14 +2,13 @@
 and the ModelOpt mode's config are read off it, give the same one-line errors, and check a
 reused scores file the same way (criterion, its settings, the weights' fingerprint)."""
 
-import argparse
 import json
 
 import pytest
 import torch
 import yaml
 
-from minitron_deploy.cli import HelpFormatter, build_parser, main
+from minitron_deploy.cli import HelpFormatter, main
 from minitron_deploy.errors import MinitronError
 from minitron_deploy.importance.scores import ImportanceScores, weights_fingerprint
 from minitron_deploy.importance.settings import ScoringSettings
@@ -17,6 +16,7 @@ from minitron_deploy.prune import prune
 from minitron_deploy.prune_settings import PruneSettings
 from minitron_deploy.recipe import load_recipe
 from minitron_deploy.schema import fields_of
+from surfaces import recipe_refusal, subparser
 from tiny_models import CALIB_TEXT, save_tiny_checkpoint, tiny_batch, tiny_model
 
 mto = pytest.importorskip("modelopt.torch.opt")
@@ -35,11 +35,6 @@ BAD = [
                           "e.g. 64,64 or 128,128,2"),
     ("rescale_norms", "maybe", "maybe", "rescale_norms: 'maybe' is not one of auto, on, off"),
 ]
-
-
-def _subparser(name: str) -> argparse.ArgumentParser:
-    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    return sub.choices[name]
 
 
 def _loop(model):
@@ -61,12 +56,7 @@ def test_a_bad_value_gets_the_same_line_on_every_surface(tmp_path, capsys, name,
                  "--hidden-size", "36", flag, text]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"minitron: error: {message}"]
 
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"name": "r", "teacher": "/m", "data": "/d",
-                                      "heldout": "/h", "prune": {name: value}}))
-    with pytest.raises(MinitronError) as err:
-        load_recipe(recipe)
-    assert str(err.value) == f"r.yaml.prune.{message}"
+    assert recipe_refusal(tmp_path, "prune", {name: value}) == f"r.yaml.prune.{message}"
 
     with pytest.raises(MinitronError) as err:
         prune(tmp_path / "m", tmp_path / "o", hidden_size=36, **{name: value})
@@ -80,7 +70,7 @@ def test_a_bad_value_gets_the_same_line_on_every_surface(tmp_path, capsys, name,
 def test_every_setting_is_a_flag_a_recipe_key_and_a_modelopt_key_or_says_why_not():
     formatter = HelpFormatter(prog="minitron")
     for command, schema in (("prune", PruneSettings), ("score", ScoringSettings)):
-        actions = {a.dest: a for a in _subparser(command)._actions}
+        actions = {a.dest: a for a in subparser(command)._actions}
         for f in fields_of(schema):
             action = actions[f.name]
             assert action.option_strings == [f"--{f.name.replace('_', '-')}"]
