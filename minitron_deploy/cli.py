@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         print("minitron: interrupted; no output was written (distill continues with --resume)",
               file=sys.stderr)
         return 130
+    if "torch.distributed" in sys.modules:  # only a command that ran torch holds groups
+        from .ranks import release
+
+        release()
     return 0
 
 

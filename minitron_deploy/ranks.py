@@ -54,6 +54,20 @@ def _alone(solo) -> Iterator[None]:
         c10d._update_default_pg(world)
 
 
+def release() -> None:
+    """End a ``torchrun`` command that succeeded on every rank: wait for all ranks, then
+    destroy the process groups, so gloo's worker threads are not torn down during interpreter
+    exit (an abort: "terminate called without an active exception"). Not after a failure,
+    where other ranks may still sit in a collective; a no-op in one process."""
+    global _groups
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier(group=_groups[0] if _groups else None)
+        dist.destroy_process_group()
+    _groups = None
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if isinstance(exc, MinitronError):
