@@ -73,7 +73,7 @@ def test_killed_two_rank_compress_resumes_to_the_single_process_student(tmp_path
     assert first.returncode != 0
     assert (work / "prune.manifest.json").is_file() and not (work / "distilled").exists()
     done = _torchrun(args, SPY_LOG=str(tmp_path / "resumed.log"))
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-30000:]
     assert done.stdout.count("[prune] up to date, skipped") == 1
     assert done.stdout.count("| ppl |") == 1
 
