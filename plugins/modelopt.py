@@ -26,8 +26,9 @@ every candidate is pruned from a copy of the model and ranked by ``config["score
 (higher is better), the best one is applied, and ``best["candidates"]`` lists them all with
 their scores. ``memory_mb`` counts as ModelOpt does: MiB (2**20 bytes) of 16-bit weights plus
 the 16-bit KV cache, here of ``search``'s ``at_batch`` sequences (default 1) of ``isl + osl``
-tokens (default 512 + 128; ModelOpt's Megatron search assumes 4096, so set them to match). Ranking after a short distillation needs a teacher folder and
-data: use ``minitron search`` for that.
+tokens (default 512 + 128; ModelOpt's Megatron search assumes 4096, so set them to match).
+Ranking after a short distillation needs a teacher folder and data: use ``minitron search``
+for that.
 """
 
 from __future__ import annotations

@@ -30,8 +30,7 @@ from ..schema import (Schema, at_least, below_one, in_unit_interval, non_negativ
                       setting)
 from ..tokens import prepare_token_file
 from .losses import HiddenStateLoss, hidden_state_loss, read_pruning_record
-from .objectives import KDObjective, LMObjective
-from .objectives import uses_bf16
+from .objectives import PRECISIONS, KDObjective, LMObjective, uses_bf16
 from .parallel import (STRATEGIES, DistEnv, barrier, check_strategy, distributed_env,
                        full_state_dict, is_sharded, plain_copy, shard_model)
 from .plot import plot_loss_curve
@@ -79,7 +78,7 @@ class DistillConfig(Schema):
     device: str = setting("cpu", "cpu, cuda or cuda:N")
     precision: str = setting("auto", "auto: bf16 autocast where it is faster (GPUs; CPUs "
                                      "measured once, e.g. with AMX), else fp32",
-                             choices=("auto", "bf16", "fp32"))
+                             choices=PRECISIONS)
     strategy: str = setting("auto", "single process, DDP or FSDP2 under torchrun (auto: the "
                                     "memory planner's choice: DDP where replicas fit, else "
                                     "FSDP)", choices=STRATEGIES)

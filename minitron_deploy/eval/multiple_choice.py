@@ -248,7 +248,7 @@ def _shared_contexts(model: nn.Module, contexts: list[list[int]],
         full = _forward(model, [contexts[g] + k[:-1] for g, k in zip(owners, flat)], pad)
         return [_summed(full[row, len(contexts[g]) - 1:len(contexts[g]) + len(k) - 1], k)
                 for row, (g, k) in enumerate(zip(owners, flat))]
-    lls = [float(torch.log_softmax(logits[g, len(contexts[g]) - 1].float(), dim=-1)[k[0]])
+    lls = [_summed(logits[g, len(contexts[g]) - 1:len(contexts[g])], k[:1])
            for g, k in zip(owners, flat)]
     longer = sorted((r for r, k in enumerate(flat) if len(k) > 1), key=lambda r: -len(flat[r]))
     for start in range(0, len(longer), batch_size):

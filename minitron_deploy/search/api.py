@@ -42,7 +42,7 @@ from .goal import Goal
 from .predict import Predictor
 from .rank import (ResultCache, heldout_losses, paired_gap, pruned_copy, rank_after_pruning,
                    shape_spec, short_kd, task_metric)
-from .report import write_report
+from .report import ranked_stage, write_report
 from .settings import SearchSettings
 
 CACHE_DIR = "search"
@@ -256,7 +256,7 @@ def _tied(rows: list[dict], settings: SearchSettings) -> list[str]:
     chosen one's: the ranking did not separate them (none when a task accuracy chose)."""
     if settings.rank_task:
         return []
-    stage = "pruned" if settings.rank_by == "loss" else "kd"
+    stage = ranked_stage(settings.rank_by)
     return [r["key"] for r in rows if not r["chosen"] and r[f"gap_{stage}"] is not None
             and r[f"gap_{stage}"] <= 2 * r[f"gap_{stage}_stderr"]]
 

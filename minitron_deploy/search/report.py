@@ -15,6 +15,11 @@ def loss_of(row: dict) -> float | None:
     return row["loss_kd"] if row.get("loss_kd") is not None else row.get("loss_pruned")
 
 
+def ranked_stage(rank_by: str) -> str:
+    """Which loss chose the candidate: right after pruning, or after the short KD."""
+    return "pruned" if rank_by == "loss" else "kd"
+
+
 def pareto_front(rows: list[dict]) -> list[dict]:
     """Rows no other row beats on both predicted speedup (higher) and loss (lower)."""
     scored = [r for r in rows if loss_of(r) is not None]
@@ -54,7 +59,7 @@ def markdown(report: dict) -> str:
         lines.append(f"- within two standard errors of the chosen (paired over the held-out "
                      f"sequences): {', '.join(report['tied_with_chosen'])}; the ranking does "
                      "not separate them (more --rank-tokens or --heldout-seqs would)")
-    stage = "pruned" if report["rank_by"] == "loss" else "kd"
+    stage = ranked_stage(report["rank_by"])
     has_task = any(r.get("task") is not None for r in report["candidates"])
     lines += ["", "| candidate | axes | params | memory GiB | speedup | loss pruned | loss KD | "
               f"loss {'KD' if stage == 'kd' else 'pruned'} - chosen |"
