@@ -4,7 +4,9 @@ Every stage writes its output into its own path under the work dir (atomically, 
 then a manifest ``<work>/<stage>.manifest.json``: inputs with fingerprints, the settings and
 their hash, outputs with sha256, timings. A re-run skips a stage whose manifest matches the
 current settings and inputs and whose outputs are intact; otherwise the stale output is
-removed and the stage runs again, so downstream stages see changed inputs and rerun too.
+removed and the stage runs again, so downstream stages see changed inputs and rerun too. Only
+an output of ours (its manifest or pending file beside it) is removed: anything else at a
+stage's path, but an empty directory, is refused.
 
 A stage may keep resumable scratch state (distillation checkpoints): a ``.pending`` file
 records the settings and inputs it was started with; an interrupted stage resumes from its
@@ -89,7 +91,8 @@ class Stage:
 
     def _prepare(self, log: Callable[[str], None]) -> tuple[bool, dict]:
         """``(True, manifest)`` when up to date; else clear stale output (and scratch of other
-        settings), write the pending file and return ``(False, expected)``."""
+        settings), write the pending file and return ``(False, expected)``. An output without
+        this stage's manifest or pending file is not ours: refused unless an empty directory."""
         if self.is_complete():
             log(f"[{self.name}] up to date, skipped")
             return True, json.loads(self.manifest_path.read_text())
@@ -97,11 +100,16 @@ class Stage:
         if missing:
             raise MinitronError(f"stage {self.name}: missing input(s) {', '.join(missing)}")
         expected = self._expected()
+        if self.output.exists():
+            if self.manifest_path.exists() or self.pending_path.exists():
+                log(f"[{self.name}] settings or inputs changed: redoing")
+            elif not self.output.is_dir() or any(self.output.iterdir()):
+                raise MinitronError(f"stage {self.name}: {self.output} exists and was not "
+                                    f"written by minitron (no {self.manifest_path.name} "
+                                    "beside it); pick another work dir or remove it")
+            _remove(self.output)
         if self.manifest_path.exists():
             self.manifest_path.unlink()
-        if self.output.exists():
-            log(f"[{self.name}] settings or inputs changed: redoing")
-            _remove(self.output)
         if self.pending_path.is_file() and json.loads(self.pending_path.read_text()) != expected:
             for path in self.scratch:  # interrupted with other settings: do not resume
                 if path.exists():

@@ -60,3 +60,39 @@ def test_missing_input_and_missing_output(tmp_path):
     lazy = Stage("lazy", tmp_path / "never", {}, {}, lambda out: None)
     with pytest.raises(MinitronError, match="without writing"):
         lazy.execute(log=lambda m: None)
+
+
+def dir_stage(tmp_path, calls):
+    def run(out):
+        calls.append(out.name)
+        out.mkdir()
+        (out / "results.json").write_text("{}")
+
+    return Stage("eval", tmp_path / "eval", {}, {}, run)
+
+
+def test_output_not_ours_is_refused_and_kept(tmp_path):
+    (tmp_path / "in.txt").write_text("abc")
+    (tmp_path / "out.txt").write_text("a user's file")
+    user_dir = tmp_path / "eval"
+    user_dir.mkdir()
+    (user_dir / "notes.md").write_text("a user's notes")
+    calls: list = []
+    for stage in (make(tmp_path, {"k": 1}, calls), dir_stage(tmp_path, calls)):
+        with pytest.raises(MinitronError, match=f"{stage.output} exists and was not written "
+                                                "by minitron.*pick another work dir"):
+            stage.execute(log=lambda m: None)
+    assert calls == [] and (tmp_path / "out.txt").read_text() == "a user's file"
+    assert [p.name for p in user_dir.iterdir()] == ["notes.md"]
+
+
+def test_empty_dir_is_reused_and_our_interrupted_output_redone(tmp_path):
+    calls: list = []
+    (tmp_path / "eval").mkdir()
+    dir_stage(tmp_path, calls).execute(log=lambda m: None)
+    assert calls == ["eval"]
+    (tmp_path / "eval.manifest.json").unlink()  # killed after the output, before the manifest
+    (tmp_path / ".eval.pending.json").write_text("{}")
+    (tmp_path / "eval" / "partial").write_text("")
+    dir_stage(tmp_path, calls).execute(log=lambda m: None)
+    assert calls == ["eval", "eval"] and not (tmp_path / "eval" / "partial").exists()
