@@ -248,16 +248,35 @@ def _budget_shape(config, base: ModelShape, spec: TargetSpec, align: Alignment,
         shape = _width_for_budget(config, src, heads, spec, align, fits_budget)
         if shape is None:
             continue
-        rule = f"MLP and hidden pruned at the paper's {HIDDEN_TO_MLP_RATE}:1 hidden:MLP rate"
+        axes = f"{pruned_axes(src, shape)} to meet the budget"
+        rule = f"the paper's rule (hidden at {HIDDEN_TO_MLP_RATE}x the MLP rate)"
         if keep == per_group:
-            return shape, f"{rule} until the budget was met; heads kept"
-        return shape, (f"heads pruned to {keep} per KV group (MLP -{MAX_MLP_PRUNE:.0%} and "
-                       f"hidden -{HIDDEN_TO_MLP_RATE * MAX_MLP_PRUNE:.0%} at aligned sizes were "
-                       f"not enough), then {rule} until the budget was met")
+            return shape, f"{axes} by {rule}"
+        return shape, (f"{axes}: heads pruned to {keep} per KV group (MLP -{MAX_MLP_PRUNE:.0%} "
+                       f"and hidden -{HIDDEN_TO_MLP_RATE * MAX_MLP_PRUNE:.0%} at aligned sizes "
+                       f"were not enough), the rest by {rule}")
     raise MinitronError(
         f"a budget of {budget:,} parameters cannot be met by width pruning alone at sizes "
         f"aligned to {align.as_dict()}; add num_layers or drop_layers for depth pruning, "
         "or lower align")
+
+
+#: Axes of a shape as a pruning summary names them; the first three are the width axes whose
+#: keeping is stated too.
+_AXES = (("ffn_hidden_size", "MLP"), ("hidden_size", "hidden"), ("num_heads", "heads"),
+         ("num_kv_heads", "KV heads"), ("num_layers", "depth"))
+
+
+def _join(labels: list[str]) -> str:
+    return labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]}"
+
+
+def pruned_axes(src: ModelShape, shape: ModelShape) -> str:
+    """Which axes ``shape`` shrinks of ``src``, e.g. "MLP pruned (hidden and heads kept)"."""
+    pruned = [label for key, label in _AXES if getattr(shape, key) < getattr(src, key)]
+    kept = [label for _, label in _AXES[:3] if label not in pruned]
+    text = f"{_join(pruned)} pruned" if pruned else "nothing pruned"
+    return f"{text} ({_join(kept)} kept)" if kept and pruned else text
 
 
 def _warn_unaligned(shape: ModelShape, align: Alignment) -> None:
@@ -281,7 +300,7 @@ def resolve_target(config, spec: TargetSpec) -> ResolvedTarget:
     params_before = count_params(config)
     base = _explicit_shape(src, spec)
     if spec.target_params is None:
-        shape, reason = base, "explicit target shape"
+        shape, reason = base, f"explicit target shape: {pruned_axes(src, base)}"
     else:
         budget = int(spec.target_params * params_before if spec.target_params <= 1
                      else spec.target_params)

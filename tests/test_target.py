@@ -100,3 +100,15 @@ def test_layer_ranges():
     assert parse_layer_ranges("16-18,3") == [3, 16, 17, 18]
     with pytest.raises(MinitronError):
         parse_layer_ranges("5-2")
+
+
+def test_summary_names_only_the_axes_the_shape_changes():
+    """The shape summary is read off the chosen shape: a budget met by the MLP alone does not
+    claim the hidden size was pruned; one that shrinks both says both."""
+    mlp_only = resolve_target(tiny_config("llama"), TargetSpec(target_params=0.9))
+    assert mlp_only.shape.hidden_size == 48 and mlp_only.shape.ffn_hidden_size < 80
+    assert mlp_only.reason.startswith("MLP pruned (hidden and heads kept)")
+    both = resolve_target(LLAMA_8B, TargetSpec(target_params=0.5))
+    assert both.reason.startswith("MLP and hidden pruned (heads kept)")
+    explicit = resolve_target(LLAMA_8B, TargetSpec(num_heads=16, drop_layers=[30, 31]))
+    assert explicit.reason == "explicit target shape: heads and depth pruned (MLP and hidden kept)"
