@@ -363,10 +363,9 @@ def device_memory(device: str) -> int | None:
         if not torch.cuda.is_available():
             return None
         return torch.cuda.get_device_properties(torch.device(device)).total_memory
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) * 1024
-    return None
+    from .bench.hardware import host_memory
+
+    return host_memory()[0]
 
 
 def _prune_plan(name: str, source, rnd, available: int | None,

@@ -57,18 +57,44 @@ def _run(model, batch, tok_s):
                         "itl_ms": 5.0, "per_user_tok_s": 200.0, "e2e_s": 1.0}}
 
 
+def _report(runs, max_throughput=False, bandwidth=3e12, flops=8e14):
+    return {"settings": {"isl": 512, "osl": 128, "dtype": "bf16", "reps": 3, "warmup": 1,
+                         "max_throughput": max_throughput},
+            "machine": {"device": "cpu", "torch": "2", "transformers": "5"},
+            "limits": {"copy_bandwidth_bytes_s": bandwidth, "matmul_flops_s": flops},
+            "runs": runs}
+
+
 def test_speedups_and_markdown():
-    report = {"settings": {"isl": 512, "osl": 128, "dtype": "bf16", "reps": 3, "warmup": 1},
-              "machine": {"device": "cpu", "torch": "2", "transformers": "5"},
-              "limits": {"copy_bandwidth_bytes_s": 3e12, "matmul_flops_s": 8e14},
-              "runs": [_run("8b", 32, 100.0), _run("8b", 64, 120.0), _run("4b", 32, 250.0),
-                       _run("4b", 64, 300.0)]}
+    report = _report([_run("8b", 32, 100.0), _run("8b", 64, 120.0), _run("4b", 32, 250.0),
+                      _run("4b", 64, 300.0)], max_throughput=True)
     add_speedups(report)
     assert [r["speedup_vs_first"] for r in report["runs"]] == [1.0, 1.0, 2.5, 2.5]
     best = {b["model"]: b for b in report["max_throughput"]}
     assert best["4b"]["batch"] == 64 and best["4b"]["speedup_vs_first"] == pytest.approx(2.5)
     table = markdown(report)
-    assert "| 4b | torch | 64 | 300.0 |" in table and table.count("\n| 8b |") == 3
+    assert "| 4b | torch | 64 | 300.0 | 2.50 |" in table.split("Max throughput")[1]
+    assert table.count("\n| 8b |") == 3  # two batch sizes, then the best one
+
+
+@pytest.mark.parametrize("max_throughput", [False, True])
+def test_each_models_rows_appear_once_per_table(max_throughput):
+    report = _report([_run("8b", 32, 100.0), _run("4b", 64, 300.0)], max_throughput)
+    add_speedups(report)
+    tables = markdown(report).split("Max throughput")
+    assert len(tables) == (2 if max_throughput else 1)  # the best-batch table only when asked
+    for table in tables:
+        assert table.count("\n| 8b | torch | 32 |") == 1
+        assert table.count("\n| 4b | torch | 64 |") == 1
+
+
+@pytest.mark.parametrize("bandwidth, flops, expected", [
+    (2.5e10, 4e10, "copy bandwidth 25 GB/s, matmul 40 GFLOP/s (bf16)"),
+    (2.93e12, 7.73e14, "copy bandwidth 2.93 TB/s, matmul 773 TFLOP/s (bf16)")])
+def test_machine_limits_keep_their_digits(bandwidth, flops, expected):
+    report = _report([_run("8b", 1, 10.0)], bandwidth=bandwidth, flops=flops)
+    add_speedups(report)
+    assert expected in markdown(report)
 
 
 def test_trtllm_backend_glue(tmp_path):

@@ -205,3 +205,37 @@ def test_layer_by_layer_calibration_needs_less_than_the_whole_model(llama8b):
     assert whole.weights == 4 * sizes.params and whole.hidden_states == 0
     assert layer.weights < whole.weights / 10 and layer.hidden_states > 0
     assert layer.total - layer.hidden_states < whole.total
+
+
+@pytest.fixture
+def no_proc_meminfo(monkeypatch):
+    """A machine without psutil and without /proc/meminfo (as macOS without psutil)."""
+    import pathlib
+    import sys
+
+    read_text = pathlib.Path.read_text
+
+    def refuse_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc/"):
+            raise FileNotFoundError(path)
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setitem(sys.modules, "psutil", None)  # import psutil raises ImportError
+    monkeypatch.setattr(pathlib.Path, "read_text", refuse_proc)
+
+
+def test_cpu_memory_is_read_without_proc_meminfo(no_proc_meminfo):
+    from minitron_deploy.bench.hardware import free_memory
+    from minitron_deploy.plan import device_memory
+
+    total = device_memory("cpu")
+    assert total > 0 and 0 < free_memory(torch.device("cpu")) <= total
+
+
+def test_cpu_memory_comes_from_proc_meminfo_where_it_exists(tmp_path):
+    from minitron_deploy.bench.hardware import _meminfo
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16384 kB\nMemFree:  1 kB\nMemAvailable:    8192 kB\n")
+    assert _meminfo(meminfo) == (16384 * 1024, 8192 * 1024)
+    assert _meminfo(tmp_path / "absent") is None

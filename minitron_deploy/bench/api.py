@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from ..errors import MinitronError
 from ..modeling import DTYPES
+from ..precision import resolve_precision
 from .hardware import free_memory, machine_info, measure_limits, resolve_device
 from .limits import ModelCost, memory_needed
 from .metrics import median_metrics
@@ -19,7 +20,8 @@ BACKENDS = ("torch", "hf", "vllm", "trtllm")
 
 @dataclass
 class BenchSettings:
-    """What to run; ``batch_sizes`` applies to models without their own ``@B,...`` list."""
+    """What to run; ``batch_sizes`` applies to models without their own ``@B,...`` list;
+    ``dtype`` ``auto`` is bf16 where it is faster on the device (see :mod:`..precision`)."""
 
     models: list[ModelSpec]
     backends: list[str] = field(default_factory=lambda: ["torch"])
@@ -28,7 +30,7 @@ class BenchSettings:
     batch_sizes: tuple[int, ...] = (1, 8, 32, 64)
     reps: int = 3
     warmup: int = 1
-    dtype: str = "bf16"
+    dtype: str = "auto"
     device: str = "auto"
     hf_cache: str = "static"
     max_throughput: bool = False
@@ -45,8 +47,9 @@ class BenchSettings:
             raise MinitronError("--isl must be >= 1 and --osl >= 2 (ITL needs two tokens)")
         if self.reps < 1 or self.warmup < 0:
             raise MinitronError("--reps must be >= 1 and --warmup >= 0")
-        if self.dtype not in DTYPES:
-            raise MinitronError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise MinitronError(f"unknown dtype {self.dtype!r}; choose from auto, "
+                                f"{', '.join(DTYPES)}")
 
     def batches_for(self, spec: ModelSpec) -> tuple[int, ...]:
         return spec.batch_sizes or self.batch_sizes
@@ -73,11 +76,10 @@ def check_memory(settings: BenchSettings, configs: dict[str, object], device: to
 
 
 def benchmark(settings: BenchSettings, progress=print) -> dict:
-    """Run the benchmark and return the report dict (see :mod:`.report` for its files)."""
+    """Run the benchmark and return the report dict (see :mod:`.report` for its files); its
+    settings record the dtype ``auto`` resolved to (and ``dtype_requested``)."""
     settings.validate()
     device = resolve_device(settings.device)
-    dtype = DTYPES[settings.dtype]
-    dtype_bytes = torch.finfo(dtype).bits // 8
     configs = {spec.name: model_config(spec) for spec in settings.models}
     if "trtllm" in settings.backends:
         from .trtllm import check_available
@@ -85,12 +87,17 @@ def benchmark(settings: BenchSettings, progress=print) -> dict:
         check_available()
     if "vllm" in settings.backends:
         _check_vllm(settings)
+    requested = settings.dtype
+    settings = replace(settings, dtype=resolve_precision(device, requested))
+    dtype = DTYPES[settings.dtype]
+    dtype_bytes = torch.finfo(dtype).bits // 8
     check_memory(settings, configs, device, dtype_bytes)
     limits = measure_limits(device, dtype)
     runs = []
     for spec in settings.models:
         runs += _bench_model(settings, spec, configs[spec.name], device, dtype, limits, progress)
-    return {"settings": _settings_dict(settings), "machine": machine_info(device),
+    return {"settings": {**_settings_dict(settings), "dtype_requested": requested},
+            "machine": machine_info(device),
             "limits": {"copy_bandwidth_bytes_s": limits.bandwidth,
                        "matmul_flops_s": limits.peak_flops},
             "runs": runs}

@@ -40,6 +40,16 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+_PREFIXES = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+
+
+def si_rate(value: float, unit: str) -> str:
+    """``value`` to 3 significant digits under the largest SI prefix that keeps it at least
+    1: ``si_rate(4e10, "FLOP/s")`` is ``"40 GFLOP/s"``."""
+    scale, prefix = next(((s, p) for s, p in _PREFIXES if abs(value) >= s), (1, ""))
+    return f"{value / scale:.3g} {prefix}{unit}"
+
+
 def markdown(report: dict) -> str:
     s, m = report["settings"], report["machine"]
     lines = [f"# Throughput: ISL {s['isl']}, OSL {s['osl']}, {s['dtype']}, "
@@ -50,9 +60,10 @@ def markdown(report: dict) -> str:
             lines.append(f"- {key}: `{meta[key]}`")
     lines += [f"- torch {m['torch']}, transformers {m['transformers']}"
               + (f", CUDA {m['cuda']}, driver {m['driver']}" if "cuda" in m else ""),
-              f"- measured copy bandwidth {report['limits']['copy_bandwidth_bytes_s'] / 1e12:.2f} "
-              f"TB/s, matmul {report['limits']['matmul_flops_s'] / 1e12:.0f} TFLOP/s "
-              f"({s['dtype']}); median of {s['reps']} runs after {s['warmup']} warm-up", "",
+              f"- measured copy bandwidth "
+              f"{si_rate(report['limits']['copy_bandwidth_bytes_s'], 'B/s')}, matmul "
+              f"{si_rate(report['limits']['matmul_flops_s'], 'FLOP/s')} ({s['dtype']}); "
+              f"median of {s['reps']} runs after {s['warmup']} warm-up", "",
               "| model | backend | batch | out tok/s | req/s | TTFT ms | ITL ms | tok/s/user "
               "| peak GiB | decode % of limit | run % of limit | speedup vs first |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -66,7 +77,7 @@ def markdown(report: dict) -> str:
             f"| {_fmt(mt['itl_ms'], '.2f')} | {_fmt(mt['per_user_tok_s'], '.1f')} "
             f"| {_fmt(peak and peak / 2**30, '.1f')} | {_fmt(dec and 100 * dec, '.0f')} "
             f"| {_fmt(run and 100 * run, '.0f')} | {_fmt(r.get('speedup_vs_first'), '.2f')} |")
-    if report.get("max_throughput"):
+    if s.get("max_throughput") and report.get("max_throughput"):
         lines += ["", "Max throughput (each model at its best batch size):", "",
                   "| model | backend | batch | out tok/s | speedup vs first |",
                   "|---|---|---:|---:|---:|"]

@@ -32,8 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="compare each model's best batch size (the paper: 8B@32 vs 4B@64)")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"],
-                   help="weight and compute dtype")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="weight and compute dtype (default: auto, bf16 on GPUs and on CPUs "
+                        "where a matmul probe finds it faster than fp32, else fp32)")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     p.add_argument("--hf-cache", default="static", choices=["static", "dynamic"],
                    help="KV cache of the hf backend's generate")

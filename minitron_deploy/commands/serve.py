@@ -24,9 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="weight and compute dtype (default: auto, vLLM's choice, which is bf16 "
-                        "on CPUs even for fp32 checkpoints: pass fp32 on CPUs without bf16 "
-                        "units, where bf16 is hundreds of times slower)")
+                   help="weight and compute dtype (default: auto, bf16 on GPUs and on CPUs "
+                        "where a matmul probe finds it faster than fp32, else fp32; passed "
+                        "to vLLM explicitly)")
     p.add_argument("--max-model-len", type=int, default=None, metavar="N",
                    help="longest prompt + output in tokens (default: the model's "
                         "max_position_embeddings)")

@@ -6,12 +6,13 @@ import json
 import os
 import shlex
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import MinitronError
 from ..hub import resolve_model
 from ..modeling import load_config
+from ..precision import resolve_precision
 from .vllm_env import VLLM_DTYPES, vllm_overrides, vllm_python
 
 _CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
@@ -20,7 +21,8 @@ _CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 @dataclass(frozen=True)
 class ServeSettings:
     """What to serve (a checkpoint folder or Hub id) and where; ``cpu_kv_cache_gib`` sizes the
-    KV cache of vLLM's CPU build."""
+    KV cache of vLLM's CPU build; ``dtype`` ``auto`` is resolved here (:func:`resolve_dtype`),
+    not left to vLLM, whose own choice is bf16 on every CPU."""
 
     model: str
     host: str = "127.0.0.1"
@@ -71,6 +73,15 @@ def check_settings(settings: ServeSettings):
     return config
 
 
+def resolve_dtype(settings: ServeSettings) -> ServeSettings:
+    """``settings`` with dtype ``auto`` made explicit for the device vLLM will use (a visible
+    GPU, else the CPU): bf16 where it is faster there (on a CPU as the precision probe
+    measures), else fp32."""
+    from ..bench.hardware import resolve_device
+
+    return replace(settings, dtype=resolve_precision(resolve_device("auto"), settings.dtype))
+
+
 def has_chat_template(model_dir: str | Path) -> bool:
     """Whether the checkpoint carries a chat template (a file, or in tokenizer_config.json)."""
     path = Path(model_dir)
@@ -96,7 +107,8 @@ def usage_lines(settings: ServeSettings) -> list[str]:
     """The URL, a curl example and what the server can answer."""
     body = ('{"model": "%s", "messages": [{"role": "user", "content": "Hello"}], '
             '"max_tokens": 32}' % settings.name)
-    lines = [f"serving {settings.model} as {settings.name!r} at {settings.url} (Ctrl-C stops)",
+    lines = [f"serving {settings.model} as {settings.name!r} in {settings.dtype} at "
+             f"{settings.url} (Ctrl-C stops)",
              f"  curl {settings.url}/chat/completions -H 'Content-Type: application/json' "
              f"-d {shlex.quote(body)}"]
     if not has_chat_template(settings.path):
@@ -106,8 +118,10 @@ def usage_lines(settings: ServeSettings) -> list[str]:
 
 
 def serve(settings: ServeSettings) -> None:
-    """Check, print how to reach the server, then become vLLM's server process (exec)."""
+    """Check, resolve the dtype, print how to reach the server, then become vLLM's server
+    process (exec)."""
     overrides = vllm_overrides(check_settings(settings))
+    settings = resolve_dtype(settings)
     python = vllm_python()
     for line in usage_lines(settings):
         print(line, flush=True)
