@@ -49,9 +49,10 @@ def build_command(checkpoint: Path, out: Path, max_batch_size: int, max_input_le
 
 
 def serve_command(model: Path, tokenizer: Path | None = None, backend: str = "pytorch",
-                  port: int = 8000) -> list[str]:
-    """``trtllm-serve`` exposing an OpenAI-compatible endpoint for an engine or HF directory."""
-    cmd = ["trtllm-serve", str(model), "--backend", backend, "--host", "0.0.0.0",
+                  port: int = 8000, host: str = "127.0.0.1") -> list[str]:
+    """``trtllm-serve`` exposing an OpenAI-compatible endpoint for an engine or HF directory,
+    on loopback unless ``host`` says otherwise."""
+    cmd = ["trtllm-serve", str(model), "--backend", backend, "--host", host,
            "--port", str(port)]
     if tokenizer is not None:
         cmd += ["--tokenizer", str(tokenizer)]

@@ -71,7 +71,7 @@ def test_engine_flow_runs_trtllm_build_atomically(checkpoint, tmp_path, fake_trt
     assert manifest["format"] == "trtllm-engine" and manifest["tensorrt_llm"] == "1.2.1"
     assert "rank0.engine" in manifest["files"]
     printed = capsys.readouterr().out
-    assert f"trtllm-serve {out} --backend tensorrt --host 0.0.0.0 --port 8000 --tokenizer " \
+    assert f"trtllm-serve {out} --backend tensorrt --host 127.0.0.1 --port 8000 --tokenizer " \
            f"{checkpoint}" in printed
 
 
@@ -87,9 +87,16 @@ def test_pytorch_backend_serves_the_hf_directory(checkpoint, tmp_path):
     result = build_engine(checkpoint, tmp_path / "engine", version="1.3.0")
     hf_dir = json.loads((checkpoint / "minitron" / "export_manifest.json").read_text())["source"]
     assert not result.built and not (tmp_path / "engine").exists()
-    assert result.serve_command == f"trtllm-serve {hf_dir} --backend pytorch --host 0.0.0.0 " \
+    assert result.serve_command == f"trtllm-serve {hf_dir} --backend pytorch --host 127.0.0.1 " \
                                    "--port 8000"
     assert "PyTorch backend" in result.message
+
+
+def test_serve_command_listens_on_loopback_unless_asked(checkpoint, tmp_path):
+    assert trt.serve_command(Path("m"))[4:6] == ["--host", "127.0.0.1"]
+    assert trt.serve_command(Path("m"), host="0.0.0.0")[4:6] == ["--host", "0.0.0.0"]
+    result = build_engine(checkpoint, tmp_path / "engine", version="1.3.0", host="10.0.0.5")
+    assert " --host 10.0.0.5 --port 8000" in result.serve_command
 
 
 @pytest.mark.parametrize("version, engines", [("0.21.0", True), ("1.2.1", True),

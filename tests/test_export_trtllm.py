@@ -156,3 +156,82 @@ def test_non_uniform_layers_refused():
     mlp.up_proj.weight.data = mlp.up_proj.weight.data[:40].clone()
     with pytest.raises(MinitronError, match="layer 1 mlp.fc has a different shape"):
         convert(model, "float32")
+
+
+def test_mlp_and_attention_biases_are_exported(tmp_path):
+    """A Llama with ``mlp_bias`` and ``attention_bias`` (o_proj too): every bias reaches the
+    checkpoint under TensorRT-LLM's names and flags, and the runner reproduces the HF logits."""
+    model = tiny_model("llama", mlp_bias=True, attention_bias=True)
+    assert model.model.layers[0].self_attn.o_proj.bias.abs().min() > 0
+    out = exported_logits(model, tmp_path, tp=2)
+    torch.testing.assert_close(out, logits(model, IDS), atol=1e-5, rtol=0)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["attn_bias"] is True and config["mlp_bias"] is True
+    tensors = TrtllmCheckpoint.load(tmp_path).tensors
+    layer = model.model.layers[1]
+    for name, hf in [("mlp.fc", layer.mlp.gate_proj), ("mlp.gate", layer.mlp.up_proj),
+                     ("mlp.proj", layer.mlp.down_proj), ("attention.dense", layer.self_attn.o_proj)]:
+        assert torch.equal(tensors[f"transformer.layers.1.{name}.bias"], hf.bias.data), name
+
+
+def test_missing_bias_parts_are_zero_where_the_config_wants_a_bias(tmp_path):
+    """TensorRT-LLM's Llama gives qkv and dense a bias together: one the HF model lacks is zero."""
+    model = tiny_model("llama", attention_bias=True)
+    for layer in model.model.layers:
+        layer.self_attn.o_proj.bias = None
+    config, tensors = convert(model, "float32")
+    assert not tensors["transformer.layers.0.attention.dense.bias"].any()
+    write_trtllm(model, tmp_path, "float32")
+    torch.testing.assert_close(TrtllmCheckpoint.load(tmp_path).logits(IDS), logits(model, IDS),
+                               atol=1e-5, rtol=0)
+
+
+def test_bias_without_a_place_is_refused():
+    """TensorRT-LLM's Qwen models have no o_proj bias; dropping it would change the model."""
+    with pytest.raises(MinitronError, match=r"^TensorRT-LLM's Qwen3ForCausalLM has no attention "
+                                            r"output \(o_proj\) bias"):
+        convert(tiny_model("qwen3", attention_bias=True), "float32")
+    model = tiny_model("nemotron")  # its config says no biases; a trimmed-in one is not dropped
+    model.model.layers[0].mlp.down_proj.bias = torch.nn.Parameter(torch.ones(48))
+    with pytest.raises(MinitronError, match="no bias for mlp.proj but the model has one"):
+        convert(model, "float32")
+
+
+def windowed(family, **window):
+    """A tiny model with these window settings (the tiny Mistral config fixes its window to None,
+    and transformers reads it from the config at forward time)."""
+    if family != "mistral":
+        return tiny_model(family, **window)
+    model = tiny_model(family)
+    model.config.sliding_window = window["sliding_window"]
+    return model
+
+
+@pytest.mark.parametrize("family, window", [
+    ("mistral", dict(sliding_window=6)),
+    ("qwen2", dict(use_sliding_window=True, sliding_window=6, max_window_layers=2)),
+])
+def test_active_sliding_window_is_refused_in_one_line(family, window, tmp_path):
+    """A TensorRT-LLM Llama/Qwen checkpoint has no attention window: a model whose window is
+    shorter than the test sequence would have run with full attention."""
+    model = windowed(family, **window)
+    assert not torch.allclose(logits(model, IDS), logits(tiny_model(family), IDS), atol=1e-4)
+    with pytest.raises(MinitronError) as err:
+        write_trtllm(model, tmp_path, "float32")
+    message = str(err.value)
+    assert "\n" not in message and "=6 (shorter than max_position_embeddings=256)" in message
+    assert message.endswith("use --format hf")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("family, window", [
+    ("mistral", dict(sliding_window=256)),
+    ("mistral", dict(sliding_window=None)),
+    ("qwen2", dict(use_sliding_window=False, sliding_window=6)),
+    ("qwen2", dict(use_sliding_window=True, sliding_window=6, max_window_layers=4)),
+])
+def test_inactive_sliding_window_still_exports(family, window, tmp_path):
+    """A window of at least max_position_embeddings, a disabled one, or one on no layer."""
+    model = windowed(family, **window)
+    torch.testing.assert_close(exported_logits(model, tmp_path), logits(model, IDS),
+                               atol=1e-5, rtol=0)

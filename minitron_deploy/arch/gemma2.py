@@ -42,8 +42,10 @@ class Gemma2Trtllm(TrtllmLayout):
         return {**super().config_fields(config), "hidden_act": self.adapter.activation(config),
                 "inter_layernorms": True, "query_pre_attn_scalar": config.query_pre_attn_scalar,
                 "final_logit_softcapping": config.final_logit_softcapping,
-                "attn_logit_softcapping": config.attn_logit_softcapping,
-                "sliding_window": config.sliding_window,
+                "attn_logit_softcapping": config.attn_logit_softcapping}
+
+    def window_fields(self, config) -> dict:
+        return {"sliding_window": config.sliding_window,
                 "_sliding_window_pattern": sliding_pattern(config.layer_types)}
 
     def norm(self, norm: nn.Module) -> dict[str, torch.Tensor]:

@@ -8,9 +8,13 @@ from .trtllm import TrtllmLayout
 
 class Qwen2Trtllm(TrtllmLayout):
     architecture = "Qwen2ForCausalLM"
+    dense_bias = False
 
     def config_fields(self, config) -> dict:
-        return {"qwen_type": "qwen2", "attn_bias": True, "mlp_bias": False}
+        return {"qwen_type": "qwen2", **self.bias_fields(config)}
+
+    def hf_biases(self, config) -> tuple[bool, bool, bool]:
+        return True, False, False  # transformers' Qwen2: q/k/v biases only
 
 
 class Qwen2Adapter(DecoderAdapter):

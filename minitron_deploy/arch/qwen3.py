@@ -10,6 +10,7 @@ from .trtllm import TrtllmLayout
 
 class Qwen3Trtllm(TrtllmLayout):
     architecture = "Qwen3ForCausalLM"
+    dense_bias = False
 
     def config_fields(self, config) -> dict:
         return {"qwen_type": "qwen3", **super().config_fields(config), "qk_layernorm": True}

@@ -63,8 +63,9 @@ def _hf_source(checkpoint: Path, config: dict) -> Path:
 
 
 def build_engine(checkpoint: str | Path, out_dir: str | Path, limits: EngineLimits | None = None,
-                 version: str | None = None) -> EngineResult:
-    """Build (or explain how to serve) ``checkpoint``; ``version`` overrides the detected one."""
+                 version: str | None = None, host: str = "127.0.0.1") -> EngineResult:
+    """Build (or explain how to serve) ``checkpoint``; ``version`` overrides the detected one,
+    ``host`` is the address the printed ``trtllm-serve`` command listens on."""
     checkpoint = Path(checkpoint).resolve()
     out = Path(out_dir).resolve()
     limits = limits or EngineLimits()
@@ -81,7 +82,7 @@ def build_engine(checkpoint: str | Path, out_dir: str | Path, limits: EngineLimi
                                 args, [checkpoint, out.parent])))
     if not trt.has_engine_flow(version):
         hf_dir = _hf_source(checkpoint, config)
-        serve = trt.render(trt.serve_command(hf_dir))
+        serve = trt.render(trt.serve_command(hf_dir, host=host))
         return EngineResult(False, None, serve,
                             f"TensorRT-LLM {version} serves Hugging Face checkpoints with its "
                             f"PyTorch backend; no engine is built. Serve {hf_dir} with: {serve}")
@@ -101,5 +102,6 @@ def build_engine(checkpoint: str | Path, out_dir: str | Path, limits: EngineLimi
                        {"tensorrt_llm": version, "limits": limits.__dict__,
                         "quant_algo": (config.get("quantization") or {}).get("quant_algo")})
     tokenizer = checkpoint if (checkpoint / "tokenizer_config.json").is_file() else None
-    serve = trt.render(trt.serve_command(out, tokenizer=tokenizer, backend="tensorrt"))
+    serve = trt.render(trt.serve_command(out, tokenizer=tokenizer, backend="tensorrt",
+                                         host=host))
     return EngineResult(True, out, serve, f"engine written to {out}; serve it with: {serve}")

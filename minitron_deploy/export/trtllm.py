@@ -23,7 +23,7 @@ from ..errors import MinitronError
 from ..shape import ModelShape
 from . import fp8 as fp8_lib
 from .shard import split_tensors
-from ..arch.trtllm import TrtllmLayout
+from ..arch.trtllm import BiasParts, Parts, TrtllmLayout
 from .trtllm_families import get_family, rotary_scaling
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -69,6 +69,7 @@ def trtllm_config(config, dtype: str, tp: int, fp8: bool) -> dict:
         "quantization": {"quant_algo": "FP8" if fp8 else None, "kv_cache_quant_algo": None,
                          "exclude_modules": ["lm_head"] if fp8 else []},
         **family.config_fields(config),
+        **family.window_fields(config),
     }
 
 
@@ -76,8 +77,30 @@ def _fused_shape(parts: list[torch.Tensor]) -> tuple[int, int]:
     return sum(p.shape[0] for p in parts), parts[0].shape[1]
 
 
+def _biased_linears(family: TrtllmLayout, config: dict, names) -> set[str]:
+    """The linears among ``names`` that the config's ``attn_bias`` / ``mlp_bias`` give a bias."""
+    attention = {"attention.qkv"} | ({"attention.dense"} if family.dense_bias else set())
+    return {n for n in names if (config.get("attn_bias") and n in attention)
+            or (config.get("mlp_bias") and n.startswith("mlp."))}
+
+
+def _biases(weights: Parts, biases: BiasParts, expected: set[str], prefix: str
+            ) -> dict[str, torch.Tensor]:
+    """The ``expected`` biases, zero where an HF part has none; an HF bias the config gives no
+    place is refused (it would be dropped)."""
+    dropped = [n for n, parts in biases.items()
+               if n not in expected and any(p is not None for p in parts)]
+    if dropped:
+        raise MinitronError(f"the TensorRT-LLM config has no bias for {', '.join(dropped)} "
+                            "but the model has one")
+    return {f"{prefix}.{name}.bias": torch.cat([
+        b if b is not None else w.new_zeros(w.shape[0])
+        for w, b in zip(weights[name], biases[name])]) for name in sorted(expected)}
+
+
 def _layer_tensors(family: TrtllmLayout, layer: nn.Module, prefix: str, fp8: bool,
-                   shapes: dict[str, tuple[int, int]], index: int) -> dict[str, torch.Tensor]:
+                   shapes: dict[str, tuple[int, int]], index: int, config: dict
+                   ) -> dict[str, torch.Tensor]:
     """One layer's tensors; ``shapes`` holds layer 0's linear shapes (non-uniform is refused)."""
     out = {f"{prefix}.{name}.{k}": v for name, norm in family.layer_norms(layer).items()
            for k, v in family.norm(norm).items()}
@@ -86,8 +109,7 @@ def _layer_tensors(family: TrtllmLayout, layer: nn.Module, prefix: str, fp8: boo
         if shapes.setdefault(name, _fused_shape(parts)) != _fused_shape(parts):
             raise MinitronError(f"layer {index} {name} has a different shape from layer 0; "
                                 "TensorRT-LLM needs uniform layers")
-    for name, parts in biases.items():
-        out[f"{prefix}.{name}.bias"] = torch.cat(parts)
+    out.update(_biases(weights, biases, _biased_linears(family, config, weights), prefix))
     for name, parts in weights.items():
         out[f"{prefix}.{name}.weight"] = torch.cat(parts)
     if fp8:
@@ -122,17 +144,19 @@ def convert(model: nn.Module, dtype: str = "bfloat16", fp8: bool = False,
     config = model.config
     family = get_family(config)
     adapter = family.adapter
+    trt_config = trtllm_config(config, dtype, tp, fp8)
     tensors = {"transformer.vocab_embedding.weight": adapter.embed_tokens(model).weight.data}
     shapes: dict[str, tuple[int, int]] = {}
     for i, layer in enumerate(adapter.layers(model)):
-        tensors.update(_layer_tensors(family, layer, f"transformer.layers.{i}", fp8, shapes, i))
+        tensors.update(_layer_tensors(family, layer, f"transformer.layers.{i}", fp8, shapes, i,
+                                      trt_config))
     tensors.update({f"transformer.ln_f.{k}": v
                     for k, v in family.norm(adapter.final_norm(model)).items()})
     tensors["lm_head.weight"] = adapter.lm_head(model).weight.data
     cast = {k: v if v.dtype == torch.float8_e4m3fn or k.endswith("scaling_factor")
             else v.to(TORCH_DTYPES[dtype]) for k, v in tensors.items()}
     cast = {k: v.detach().cpu().contiguous().clone() for k, v in cast.items()}
-    return trtllm_config(config, dtype, tp, fp8), cast
+    return trt_config, cast
 
 
 def write_trtllm(model: nn.Module, directory: Path, dtype: str = "bfloat16", tp: int = 1,
