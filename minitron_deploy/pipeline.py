@@ -10,22 +10,22 @@ export, evaluation, benchmarking and the report run on rank 0 while the other ra
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from . import assets
 from .distill.api import distill, work_dir_for
-from .eval.api import PPL, evaluate, headline, markdown_table, metric_names, write_results
+from .eval.api import PPL, evaluate, markdown_table, metric_names, write_results
 from .eval.retention import Retention, chance_accuracy, retention, retention_lines
 from .modeling import atomic_dir, load_config
 from .prune import prune
 from .ranks import on_main_rank
 from .recipe import BenchStage, ExportStage, Iteration, Recipe
 from .report import print_prune_summary
+from .report_plot import plot_comparison
 from .shape import count_params
-from .files import write_json_atomic
+from .files import write_json_atomic, write_text_atomic
 from .stages import Stage
 
 RESULTS = "results.json"
@@ -173,7 +173,9 @@ def write_final_report(recipe: Recipe, result: PipelineResult, bench_dir: Path |
     report = {"recipe": recipe.name, "parameters": params,
               "parameter_ratio": params["student"] / params["teacher"],
               "accuracy": result.results, "stage_seconds": result.seconds}
-    kept = _retention(recipe, result.results)
+    chance = _chance_accuracy(recipe, result.results)
+    kept = _retention(result.results, chance)
+    report["chance_accuracy"] = chance
     report["retention"] = {name: asdict(value) for name, value in kept.items()}
     if bench_dir is not None:
         bench = json.loads((bench_dir / "bench.json").read_text())
@@ -186,51 +188,21 @@ def write_final_report(recipe: Recipe, result: PipelineResult, bench_dir: Path |
     if "throughput" in report:
         lines += ["", "throughput (max over batch sizes):", "```",
                   json.dumps(report["throughput"], indent=2), "```"]
-    (work / "report.md").write_text("\n".join(lines) + "\n")
-    _plot(result.results, work / "report.png", recipe.name)
+    write_text_atomic(work / "report.md", "\n".join(lines) + "\n")
+    plot_comparison(result.results, chance, work / "report.png", recipe.name)
     return report
 
 
-def _retention(recipe: Recipe, results: dict[str, dict]) -> dict[str, Retention]:
+def _chance_accuracy(recipe: Recipe, results: dict[str, dict]) -> dict[str, float]:
+    """Each task's accuracy by uniform guessing, on the items the recipe scores."""
+    return {task: chance_accuracy(task, recipe.eval.limit)
+            for task in metric_names(results) if task != PPL}
+
+
+def _retention(results: dict[str, dict], chance: dict[str, float]) -> dict[str, Retention]:
     """What the pruned and the distilled model keep of the teacher."""
-    tasks = [t for t in metric_names(results) if t != PPL]
-    chance = {task: chance_accuracy(task, recipe.eval.limit) for task in tasks}
     return {name: retention(results["teacher"], results[name], chance)
             for name in results if name != "teacher"}
-
-
-def _plot(results: dict[str, dict], path: Path, title: str) -> None:
-    """Perplexity (log scale) and task accuracies, models side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    tasks = [t for t in metric_names(results) if t != PPL]
-    has_ppl = all(PPL in r for r in results.values())
-    panels = int(has_ppl) + int(bool(tasks))
-    fig, axes = plt.subplots(1, panels, figsize=(4 + 4 * panels, 4), squeeze=False)
-    axes = list(axes[0])
-    if has_ppl:
-        ax = axes.pop(0)
-        ax.bar(list(results), [r["ppl"] for r in results.values()],
-               color=[f"C{k}" for k in range(len(results))])
-        ax.set_yscale("log")
-        ax.set_ylabel("held-out perplexity")
-    if tasks:
-        ax = axes.pop(0)
-        width = 0.8 / len(results)
-        for k, (name, res) in enumerate(results.items()):
-            ax.bar([i + k * width for i in range(len(tasks))],
-                   [100 * headline(t, res[t]) if t in res else math.nan for t in tasks],
-                   width, label=name)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks)
-        ax.set_ylabel("accuracy (%)")
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def summary(result: PipelineResult) -> str:
