@@ -17,15 +17,17 @@ _IGNORED = ["original/*", "*.pth", "*.gguf", "*.onnx", "*.onnx_data", "onnx/*", 
             "*.msgpack", "*.ot", "*.tflite", "coreml/*"]
 
 
-def resolve_model(spec: str | Path) -> Path:
+def resolve_model(spec: str | Path, only: tuple[str, ...] | None = None) -> Path:
     """The local folder of ``spec``: an existing path as it is (it wins over a Hub id of the
     same spelling); ``org/name[@rev]`` from the Hugging Face cache, downloaded unless
-    ``HF_HUB_OFFLINE`` is set. Anything else comes back as a path for the caller to refuse."""
+    ``HF_HUB_OFFLINE`` is set, and of it only the files matching ``only`` (e.g.
+    ``("config.json",)``) where given. Anything else comes back as a path for the caller to
+    refuse."""
     path = Path(spec)
     match = _HUB_ID.fullmatch(str(spec))
     if path.exists() or match is None or not _valid_repo_id(match["repo"]):
         return path
-    return _snapshot(match["repo"], match["revision"], hub_offline(), hub_cache())
+    return _snapshot(match["repo"], match["revision"], hub_offline(), hub_cache(), only)
 
 
 def hub_offline() -> bool:
@@ -54,8 +56,10 @@ def _valid_repo_id(repo: str) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _snapshot(repo: str, revision: str | None, offline: bool, cache: Path) -> Path:
-    """The snapshot folder of ``repo`` at ``revision`` (once per process and cache)."""
+def _snapshot(repo: str, revision: str | None, offline: bool, cache: Path,
+              only: tuple[str, ...] | None = None) -> Path:
+    """The snapshot folder of ``repo`` at ``revision`` with the files matching ``only`` (all
+    by default), once per process and cache."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, IncompleteSnapshotError,
                                         LocalEntryNotFoundError, RepositoryNotFoundError,
@@ -65,7 +69,8 @@ def _snapshot(repo: str, revision: str | None, offline: bool, cache: Path) -> Pa
     where = "offline" if offline else "the Hub is unreachable"
     try:
         return Path(snapshot_download(repo, revision=revision, cache_dir=cache,
-                                      local_files_only=offline, ignore_patterns=_IGNORED))
+                                      local_files_only=offline, ignore_patterns=_IGNORED,
+                                      allow_patterns=list(only) if only else None))
     except GatedRepoError:
         raise MinitronError(f"model {name} is gated on the Hugging Face Hub: accept its terms "
                             "there and log in (hf auth login)") from None

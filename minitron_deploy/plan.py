@@ -43,8 +43,11 @@ from pathlib import Path
 import torch
 
 from . import assets
+from .bench.hardware import host_memory
+from .bench.models import NAMED_SHAPES, named_config, named_shape_of
 from .distill.api import DistillConfig
 from .errors import MinitronError
+from .hub import resolve_model
 from .importance.layerwise import STREAMABLE_CRITERIA
 from .modeling import load_config
 from .precision import resolve_precision
@@ -363,8 +366,6 @@ def device_memory(device: str) -> int | None:
         if not torch.cuda.is_available():
             return None
         return torch.cuda.get_device_properties(torch.device(device)).total_memory
-    from .bench.hardware import host_memory
-
     return host_memory()[0]
 
 
@@ -417,12 +418,29 @@ def _distill_plan(name: str, teacher, student, cfg: DistillConfig, world: int,
                      chosen=chosen, refusal=refusal)
 
 
+def teacher_config(ref: str, work_dir: Path):
+    """The teacher's config for a plan, without weights: a named shape's (``llama31-8b``,
+    nothing read), a built-in's, a folder's, or a Hub id's ``config.json`` alone from the
+    Hugging Face cache (fetched unless offline). A teacher that cannot be read is refused in
+    one line naming the shape a dry run can plan with instead."""
+    if ref in NAMED_SHAPES:
+        return named_config(ref)
+    if ref.startswith(assets.BUILTIN):
+        return load_config(assets.resolve_checkpoint(ref, work_dir))
+    try:
+        return load_config(resolve_model(ref, only=("config.json",)))
+    except MinitronError as exc:
+        shape = named_shape_of(ref) or f"NAME (a named shape: {', '.join(NAMED_SHAPES)})"
+        raise MinitronError(f"{exc}; for a dry run without it: --set teacher={shape}") from None
+
+
 def plan_recipe(recipe: Recipe, work_dir: str | Path, world: int = 1,
                 available: int | None = None) -> list[StagePlan]:
-    """Every stage of ``recipe``: shapes resolved from the teacher's config, per-rank memory
-    for ``world`` ranks of ``available`` bytes (None: unknown, nothing is chosen or refused).
+    """Every stage of ``recipe``: shapes resolved from the teacher's config (a named shape
+    of ``minitron bench`` too, see :func:`teacher_config`), per-rank memory for ``world``
+    ranks of ``available`` bytes (None: unknown, nothing is chosen or refused).
     Pruning, export and evaluation run on one device; distillation on every rank."""
-    config = load_config(assets.resolve_checkpoint(recipe.teacher, Path(work_dir)))
+    config = teacher_config(recipe.teacher, Path(work_dir))
     teacher_params = count_params(config)
     gpu = recipe.device.startswith("cuda")
     plans: list[StagePlan] = []

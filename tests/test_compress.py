@@ -57,6 +57,88 @@ def test_overrides_parse_as_yaml():
         parse_overrides(["tokens"])
 
 
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    """Offline, an empty Hugging Face cache, and an empty working directory ``tmp_path/cwd``."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path / "cwd")
+    return cache
+
+
+def _width_dry_run(work, *extra: str) -> list[str]:
+    return ["compress", "--recipe", str(packaged_recipe("llama31-8b-to-4b-width")), "--dry-run",
+            "--gpus", "8", "--device-memory-gb", "80", "--work-dir", str(work), *extra]
+
+
+def test_dry_run_plans_from_a_named_shape_with_nothing_downloaded(offline_cache,
+                                                                  llama_config_dir, capsys,
+                                                                  tmp_path):
+    work = tmp_path / "work"
+    assert main(_width_dry_run(work, "--set", "teacher=llama31-8b")) == 0
+    named = capsys.readouterr().out
+    assert "* fsdp, teacher replicated" in named and "num_layers=32" in named
+    # the same plan as from Llama-3.1-8B's own config.json
+    assert main(_width_dry_run(work, "--set", f"teacher={llama_config_dir}")) == 0
+    assert capsys.readouterr().out == named
+    assert not work.exists() and not any(offline_cache.iterdir())
+    assert not any((tmp_path / "cwd").iterdir())
+
+
+def test_hub_teacher_missing_from_the_cache_suggests_the_named_shape(offline_cache, capsys,
+                                                                     tmp_path):
+    assert main(_width_dry_run(tmp_path / "work")) == 2
+    assert capsys.readouterr().err == (
+        "minitron: error: model meta-llama/Llama-3.1-8B is neither a local folder nor in the "
+        "Hugging Face cache (offline); for a dry run without it: --set teacher=llama31-8b\n")
+
+
+def test_hub_teacher_dry_run_needs_only_its_cached_config(offline_cache, capsys, tmp_path):
+    repo = offline_cache / "models--meta-llama--Llama-3.1-8B"
+    (repo / "snapshots" / ("c" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("c" * 40) / "config.json").write_text(json.dumps(LLAMA31_8B))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c" * 40)
+    assert main(_width_dry_run(tmp_path / "work")) == 0
+    assert "* fsdp, teacher replicated" in capsys.readouterr().out
+
+
+def test_hub_teacher_dry_run_fetches_only_its_config(offline_cache, capsys, tmp_path,
+                                                      monkeypatch):
+    """Online, a dry run asks the Hub for config.json alone, not the 16 GB of weights."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from minitron_deploy import hub
+
+    asked = []
+
+    def snapshot_download(repo, **kwargs):
+        asked.append((repo, kwargs.get("allow_patterns")))
+        folder = offline_cache / "snapshot"
+        folder.mkdir(exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(LLAMA31_8B))
+        return str(folder)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    hub._snapshot.cache_clear()
+    try:
+        assert main(_width_dry_run(tmp_path / "work")) == 0
+    finally:
+        hub._snapshot.cache_clear()
+    assert asked == [("meta-llama/Llama-3.1-8B", ["config.json"])]
+    assert "* fsdp, teacher replicated" in capsys.readouterr().out
+
+
 def test_compress_killed_mid_distillation_resumes_to_the_same_model(tmp_path):
     """SIGKILL ``minitron compress`` once the distill stage has a checkpoint, re-run: the final
     student is bitwise the one of an uninterrupted run, and the prune stage is not redone."""

@@ -30,6 +30,8 @@ NAMED_SHAPES: dict[str, ModelShape] = {
     "minitron-4b-width": ModelShape(3072, 9216, 32, 8, 32, 128),
     "minitron-4b-depth": ModelShape(4096, 14336, 32, 8, 16, 128),
 }
+#: The Hugging Face Hub repositories whose shape a name stands for.
+NAMED_SHAPE_REPOS: dict[str, str] = {"llama31-8b": "meta-llama/Llama-3.1-8B"}
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,22 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def named_config(name: str) -> LlamaConfig:
+    """The transformers config of named shape ``name``: Llama-3.1-8B's (vocabulary, RoPE,
+    norms) reshaped to it."""
+    return reshaped_config(LlamaConfig(**_LLAMA31_8B), NAMED_SHAPES[name])
+
+
+def named_shape_of(repo_spec: str) -> str | None:
+    """The named shape a Hub id (``org/name[@rev]``) stands for, or None."""
+    repo = repo_spec.partition("@")[0]
+    return next((name for name, known in NAMED_SHAPE_REPOS.items() if known == repo), None)
+
+
 def model_config(spec: ModelSpec):
     """The config of a named shape or a checkpoint directory, without loading weights."""
     if spec.is_named:
-        return reshaped_config(LlamaConfig(**_LLAMA31_8B), NAMED_SHAPES[spec.name])
+        return named_config(spec.name)
     if not Path(spec.name).exists():
         raise MinitronError(f"unknown model {spec.name!r}: neither a directory nor one of the "
                             f"named shapes {', '.join(NAMED_SHAPES)}")
