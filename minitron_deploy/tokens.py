@@ -4,9 +4,10 @@ budget.
 
 Format: ``<path>`` holds ``sequences * seq_len`` little-endian token ids (uint16 when the
 vocabulary fits, else uint32), sequence after sequence; ``<path>.json`` describes it (dtype,
-seq_len, sequences, tokens, documents, split and the settings it was built from: source
-fingerprint, tokenizer, seed, held-out settings). Held-out documents go to a second pair of
-files, ``<stem>.heldout<suffix>`` and its ``.json``.
+seq_len, sequences, tokens, documents, split, the sha256 of the file's bytes, hashed as they
+are written, and the settings it was built from: source fingerprint, tokenizer, seed, held-out
+settings). Held-out documents go to a second pair of files, ``<stem>.heldout<suffix>`` and its
+``.json``.
 
 Packing follows stream order: documents are not shuffled before packing (that would need them
 all in memory). Training still visits sequences in random order: the trainer's
@@ -31,7 +32,7 @@ from tqdm import tqdm
 from .data import iter_texts, source_files
 from .errors import MinitronError
 
-FORMAT = 1
+FORMAT = 2  # 2: the sidecar records the file's sha256
 _BATCH_CHARS = 1 << 22
 
 
@@ -53,11 +54,14 @@ class TokenFileInfo:
 
 class TokenSequences:
     """``[n, seq_len]`` token ids of a token file, memory-mapped: indexing reads only the
-    requested sequences and returns a ``torch.long`` tensor."""
+    requested sequences and returns a ``torch.long`` tensor. ``sha256`` is the file's, as
+    recorded when it was built."""
 
-    def __init__(self, path: Path, dtype: str, seq_len: int, sequences: int) -> None:
+    def __init__(self, path: Path, dtype: str, seq_len: int, sequences: int,
+                 sha256: str) -> None:
         self.path = Path(path)
         self.seq_len = seq_len
+        self.sha256 = sha256
         self._ids = np.memmap(self.path, dtype=np.dtype(dtype), mode="r",
                               shape=(sequences, seq_len))
 
@@ -98,7 +102,7 @@ def open_token_file(path: str | Path) -> TokenSequences:
     if meta is None:
         raise MinitronError(f"{path} is not a complete token file (missing or unreadable "
                             f"{_sidecar(path).name}); build it again")
-    return TokenSequences(path, meta["dtype"], meta["seq_len"], meta["sequences"])
+    return TokenSequences(path, meta["dtype"], meta["seq_len"], meta["sequences"], meta["sha256"])
 
 
 def _read_meta(path: Path) -> dict | None:
@@ -155,6 +159,7 @@ class _Packer:
         self.fh, self.dtype, self.seq_len, self.cap = fh, dtype, seq_len, cap
         self.pending = np.empty(0, dtype=dtype)
         self.sequences = self.seen = self.documents = 0
+        self.digest = hashlib.sha256()
 
     @property
     def full(self) -> bool:
@@ -172,7 +177,9 @@ class _Packer:
         n = len(ids) // self.seq_len
         if self.cap is not None:
             n = min(n, self.cap - self.sequences)
-        ids[: n * self.seq_len].tofile(self.fh)
+        packed = ids[: n * self.seq_len]
+        packed.tofile(self.fh)
+        self.digest.update(packed)
         self.sequences += n
         self.pending = ids[n * self.seq_len:] if not self.full else ids[:0]
         return n * self.seq_len
@@ -270,6 +277,7 @@ def build_token_file(source: str | Path, tokenizer, seq_len: int, path: str | Pa
             "format": FORMAT, "split": split, "dtype": dtype.name, "seq_len": seq_len,
             "sequences": packer.sequences, "tokens": packer.sequences * seq_len,
             "documents": packer.documents, "heldout": held.name if held else None,
+            "sha256": packer.digest.hexdigest(),
             "settings": settings})
     return TokenFileInfo(path, held, dtype.name, seq_len, train.sequences, heldout.sequences)
 

@@ -2,28 +2,39 @@
 
 A checkpoint ``step-N/`` holds the trainable weights and the optimizer state keyed by
 parameter name (every rank writes its own shards; one process writes whole tensors), each
-rank's RNG state, and ``state.json`` (step, elapsed time, world size, tokens per step). The
-data position and the learning-rate schedule are functions of the step. It is written into
-``.step-N.tmp`` and renamed, then ``latest`` is pointed at it, so a killed run always finds the
-last complete one. DCP reshards on load: a run saved on N ranks resumes on M ranks (FSDP or
-not); on the same ranks it continues bit for bit.
+rank's RNG state, and ``state.json`` (step, elapsed time, world size, and the settings that
+shape the run: :func:`run_settings`). The data position and the learning-rate schedule are
+functions of the step and those settings, so a resume under other settings is refused. It is
+written into ``.step-N.tmp`` and renamed, then ``latest`` is pointed at it, so a killed run
+always finds the last complete one. DCP reshards on load: a run saved on N ranks resumes on M
+ranks (FSDP or not; same tokens per step); on the same ranks it continues bit for bit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..errors import MinitronError
-from .parallel import DistEnv, barrier
+from ..precision import resolve_precision
+from ..tokens import TokenSequences
+from .parallel import DistEnv, barrier, distributed_env
+
+if TYPE_CHECKING:
+    from .trainer import TrainConfig
 
 _LATEST = "latest"
+#: Settings that may differ on resume while the tokens per step stay equal (another number of
+#: ranks: DCP reshards on load).
+_BATCH_LAYOUT = ("batch_size", "grad_accum", "world")
 
 
 @dataclass
@@ -33,7 +44,58 @@ class TrainState:
     step: int
     elapsed_s: float
     world: int = 1
-    tokens_per_step: int = 0
+    settings: dict | None = None  # run_settings() of the run that wrote it
+
+
+def data_sha256(sequences) -> str:
+    """sha256 of the training token ids: a token file's, recorded when it was written
+    (``tokens.py``), else of the tensor's bytes."""
+    if isinstance(sequences, TokenSequences):
+        return sequences.sha256
+    ids = torch.as_tensor(sequences).detach().cpu().contiguous()
+    return hashlib.sha256(ids.numpy()).hexdigest()
+
+
+def run_settings(cfg: TrainConfig, sequences, world: int, device: torch.device) -> dict:
+    """What shapes a run of ``cfg`` on ``sequences`` over ``world`` ranks: the learning-rate
+    schedule (warmup resolved as ``lr_at`` does), the optimizer, seed, precision (resolved on
+    ``device``), sequence length and global batch, and the data's sha256."""
+    seq_len = sequences.shape[1]
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.steps // 20)
+    return {"steps": cfg.steps, "lr": cfg.lr, "min_lr_ratio": cfg.min_lr_ratio,
+            "warmup_steps": warmup, "weight_decay": cfg.weight_decay,
+            "max_grad_norm": cfg.max_grad_norm, "seed": cfg.seed,
+            "precision": resolve_precision(device, cfg.precision), "seq_len": seq_len,
+            "tokens_per_step": cfg.batch_size * cfg.grad_accum * world * seq_len,
+            "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "world": world,
+            "data_sha256": data_sha256(sequences)}
+
+
+def _describe(key: str, settings: dict) -> str:
+    value = settings[key]
+    if key == "data_sha256":
+        return value[:12]
+    if key == "tokens_per_step":
+        return f"{value} ({' x '.join(str(settings[k]) for k in (*_BATCH_LAYOUT, 'seq_len'))})"
+    return str(value)
+
+
+def _check_settings(saved: dict | None, settings: dict, work_dir: Path) -> None:
+    """Refuse, in one line naming each difference, to resume a run recorded with ``saved``
+    settings under other ``settings`` (or one that recorded none)."""
+    fix = f"start over by deleting {work_dir}, or resume with the same settings"
+    if saved is None:
+        raise MinitronError(f"cannot resume: the checkpoint in {work_dir} records no training "
+                            "settings to check (written by an older version); start over by "
+                            f"deleting {work_dir}")
+    labels = {"tokens_per_step": "tokens per step (batch size x grad-accum x ranks x seq-len)",
+              "data_sha256": "training data (sha256)"}
+    changed = [f"{labels.get(key, key.replace('_', '-'))} was {_describe(key, saved)}, "
+               f"now {_describe(key, settings)}"
+               for key in settings if key not in _BATCH_LAYOUT
+               and saved.get(key) != settings[key]]
+    if changed:
+        raise MinitronError(f"cannot resume: {'; '.join(changed)} ({fix})")
 
 
 def _trainable_names(module: nn.Module) -> set[str]:
@@ -51,8 +113,10 @@ def _state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
 
 
 def _no_dist() -> bool:
-    """One process without a process group writes and reads whole tensors."""
-    return not torch.distributed.is_initialized()
+    """One process writes and reads whole tensors, also rank 0 working alone under ``torchrun``
+    (``distributed_env()`` is then a world of one; the default group would wait for the
+    others)."""
+    return distributed_env().world == 1
 
 
 def _rng_state() -> dict:
@@ -93,9 +157,10 @@ def save_training_checkpoint(work_dir: Path, module: nn.Module,
 
 def load_training_checkpoint(work_dir: Path, module: nn.Module,
                              optimizer: torch.optim.Optimizer, env: DistEnv,
-                             tokens_per_step: int) -> TrainState | None:
+                             settings: dict) -> TrainState | None:
     """Restore the latest checkpoint in ``work_dir`` into module and optimizer (None if none);
-    collective. Refuses a checkpoint of other parameters or another global batch."""
+    collective. Refuses a checkpoint of other parameters, or written under other
+    :func:`run_settings` than ``settings``."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, \
         set_optimizer_state_dict
@@ -105,19 +170,17 @@ def load_training_checkpoint(work_dir: Path, module: nn.Module,
         return None
     ckpt = work_dir / pointer.read_text().strip()
     try:
-        state = TrainState(**json.loads((ckpt / "state.json").read_text()))
+        record = json.loads((ckpt / "state.json").read_text())
         saved = set(dcp.FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata)
     except Exception as exc:  # missing or corrupt files of several kinds
         raise MinitronError(f"cannot resume from {ckpt}: {type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else ''}")
+    _check_settings(record.get("settings"), settings, work_dir)
+    state = TrainState(**record)
     if {f"model.{n}" for n in _trainable_names(module)} != {k for k in saved
                                                               if k.startswith("model.")}:
         raise MinitronError(f"checkpoint {ckpt} does not match this model "
                             "(different trainable parameters); start a fresh run")
-    if state.tokens_per_step and state.tokens_per_step != tokens_per_step:
-        raise MinitronError(f"checkpoint {ckpt} was trained with {state.tokens_per_step} tokens "
-                            f"per step, this run takes {tokens_per_step}: keep batch size x "
-                            "grad accumulation x ranks x sequence length equal to resume")
     target = _state(module, optimizer)
     try:
         dcp.load(target, checkpoint_id=str(ckpt), no_dist=_no_dist())

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from ..artifacts import TRAIN_LOG
 from ..errors import MinitronError
-from .checkpoint import TrainState, load_training_checkpoint, save_training_checkpoint
+from .checkpoint import (TrainState, load_training_checkpoint, run_settings,
+                         save_training_checkpoint)
 from .objectives import PRECISIONS, autocast_for, uses_bf16
 from .parallel import (all_mean, barrier, check_strategy, distributed_env, is_sharded,
                        shard_model, shard_root, wrap_ddp)
@@ -145,7 +146,8 @@ def train(objective: nn.Module, sequences, cfg: TrainConfig, work_dir: Path,
     seq_len = sequences.shape[1]
     micro = cfg.batch_size
     tokens_per_step = micro * cfg.grad_accum * env.world * seq_len
-    state = (load_training_checkpoint(work_dir, objective, optimizer, env, tokens_per_step)
+    settings = run_settings(cfg, sequences, env.world, device)
+    state = (load_training_checkpoint(work_dir, objective, optimizer, env, settings)
              if resume else None)
     state = state or TrainState(step=0, elapsed_s=0.0)
     log_path = work_dir / TRAIN_LOG
@@ -200,7 +202,7 @@ def train(objective: nn.Module, sequences, cfg: TrainConfig, work_dir: Path,
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             save_training_checkpoint(work_dir, objective, optimizer,
                                      TrainState(step + 1, record["elapsed_s"], env.world,
-                                                tokens_per_step), env)
+                                                settings), env)
             if env.is_main and on_checkpoint is not None:
                 on_checkpoint(step + 1)
                 objective.train()
