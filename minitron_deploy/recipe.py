@@ -17,6 +17,7 @@ settings, the target among them, e.g. ``search: {target_params: 0.5, candidates:
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
@@ -29,6 +30,7 @@ from .errors import MinitronError
 from .eval.api import parse_tasks
 from .export.api import DEFAULT_DTYPES
 from .importance.settings import ScoringSettings
+from .precision import resolve_device
 from .prune_settings import PruneSettings
 from .schema import Schema, fields_of, setting
 from .search.settings import SearchSettings
@@ -133,19 +135,30 @@ class BenchStage:
     reps: int = 3
 
 
+#: A recipe's name names its default work dir (``out/<name>``): one path component, no ``..``.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 @dataclass
 class Recipe:
     name: str
     teacher: str
     data: str
     heldout: str
-    device: str = "cpu"
+    device: str = "auto"  # resolved on reading: CUDA when a GPU is visible, else the CPU
     prune: PruneStage = field(default_factory=PruneStage)
     distill: DistillConfig = field(default_factory=lambda: DistillConfig(tokens=10_000_000))
     iterations: list[Iteration] | None = None  # replaces prune/distill when given
     eval: EvalStage = field(default_factory=EvalStage)
     export: list[ExportStage] = field(default_factory=list)
     bench: BenchStage | None = None
+
+    def __post_init__(self) -> None:
+        if not _SAFE_NAME.fullmatch(self.name):
+            raise MinitronError(f"name: {self.name!r} is not a safe recipe name (letters, digits, "
+                                "'.', '_' and '-', starting with a letter or digit; it names "
+                                "the work dir out/<name>)")
+        self.device = resolve_device(self.device)
 
     def rounds(self) -> list[Iteration]:
         """The prune + distill rounds in order (one unless ``iterations`` is set)."""
@@ -206,10 +219,9 @@ def build(cls, data, where: str):
 
 
 def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
-    """Read and validate a recipe file; ``overrides`` (nested dict) replace its values."""
-    path = Path(path)
-    if not path.is_file():
-        raise MinitronError(f"recipe {path} does not exist")
+    """Read and validate a recipe (a file, or a shipped recipe's name: :func:`find_recipe`);
+    ``overrides`` (nested dict) replace its values."""
+    path = find_recipe(path)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -223,11 +235,30 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
     return build(Recipe, data, path.name)
 
 
-def packaged_recipe(name: str) -> Path:
-    """Path of a recipe shipped with the package (``recipes/`` in the source tree)."""
+def packaged_recipes() -> dict[str, Path]:
+    """The recipes shipped with the package (``recipes/`` in the source tree) by name."""
     from importlib.resources import files
 
-    path = Path(str(files("minitron_recipes") / f"{name}.yaml"))
-    if not path.is_file():
-        raise MinitronError(f"no packaged recipe {name!r}")
-    return path
+    return {p.stem: p for p in sorted(Path(str(files("minitron_recipes"))).glob("*.yaml"))}
+
+
+def packaged_recipe(name: str) -> Path:
+    """Path of the shipped recipe ``name``."""
+    shipped = packaged_recipes()
+    if name not in shipped:
+        raise MinitronError(f"no packaged recipe {name!r} (shipped: {', '.join(shipped)})")
+    return shipped[name]
+
+
+def find_recipe(spec: str | Path) -> Path:
+    """``spec`` when it is a file, else the shipped recipe it names: ``demo``, ``demo.yaml``
+    or ``recipes/demo.yaml`` (its path in the source tree, so that works outside it too)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    shipped = packaged_recipes()
+    name = path.name.removesuffix(".yaml")
+    if path.parent in (Path(), Path("recipes")) and name in shipped:
+        return shipped[name]
+    raise MinitronError(f"recipe {spec} does not exist (not a file, nor a shipped recipe: "
+                        f"{', '.join(shipped)})")

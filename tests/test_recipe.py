@@ -65,3 +65,34 @@ def test_bad_recipes_refused_with_the_key_path(tmp_path, text, message):
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(MinitronError, match="does not exist"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("name", ["../..", "..", ".", "a/b", "/tmp/x", ".hidden", "", "a b"])
+def test_unsafe_names_refused(tmp_path, name):
+    with pytest.raises(MinitronError, match="not a safe recipe name"):
+        load_recipe(write(tmp_path, MINIMAL.replace("name: r", f"name: '{name}'")))
+    with pytest.raises(MinitronError, match="not a safe recipe name"):
+        load_recipe(write(tmp_path, MINIMAL), {"name": name})
+
+
+def test_shipped_recipes_by_name_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no recipes/ here, as after installing the wheel
+    for spec in ("demo", "demo.yaml", "recipes/demo.yaml"):
+        assert load_recipe(spec).name == "demo"
+    (tmp_path / "demo").write_text(MINIMAL)  # an existing file comes first
+    assert load_recipe("demo").name == "r"
+    with pytest.raises(MinitronError, match="recipe nope does not exist .*shipped recipe: "
+                                            ".*demo, llama31-8b-iterative"):
+        load_recipe("nope")
+    with pytest.raises(MinitronError, match="elsewhere/demo.yaml does not exist"):
+        load_recipe("elsewhere/demo.yaml")
+
+
+def test_compress_names_the_shipped_recipes_when_none_matches(tmp_path, monkeypatch, capsys):
+    from minitron_deploy.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["compress", "--recipe", "nope", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "shipped recipe: demo, " in err
+    assert not any(tmp_path.iterdir())

@@ -19,7 +19,9 @@ _EXAMPLE = """example (the memory plan on 8 GPUs, then the run; re-running resum
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compress", help="run a recipe end to end: prune, distill, export, "
                                         "eval, bench (resumable stages)", epilog=_EXAMPLE)
-    p.add_argument("--recipe", required=True, help="recipe YAML (see recipes/)")
+    p.add_argument("--recipe", required=True,
+                   help="recipe YAML file, or a shipped recipe's name (demo, "
+                        "llama31-8b-to-4b-width, llama31-8b-to-4b-depth, llama31-8b-iterative)")
     p.add_argument("--work-dir", help="stage outputs (default: out/<recipe name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, repeatable, e.g. --set distill.tokens=2e6 "
