@@ -20,22 +20,37 @@ VLLM_DTYPES = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16", "fp16": "f
 _HAS_VLLM = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
 
 
+def _venv_candidates() -> list[Path]:
+    """``.venv-vllm/bin/python`` in the current directory, then in the source checkout this
+    package runs from (none when it is installed from a wheel)."""
+    places = [Path.cwd()]
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file():
+        places.append(checkout)
+    return [place / ".venv-vllm" / "bin" / "python" for place in dict.fromkeys(places)]
+
+
 def vllm_python() -> str:
-    """``$MINITRON_VLLM_PYTHON``, else ``.venv-vllm/bin/python`` beside the repository, else a
-    ``python`` on PATH that has vLLM; refuses with how to get one when there is none."""
+    """``$MINITRON_VLLM_PYTHON``, else ``.venv-vllm/bin/python`` in the current directory or
+    the source checkout, else a ``python`` on PATH that has vLLM; refuses naming what it tried
+    when there is none."""
     explicit = os.environ.get(ENV_VAR)
     if explicit:
         if not os.access(explicit, os.X_OK):
             raise MinitronError(f"{ENV_VAR}={explicit} is not an executable python")
         return explicit
-    beside = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
-    if os.access(beside, os.X_OK):
-        return str(beside)
+    candidates = _venv_candidates()
+    for candidate in candidates:
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
     python = shutil.which("python")
     if python and subprocess.run([python, "-c", _HAS_VLLM], capture_output=True).returncode == 0:
         return python
-    raise MinitronError(f"no vLLM environment: run .ci/setup (it builds .venv-vllm) or set "
-                        f"{ENV_VAR} to a python that has vLLM")
+    tried = ", ".join(map(str, candidates))
+    raise MinitronError(f"no vLLM environment: tried ${ENV_VAR} (unset), {tried} and "
+                        f"python on PATH ({python or 'none'}: no vllm); set {ENV_VAR} to a "
+                        "python that has vLLM, or run .ci/setup in the checkout (it builds "
+                        ".venv-vllm)")
 
 
 def vllm_overrides(config) -> dict | None:
