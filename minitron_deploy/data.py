@@ -1,22 +1,38 @@
 """Local text for calibration, distillation and perplexity: a ``save_to_disk`` folder, a
 .txt/.jsonl/.json/.parquet file, or a folder of such files (read recursively, in sorted
-order); a .txt file holds one document per line. Documents stream one at a time, or are split
-into train and held-out documents and packed into fixed-length sequences, all deterministic
-from a seed."""
+order); a .txt file holds one document per line. Tables (datasets folders, JSON records,
+Parquet) are read from the column ``text_column``, a ``DatasetDict`` folder from its split
+``split``; either missing is refused, naming what there is. Documents stream one at a time, or
+are split into train and held-out documents and packed into fixed-length sequences, all
+deterministic from a seed."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .errors import MinitronError
+from .schema import Schema, setting
 
 _SUFFIXES = (".txt", ".text", ".md", ".jsonl", ".json", ".parquet")
 _SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 _ROWS_PER_READ = 1024
+
+
+@dataclass
+class TextSettings(Schema):
+    """Where a table's text is: the settings of every command that reads text."""
+
+    text_column: str = setting(
+        "text", "column of a datasets folder, JSON records or Parquet file that holds the text "
+        "(plain-text files: every line)", modelopt="the ModelOpt mode calibrates with the "
+        "caller's forward loop")
+    split: str = setting("train", "split of a save_to_disk DatasetDict folder to read",
+                         modelopt="the ModelOpt mode calibrates with the caller's forward loop")
 
 
 def _is_saved_dataset(path: Path) -> bool:
@@ -38,25 +54,27 @@ def source_files(source: str | Path) -> list[Path]:
     return files
 
 
-def _column(names: list[str], is_text: list[bool], where: str) -> str:
-    """``text`` when present, else the first string column."""
-    if "text" in names:
-        return "text"
-    for name, text in zip(names, is_text):
-        if text:
-            return name
-    raise MinitronError(f"no text column in {where} (columns: {names})")
+def _check_column(names: list[str], is_text: list[bool], column: str, where: str) -> None:
+    """Refuse ``column`` unless it is one of the string columns ``names``."""
+    known = f"(columns: {', '.join(names)}); choose the text column with text_column " \
+            "(--text-column)"
+    if column not in names:
+        raise MinitronError(f"no column {column!r} in {where} {known}")
+    if not is_text[names.index(column)]:
+        raise MinitronError(f"column {column!r} of {where} does not hold text {known}")
 
 
-def _saved_texts(path: Path) -> Iterator[str]:
+def _saved_texts(path: Path, column: str, split: str) -> Iterator[str]:
     import datasets
 
     ds = datasets.load_from_disk(str(path))  # memory-mapped Arrow, not read into memory
     if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-    names = list(ds.features)
-    column = _column(names, [getattr(f, "dtype", None) in ("string", "large_string")
-                             for f in ds.features.values()], str(path))
+        if split not in ds:
+            raise MinitronError(f"no split {split!r} in {path} (splits: {', '.join(ds)}); "
+                                "choose one with split (--split)")
+        ds = ds[split]
+    _check_column(list(ds.features), [getattr(f, "dtype", None) in ("string", "large_string")
+                                      for f in ds.features.values()], column, str(path))
     for batch in ds.select_columns([column]).iter(batch_size=_ROWS_PER_READ):
         yield from batch[column]
 
@@ -67,16 +85,18 @@ def _line_texts(file: Path) -> Iterator[str]:
             yield line.rstrip("\n")
 
 
-def _record_texts(records: Iterator[tuple[int, object]], file: Path) -> Iterator[str]:
-    """The text field of JSON records (``(line, record)`` pairs); the field is chosen from
-    the first record."""
-    column = None
+def _record_texts(records: Iterator[tuple[int, object]], file: Path,
+                  column: str) -> Iterator[str]:
+    """The field ``column`` of JSON records (``(line, record)`` pairs), checked on the first
+    record."""
+    first = True
     for line, record in records:
         if not isinstance(record, dict):
             raise MinitronError(f"cannot read {file}: record {line} is not a JSON object")
-        if column is None:
-            column = _column(list(record), [isinstance(v, str) for v in record.values()],
-                             str(file))
+        if first:
+            _check_column(list(record), [isinstance(v, str) for v in record.values()], column,
+                          str(file))
+            first = False
         text = record.get(column)
         if isinstance(text, str):
             yield text
@@ -100,34 +120,35 @@ def _json_records(file: Path) -> Iterator[tuple[int, object]]:
     yield from enumerate(ds, 1)
 
 
-def _parquet_texts(file: Path) -> Iterator[str]:
+def _parquet_texts(file: Path, column: str) -> Iterator[str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(file)
     schema = parquet.schema_arrow
-    column = _column(schema.names, [pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-                                    for f in schema], str(file))
+    _check_column(schema.names, [pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+                                 for f in schema], column, str(file))
     for batch in parquet.iter_batches(batch_size=_ROWS_PER_READ, columns=[column]):
         yield from batch.column(0).to_pylist()
 
 
-def _file_texts(file: Path) -> Iterator[str]:
+def _file_texts(file: Path, column: str) -> Iterator[str]:
     if file.suffix == ".parquet":
-        return _parquet_texts(file)
+        return _parquet_texts(file, column)
     if file.suffix == ".jsonl":
-        return _record_texts(_jsonl_records(file), file)
+        return _record_texts(_jsonl_records(file), file, column)
     if file.suffix == ".json":
-        return _record_texts(_json_records(file), file)
+        return _record_texts(_json_records(file), file, column)
     return _line_texts(file)
 
 
-def iter_texts(source: str | Path) -> Iterator[str]:
+def iter_texts(source: str | Path, text_column: str = "text",
+               split: str = "train") -> Iterator[str]:
     """Every non-empty text of a local dataset (see module docstring for formats), one at a
     time in file order; only a read batch is held in memory."""
     path = Path(source)
-    readers = ([(path, _saved_texts(path))] if _is_saved_dataset(path)
-               else [(file, _file_texts(file)) for file in source_files(path)])
+    readers = ([(path, _saved_texts(path, text_column, split))] if _is_saved_dataset(path)
+               else [(file, _file_texts(file, text_column)) for file in source_files(path)])
     found = False
     for where, texts in readers:
         try:
@@ -144,9 +165,15 @@ def iter_texts(source: str | Path) -> Iterator[str]:
         raise MinitronError(f"data {path} contains no text")
 
 
-def load_texts(source: str | Path) -> list[str]:
+def check_texts(source: str | Path, text_column: str = "text", split: str = "train") -> None:
+    """Refuse, before any work, a source whose text cannot be read (missing, without the
+    column or split, empty): reads up to its first document."""
+    next(iter_texts(source, text_column, split))
+
+
+def load_texts(source: str | Path, text_column: str = "text", split: str = "train") -> list[str]:
     """Every non-empty text of a local dataset, in memory (see :func:`iter_texts`)."""
-    return list(iter_texts(source))
+    return list(iter_texts(source, text_column, split))
 
 
 def split_documents(texts: list[str], heldout_fraction: float,
@@ -201,7 +228,10 @@ def pack_tokens(texts: list[str], tokenizer, seq_len: int, num_samples: int | No
 
 
 def calibration_batches(source: str | Path, tokenizer, num_samples: int, seq_len: int,
-                        batch_size: int, seed: int = 0) -> list[torch.Tensor]:
-    """Calibration token batches ``[batch_size, seq_len]`` (the last may be smaller)."""
-    tokens = pack_tokens(load_texts(source), tokenizer, seq_len, num_samples, seed)
+                        batch_size: int, seed: int = 0, text_column: str = "text",
+                        split: str = "train") -> list[torch.Tensor]:
+    """Calibration token batches ``[batch_size, seq_len]`` (the last may be smaller) of the
+    column ``text_column`` (and split ``split``) of ``source``."""
+    tokens = pack_tokens(load_texts(source, text_column, split), tokenizer, seq_len,
+                         num_samples, seed)
     return list(tokens.split(batch_size))

@@ -64,11 +64,12 @@ def _eval_stage(recipe: Recipe, models: dict[str, Path], heldout: Path, out: Pat
                                                     "heldout": str(heldout), "limit": e.limit})
 
 
-def _export_stage(spec: ExportStage, model: Path, data: Path, device: str, out: Path) -> None:
+def _export_stage(spec: ExportStage, model: Path, data: Path, device: str, out: Path,
+                  text: dict) -> None:
     from .export.api import CalibrationSettings, export
 
     export(model, out, spec.format, spec.dtype, spec.tp,
-           calib=CalibrationSettings(source=data), device=device)
+           calib=CalibrationSettings(source=data, **text), device=device)
 
 
 def _bench_stage(spec: BenchStage, models: list[Path], device: str, out: Path) -> None:
@@ -109,12 +110,13 @@ def build_stages(recipe: Recipe, work: Path, teacher: Path, data: Path,
                                 t, s, data, out, c, resume=True),
                             scratch=(work_dir_for(distilled.resolve()),), collective=True))
         current, last_pruned = distilled, pruned
-    for spec in recipe.export:
+    text = {"text_column": rounds[-1].prune.text_column, "split": rounds[-1].prune.split}
+    for spec in recipe.export:  # FP8 calibrates on the data as the last prune reads it
         name = f"export-{spec.format}-{spec.dtype}-tp{spec.tp}"
         stages.append(Stage(name, work / "export" / name, {"model": current, "data": data},
-                            {**asdict(spec), "device": recipe.device},
+                            {**asdict(spec), "device": recipe.device, **text},
                             lambda out, s=spec, m=current: _export_stage(s, m, data,
-                                                                         recipe.device, out)))
+                                                                         recipe.device, out, text)))
     models = {"teacher": teacher, "pruned": last_pruned, "distilled": current}
     stages.append(Stage("eval", work / "eval", {**models, "heldout": heldout},
                         {"eval": asdict(recipe.eval), "device": recipe.device},

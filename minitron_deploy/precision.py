@@ -1,4 +1,5 @@
-"""Which precision to compute in: ``auto`` is bf16 where it is faster on this device.
+"""Which device and precision to compute in: device ``auto`` is CUDA when a GPU is visible,
+else the CPU; precision ``auto`` is bf16 where it is faster on this device.
 
 On CUDA that is wherever the GPU supports bf16. On a CPU it depends on the chip: with AMX
 bf16 matmuls run about twice as fast as fp32, with AVX2 alone fifty or more times slower. A
@@ -14,6 +15,7 @@ import functools
 import json
 import os
 import platform
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +31,32 @@ MIN_SPEEDUP = 1.2
 EARLY_STOP = 3.0
 #: ...and so does a first full-size one this many times slower (it may include kernel set-up).
 FIRST_CALL_STOP = 10.0
+
+
+#: What a device setting may name.
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def device_problem(name: object) -> str | None:
+    """Why ``name`` is no device setting (auto, cpu, cuda, cuda:N), or None."""
+    ok = isinstance(name, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", name)
+    return None if ok else f"is not {DEVICES}"
+
+
+def check_device(name: str) -> str:
+    """``name`` if it is a device setting; else the one-line ``device: ...`` refusal."""
+    problem = device_problem(name)
+    if problem:
+        raise MinitronError(f"device: {name!r} {problem}")
+    return name
+
+
+def resolve_device(name: str) -> str:
+    """The device ``name`` stands for: ``auto`` is "cuda" when a GPU is visible, else "cpu";
+    any other device setting is itself. Refuses names that are no device setting."""
+    if check_device(name) != "auto":
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def resolve_precision(device: str | torch.device, requested: str) -> str:

@@ -12,7 +12,7 @@ from torch import nn
 
 from . import __version__
 from .artifacts import PRUNING_RECORD, SCORES
-from .data import calibration_batches
+from .data import calibration_batches, check_texts
 from .errors import MinitronError
 from .eval.multiple_choice import load_task
 from .hub import resolve_model
@@ -20,7 +20,7 @@ from .importance.layerwise import check_streamable, resolve_offload
 from .importance.scores import ImportanceScores
 from .modeling import (DTYPES, check_not_inside, check_output_dir, load_config, load_model,
                        save_checkpoint_atomic)
-from .precision import resolve_precision
+from .precision import resolve_device, resolve_precision
 from .prune_settings import PruneSettings
 from .schema import Schema
 from .scoring import ScoringSettings, score_model
@@ -52,7 +52,7 @@ class PruneReport:
 
 
 def prune(model_dir: str | Path, out_dir: str | Path, settings: Schema | None = None, *,
-          calib: str | Path | None = None, device: str = "cpu", dtype: str = "auto",
+          calib: str | Path | None = None, device: str = "auto", dtype: str = "auto",
           **overrides) -> PruneReport:
     """Prune the checkpoint in ``model_dir`` (a folder or Hub id) and write a stock HF
     checkpoint to ``out_dir``.
@@ -61,13 +61,16 @@ def prune(model_dir: str | Path, out_dir: str | Path, settings: Schema | None = 
     part of one) and ``overrides`` (any of PruneSettings' fields by name, e.g.
     ``target_params=0.5, criterion="magnitude"``) make the settings, checked by the schema.
     Scores come from ``settings.scores`` if given (checked against the criterion, its settings
-    and these very weights), else from calibrating on ``calib``; either way they are written
+    and these very weights), else from calibrating on ``calib`` (its ``settings.text_column``,
+    and ``settings.split`` of a DatasetDict folder); either way they are written
     to ``out_dir/minitron/importance.safetensors`` for reuse with other targets. Every check on
-    the request runs before any weight is loaded, except the weights fingerprint.
+    the request runs before any weight is loaded, except the weights fingerprint. ``device``
+    "auto" is CUDA when a GPU is visible, else the CPU.
     """
     settings = PruneSettings.make(settings, **overrides)
     times: dict[str, float] = {}
     start = time.perf_counter()
+    device = resolve_device(device)
     model_dir = resolve_model(model_dir)
     dtype = resolve_precision(device, dtype)
     config = load_config(model_dir)
@@ -84,6 +87,8 @@ def prune(model_dir: str | Path, out_dir: str | Path, settings: Schema | None = 
         raise MinitronError("give calibration data (calib) or scores to reuse (scores)")
     elif not Path(calib).exists():
         raise MinitronError(f"calibration data {calib} does not exist")
+    else:
+        check_texts(calib, settings.text_column, settings.split)
     needs_depth_scores = scores is None and chosen_block > 0
     offload = _resolve_offload(settings.offload, device, target.params_before, dtype)
     if offload == "layer" and scores is None:
@@ -140,7 +145,8 @@ def _calibrate(model, tokenizer, model_dir, calib, settings: ScoringSettings, bl
     if tokenizer is None:
         raise MinitronError(f"{model_dir} has no tokenizer to tokenize the calibration data")
     batches = calibration_batches(calib, tokenizer, settings.calib_samples, settings.seq_len,
-                                  settings.batch_size, settings.seed)
+                                  settings.batch_size, settings.seed, settings.text_column,
+                                  settings.split)
     scores = score_model(model, batches, settings, block_sizes=block_sizes, tokenizer=tokenizer,
                          task_items=items, depth_block_sizes=depth_block_sizes,
                          offload=offload, device=device)
@@ -150,17 +156,19 @@ def _calibrate(model, tokenizer, model_dir, calib, settings: ScoringSettings, bl
 
 def score_checkpoint(model_dir: str | Path, out_path: str | Path,
                      settings: ScoringSettings | None = None, *, calib: str | Path,
-                     block_sizes: Sequence[int] = (1,), device: str = "cpu",
+                     block_sizes: Sequence[int] = (1,), device: str = "auto",
                      dtype: str = "auto", **overrides) -> Path:
     """Compute and save the importance artifact of a checkpoint (``minitron score``);
     ``settings`` and ``overrides`` (ScoringSettings' fields by name) as in :func:`prune`."""
     settings = ScoringSettings.make(settings, **overrides)
+    device = resolve_device(device)
     model_dir = resolve_model(model_dir)
     dtype = resolve_precision(device, dtype)
     config = load_config(model_dir)
     check_not_inside(out_path, model_dir)
     if calib is None or not Path(calib).exists():
         raise MinitronError(f"calibration data {calib} does not exist")
+    check_texts(calib, settings.text_column, settings.split)
     offload = _resolve_offload(settings.offload, device, count_params(config), dtype)
     if offload == "layer":
         check_streamable(settings, depth_scored=True)

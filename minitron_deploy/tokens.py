@@ -129,7 +129,8 @@ def _fingerprint(source: str | Path) -> dict:
 
 
 def _settings(source, tokenizer, seq_len: int, max_sequences: int | None,
-              heldout_fraction: float, seed: int, heldout_sequences: int | None) -> dict:
+              heldout_fraction: float, seed: int, heldout_sequences: int | None,
+              text_column: str, split: str) -> dict:
     if seq_len <= 0:
         raise MinitronError(f"sequence length must be positive, got {seq_len}")
     if not 0.0 <= heldout_fraction < 1.0:
@@ -137,7 +138,7 @@ def _settings(source, tokenizer, seq_len: int, max_sequences: int | None,
     for name, value in (("max_sequences", max_sequences), ("heldout_sequences", heldout_sequences)):
         if value is not None and value <= 0:
             raise MinitronError(f"{name} must be positive, got {value}")
-    return {"source": _fingerprint(source),
+    return {"source": _fingerprint(source), "text_column": text_column, "split": split,
             "tokenizer": {"name": tokenizer.name_or_path, "class": type(tokenizer).__name__,
                           "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id},
             "seq_len": seq_len, "max_sequences": max_sequences, "seed": seed,
@@ -230,17 +231,19 @@ def _write_json(path: Path, data: dict) -> None:
 def build_token_file(source: str | Path, tokenizer, seq_len: int, path: str | Path, *,
                      max_sequences: int | None = None, heldout_fraction: float = 0.0,
                      seed: int = 0, heldout_sequences: int | None = None,
-                     batch_size: int = 1024) -> TokenFileInfo:
+                     batch_size: int = 1024, text_column: str = "text",
+                     split: str = "train") -> TokenFileInfo:
     """Tokenize ``source`` into the token file ``path`` (see module docstring), replacing it.
 
     Documents are read in stream order and tokenized ``batch_size`` at a time, each followed
     by EOS; a seeded hash of (``seed``, document index) holds out about ``heldout_fraction``
     of them for :func:`heldout_path`. Stops once ``max_sequences`` train and
     ``heldout_sequences`` held-out sequences are written (None: all the data). Refuses data
-    with fewer tokens than one sequence.
+    with fewer tokens than one sequence. Tables are read from ``text_column`` (and a
+    DatasetDict folder from ``split``, see ``data.py``).
     """
     settings = _settings(source, tokenizer, seq_len, max_sequences, heldout_fraction, seed,
-                         heldout_sequences)
+                         heldout_sequences, text_column, split)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dtype = np.dtype(np.uint16 if len(tokenizer) <= 1 << 16 else np.uint32)
@@ -255,8 +258,8 @@ def build_token_file(source: str | Path, tokenizer, seq_len: int, path: str | Pa
                                            dynamic_ncols=True))
             train = _Packer(files[0], dtype, seq_len, max_sequences)
             heldout = _Packer(files[-1], dtype, seq_len, heldout_sequences if held else 0)
-            _pack(iter_texts(source), tokenizer, train, heldout, seed, heldout_fraction,
-                  batch_size, bar)
+            _pack(iter_texts(source, text_column, split), tokenizer, train, heldout, seed,
+                  heldout_fraction, batch_size, bar)
         if train.sequences == 0:
             raise MinitronError(f"the data has {train.seen} tokens, fewer than one sequence of "
                                 f"{seq_len}; lower --seq-len or add text")
@@ -285,6 +288,7 @@ def build_token_file(source: str | Path, tokenizer, seq_len: int, path: str | Pa
 def prepare_token_file(source: str | Path, tokenizer, seq_len: int, path: str | Path, *,
                        max_sequences: int | None = None, heldout_fraction: float = 0.0,
                        seed: int = 0, heldout_sequences: int | None = None,
+                       text_column: str = "text", split: str = "train",
                        ) -> tuple[TokenSequences, TokenSequences | None]:
     """Train and held-out sequences (None without a split) of the token file ``path``,
     built once for all ranks.
@@ -298,14 +302,15 @@ def prepare_token_file(source: str | Path, tokenizer, seq_len: int, path: str | 
     path = Path(path)
     distributed = dist.is_available() and dist.is_initialized()
     settings = _settings(source, tokenizer, seq_len, max_sequences, heldout_fraction, seed,
-                         heldout_sequences)
+                         heldout_sequences, text_column, split)
     failed = None
     if not distributed or dist.get_rank() == 0:
         try:
             if _current(path, settings) is None:
                 build_token_file(source, tokenizer, seq_len, path, max_sequences=max_sequences,
                                  heldout_fraction=heldout_fraction, seed=seed,
-                                 heldout_sequences=heldout_sequences)
+                                 heldout_sequences=heldout_sequences,
+                                 text_column=text_column, split=split)
         except Exception as exc:  # re-raised after the barrier, so other ranks do not hang
             failed = exc
     if distributed:

@@ -9,8 +9,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from minitron_deploy.cli import main
+from minitron_deploy.errors import MinitronError
+from minitron_deploy.precision import resolve_device
+from minitron_deploy.recipe import load_recipe
 from minitron_deploy.trim import KeepPlan
 from masking import masked_reference
+from surfaces import subparser
 from tiny_models import CALIB_TEXT, logits, save_tiny_checkpoint, tiny_batch
 
 CALIB_ARGS = ["--calib-samples", "8", "--seq-len", "32", "--batch-size", "4"]
@@ -155,3 +159,34 @@ def test_rescale_on_layernorm_refused_before_work(workspace, tmp_path, capsys):
                "--out", str(tmp_path / "out"), "--hidden-size", "36", "--rescale-norms", "on"])
     assert rc == 2 and "applies to RMSNorm models" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+#: The least each command that takes --device parses.
+REQUIRED = {"prune": ["--model", "m", "--out", "o"], "score": ["--model", "m", "--out", "o"],
+            "distill": ["--teacher", "t", "--student", "s", "--data", "d", "--out", "o"],
+            "eval": ["--model", "m", "--out", "o"], "search": ["--model", "m", "--out", "o"],
+            "export": ["--model", "m", "--format", "hf", "--out", "o"]}
+
+
+@pytest.mark.parametrize("command", REQUIRED)
+def test_device_defaults_to_auto_and_a_bad_one_is_refused_in_one_line(command, capsys):
+    assert subparser(command).parse_args(REQUIRED[command]).device == "auto"
+    assert subparser(command).parse_args([*REQUIRED[command], "--device", "cuda:1"]).device \
+        == "cuda:1"
+    assert main([command, *REQUIRED[command], "--device", "gpu"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "minitron: error: device: 'gpu' is not auto, cpu, cuda or cuda:N"]
+
+
+def test_auto_device_is_cuda_exactly_when_a_gpu_is_visible(monkeypatch, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("{name: r, teacher: /m, data: /d, heldout: /h}")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and load_recipe(recipe).device == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and load_recipe(recipe).device == "cuda"
+    assert [resolve_device(d) for d in ("cpu", "cuda", "cuda:3")] == ["cpu", "cuda", "cuda:3"]
+    for bad in ("gpu", "cuda:x", "CPU", "", "cuda:0 "):
+        with pytest.raises(MinitronError, match=f"^device: {bad!r} is not auto, cpu, cuda or "
+                                                "cuda:N$"):
+            resolve_device(bad)

@@ -18,6 +18,7 @@ BAD = [
     ("strategy", "zero3", "zero3", "strategy: 'zero3' is not one of auto, single, ddp, fsdp"),
     ("intermediate_loss", "kl", "kl", "intermediate_loss: 'kl' is not one of cosine, mse"),
     ("val_fraction", "1", 1, "val_fraction: 1.0 must be in [0, 1)"),
+    ("device", "gpu", "gpu", "device: 'gpu' is not auto, cpu, cuda or cuda:N"),
 ]
 
 

@@ -37,7 +37,7 @@ def write_shards(root: Path) -> list[str]:
             (root / name).write_text("".join(json.dumps({"id": i, "text": d}) + "\n"
                                              for i, d in enumerate(docs)))
         else:
-            pq.write_table(pa.table({"n": list(range(len(docs))), "body": docs}), root / name,
+            pq.write_table(pa.table({"n": list(range(len(docs))), "text": docs}), root / name,
                            row_group_size=5)
         order += docs
     (root / "notes.csv").write_text("ignored")

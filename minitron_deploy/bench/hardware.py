@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from .. import precision
 from ..errors import MinitronError
 from .limits import Limits
 
@@ -38,10 +39,9 @@ def gpu_limits(name: str) -> Limits:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; an unavailable CUDA request is refused."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    """``auto`` picks CUDA when present (``precision.resolve_device``); an unavailable CUDA
+    request is refused."""
+    device = torch.device(precision.resolve_device(name))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MinitronError("--device cuda was requested but no CUDA GPU is visible")
     return device

@@ -9,10 +9,13 @@ from typing import TypeVar
 from ..errors import MinitronError
 from ..importance.settings import ScoringSettings
 from ..modeling import DTYPES
+from ..precision import check_device
 from ..schema import Field, Schema, fields_of
 
 T = TypeVar("T")
 S = TypeVar("S", bound=Schema)
+#: Help of every ``--device`` flag.
+DEVICE_HELP = "auto (CUDA when a GPU is visible, else the CPU), cpu, cuda or cuda:N"
 
 
 def checked(parse: Callable[[str], T]) -> Callable[[str], T]:
@@ -75,7 +78,7 @@ def settings_from_args(schema: type[S], args: argparse.Namespace) -> S:
 
 def add_device_args(p: argparse.ArgumentParser, dtype_default: str = "auto") -> None:
     """``--device`` and ``--dtype``."""
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", type=check_device, help=DEVICE_HELP)
     p.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default=dtype_default,
                    help="auto (default): bf16 where it is faster on the device (GPUs; CPUs "
                         "measured once, e.g. with AMX), else fp32")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..data import TextSettings
 from ..eval.tasks import TASKS
-from .common import add_device_args
+from .common import add_device_args, add_settings_args
 
 
 _EXAMPLE = """example (teacher and student side by side on 200 items per task):
@@ -26,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="items per task, MMLU: per subject (default: every item)")
     p.add_argument("--ppl-data", help="held-out text for perplexity, same formats as prune "
                                       "--calib (no default: needed for the ppl task)")
+    add_settings_args(p, TextSettings)
     p.add_argument("--seq-len", type=int, default=512, help="perplexity sequence length")
     p.add_argument("--ppl-seqs", type=int, default=64, help="perplexity sequences")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward")
@@ -45,7 +47,8 @@ def run(args: argparse.Namespace) -> None:
     if len(set(names)) < len(names):  # same folder names: label columns by full path
         names = list(args.model)
     results = {name: evaluate(m, tasks, args.limit, args.ppl_data, args.seq_len, args.ppl_seqs,
-                              args.device, args.dtype, args.batch_size)
+                              args.device, args.dtype, args.batch_size, args.text_column,
+                              args.split)
                for name, m in zip(names, args.model)}
     write_results(results, args.out, meta={"models": args.model, "tasks": tasks,
                                            "limit": args.limit, "ppl_data": args.ppl_data})

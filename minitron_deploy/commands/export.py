@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..data import TextSettings
+from ..precision import check_device
+from .common import DEVICE_HELP, add_settings_args
 
 _EXAMPLE = """example (an FP8 TensorRT-LLM checkpoint on 2 tensor-parallel ranks):
   minitron export --model out/llama-4.5b-kd --format trtllm --dtype fp8 --tp 2 \\
@@ -28,10 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
     p.add_argument("--calib", help="calibration text for fp8, same formats as prune --calib "
                                    "(no default: fp8 needs it)")
+    add_settings_args(p, TextSettings)
     p.add_argument("--calib-samples", type=int, default=128, help="fp8 calibration sequences")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration sequence")
     p.add_argument("--batch-size", type=int, default=8, help="calibration sequences per forward")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (FP8 calibration)")
+    p.add_argument("--device", default="auto", type=check_device,
+                   help=f"{DEVICE_HELP}: where the model is loaded and FP8 calibrated")
     p.set_defaults(func=run)
 
 
@@ -39,7 +44,8 @@ def run(args: argparse.Namespace) -> None:
     from ..export import CalibrationSettings, export
 
     calib = CalibrationSettings(source=args.calib, num_samples=args.calib_samples,
-                                seq_len=args.seq_len, batch_size=args.batch_size)
+                                seq_len=args.seq_len, batch_size=args.batch_size,
+                                text_column=args.text_column, split=args.split)
     result = export(args.model, args.out, format=args.format, dtype=args.dtype, tp=args.tp,
                     calib=calib, device=args.device)
     files = result.manifest["files"]

@@ -21,13 +21,13 @@ import torch
 from torch import nn
 
 from ..artifacts import DISTILL_SUMMARY, LOSS_CURVE, TRAIN_LOG
-from ..data import check_seq_len
+from ..data import TextSettings, check_seq_len, check_texts
 from ..errors import MinitronError
 from ..hub import resolve_model
 from ..modeling import (check_not_inside, check_output_dir, load_config, load_model,
                         save_checkpoint_atomic)
-from ..schema import (Schema, at_least, below_one, in_unit_interval, non_negative, positive,
-                      setting)
+from ..precision import DEVICES, device_problem, resolve_device
+from ..schema import at_least, below_one, in_unit_interval, non_negative, positive, setting
 from ..tokens import prepare_token_file
 from .losses import HiddenStateLoss, hidden_state_loss, read_pruning_record
 from .objectives import PRECISIONS, KDObjective, LMObjective, uses_bf16
@@ -38,8 +38,9 @@ from .trainer import TrainConfig, mean_losses, train
 
 
 @dataclass
-class DistillConfig(Schema):
-    """Everything ``minitron distill`` takes besides paths. Give ``tokens`` or ``steps``."""
+class DistillConfig(TextSettings):
+    """Everything ``minitron distill`` takes besides paths: where the training text is
+    (:class:`TextSettings`), then these. Give ``tokens`` or ``steps``."""
 
     tokens: int | None = setting(None, "training tokens, e.g. 2e6 (this or --steps)",
                                  unset="none", check=at_least(1))
@@ -75,7 +76,8 @@ class DistillConfig(Schema):
                                            check=positive)
     chunk_tokens: int = setting(512, "tokens per chunk of the KL computation (memory vs "
                                      "speed)", check=at_least(1))
-    device: str = setting("cpu", "cpu, cuda or cuda:N")
+    device: str = setting("auto", f"{DEVICES} (auto: CUDA when a GPU is visible, else the CPU)",
+                          check=device_problem)
     precision: str = setting("auto", "auto: bf16 autocast where it is faster (GPUs; CPUs "
                                      "measured once, e.g. with AMX), else fp32",
                              choices=PRECISIONS)
@@ -139,11 +141,13 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
     ``on_checkpoint(step, student)`` runs after every training checkpoint (evaluation during
     training; it may switch the student to eval mode, training resumes in train mode).
     """
+    config = replace(config, device=resolve_device(config.device))
     teacher_dir, student_dir = resolve_model(teacher_dir), resolve_model(student_dir)
     if Path(out_dir).resolve() == teacher_dir.resolve():
         raise MinitronError("the output directory is the teacher; refusing to overwrite it")
     out = check_output_dir(out_dir, student_dir)
     check_not_inside(out, teacher_dir)
+    check_texts(data, config.text_column, config.split)
     teacher_cfg, student_cfg = load_config(teacher_dir), load_config(student_dir)
     if teacher_cfg.vocab_size != student_cfg.vocab_size:
         raise MinitronError(f"teacher vocabulary ({teacher_cfg.vocab_size}) and student "
@@ -173,7 +177,8 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
         sequences, val = prepare_token_file(
             data, tokenizer, config.seq_len, work / TOKEN_FILE, max_sequences=needed,
             heldout_fraction=config.val_fraction, seed=config.seed,
-            heldout_sequences=config.val_sequences)
+            heldout_sequences=config.val_sequences, text_column=config.text_column,
+            split=config.split)
         if config.uses_teacher:
             teacher = _teacher(teacher_dir, config, train_cfg, layout, work, resume, sequences,
                                device, env)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..data import check_seq_len, load_texts, pack_tokens
+from ..data import check_seq_len, check_texts, load_texts, pack_tokens
 from ..errors import MinitronError
 from ..modeling import load_model
-from ..precision import resolve_precision
+from ..precision import resolve_device, resolve_precision
 from ..files import write_text_atomic
 from .multiple_choice import evaluate_items
 from .perplexity import perplexity_with_stderr
@@ -38,12 +38,18 @@ def parse_tasks(spec: str) -> list[str]:
 
 def evaluate(model_dir: str | Path, tasks: list[str], limit: int | None = None,
              ppl_data: str | Path | None = None, seq_len: int = 512, ppl_seqs: int = 64,
-             device: str = "cpu", dtype: str = "auto", batch_size: int = 16) -> dict:
+             device: str = "auto", dtype: str = "auto", batch_size: int = 16,
+             text_column: str = "text", split: str = "train") -> dict:
     """Metrics of one checkpoint: ``{"ppl": float, "ppl_stderr": float, task: {n, acc,
     acc_stderr, ...}}``.
-    ``dtype`` "auto" is bf16 where it is faster on ``device`` (``precision.py``), else fp32."""
+    ``device`` "auto" is CUDA when a GPU is visible, else the CPU; ``dtype`` "auto" is bf16
+    where it is faster on the device (``precision.py``), else fp32. A ``ppl_data`` table is read
+    from its column ``text_column`` (a DatasetDict folder from its split ``split``)."""
     if PPL in tasks and ppl_data is None:
         raise MinitronError("perplexity needs held-out text (--ppl-data)")
+    device = resolve_device(device)
+    if PPL in tasks:
+        check_texts(ppl_data, text_column, split)
     model, tokenizer = load_model(model_dir, dtype=resolve_precision(device, dtype),
                                   device=device)
     if tokenizer is None:
@@ -52,7 +58,8 @@ def evaluate(model_dir: str | Path, tasks: list[str], limit: int | None = None,
     for task in tqdm(tasks, desc=f"eval {Path(model_dir).name}", unit="task"):
         if task == PPL:
             check_seq_len(seq_len, model.config)
-            seqs = pack_tokens(load_texts(ppl_data), tokenizer, seq_len, ppl_seqs, seed=0)
+            seqs = pack_tokens(load_texts(ppl_data, text_column, split), tokenizer, seq_len,
+                               ppl_seqs, seed=0)
             results[PPL], results[PPL_STDERR] = perplexity_with_stderr(model, seqs)
             if not math.isfinite(results[PPL]):
                 raise MinitronError(f"non-finite perplexity ({results[PPL]}) for {model_dir}: "

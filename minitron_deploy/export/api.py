@@ -7,9 +7,11 @@ from pathlib import Path
 
 import torch
 
+from ..data import check_texts
 from ..errors import MinitronError
 from ..hub import resolve_model
 from ..modeling import DTYPES, check_output_dir, load_config, load_model
+from ..precision import resolve_device
 from ..shape import ModelShape
 from .output import atomic_dir, write_manifest
 
@@ -32,13 +34,16 @@ class ExportResult:
 
 @dataclass
 class CalibrationSettings:
-    """Text and sizes for FP8 calibration (any ``--calib`` source ``minitron prune`` takes)."""
+    """Text and sizes for FP8 calibration (any ``--calib`` source ``minitron prune`` takes;
+    a table is read from ``text_column``, a DatasetDict folder from ``split``)."""
 
     source: str | Path | None = None
     num_samples: int = 128
     seq_len: int = 256
     batch_size: int = 8
     seed: int = 0
+    text_column: str = "text"
+    split: str = "train"
 
 
 def check_request(fmt: str, dtype: str, tp: int) -> None:
@@ -72,21 +77,23 @@ def _fp8_batches(tokenizer, calib: CalibrationSettings) -> list[torch.Tensor]:
     if tokenizer is None:
         raise MinitronError("--dtype fp8 calibrates on text and needs the model's tokenizer")
     return calibration_batches(calib.source, tokenizer, calib.num_samples, calib.seq_len,
-                               calib.batch_size, calib.seed)
+                               calib.batch_size, calib.seed, calib.text_column, calib.split)
 
 
 def export(model_dir: str | Path, out_dir: str | Path, format: str = "hf",
            dtype: str | None = None, tp: int = 1, calib: CalibrationSettings | None = None,
-           device: str = "cpu") -> ExportResult:
+           device: str = "auto") -> ExportResult:
     """Export the checkpoint at ``model_dir`` to ``out_dir`` as ``format`` ("hf", "trtllm",
     "onnx") in ``dtype`` ("bf16", "fp16", "fp32", "fp8"; None: the format's
-    ``DEFAULT_DTYPES``). FP8 is calibrated on ``calib``.
+    ``DEFAULT_DTYPES``) on ``device`` ("auto": CUDA when a GPU is visible, else the CPU).
+    FP8 is calibrated on ``calib``.
 
     Written atomically with ``minitron/export_manifest.json`` (source, format, dtype, shape,
     sha256 of every file); any error leaves nothing behind.
     """
     dtype = dtype or DEFAULT_DTYPES.get(format)
     check_request(format, dtype, tp)
+    device = resolve_device(device)
     model_dir = resolve_model(model_dir)
     calib = calib or CalibrationSettings()
     check_output_dir(out_dir, model_dir)
@@ -103,6 +110,7 @@ def export(model_dir: str | Path, out_dir: str | Path, format: str = "hf",
         check_fp8_shape(shape, tp)
         if calib.source is None:
             raise MinitronError("--dtype fp8 needs calibration text: pass --calib DATA")
+        check_texts(calib.source, calib.text_column, calib.split)
     load_dtype = "fp32" if dtype in ("fp8", "fp32") or format != "hf" else dtype
     model, tokenizer = load_model(model_dir, dtype=load_dtype, device=device)
     for name, tensor in model.state_dict().items():

@@ -1,11 +1,12 @@
 """How importance is measured: the criterion and its knobs, the aggregation, the depth metric,
-the calibration data's size and where the passes run."""
+the calibration data (its column, split and size) and where the passes run."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..schema import Schema, at_least, positive, setting
+from ..data import TextSettings
+from ..schema import at_least, positive, setting
 from .aggregate import BATCH_AGGREGATIONS, SEQ_AGGREGATIONS
 from .criteria import CRITERIA
 from .depth import DEPTH_METRICS
@@ -15,9 +16,10 @@ _LOOP = "the ModelOpt mode calibrates with the caller's forward loop"
 
 
 @dataclass
-class ScoringSettings(Schema):
-    """Scoring settings. Defaults follow the paper (activation criterion, batch L2 of
-    sequence-mean |a|, depth by LM loss)."""
+class ScoringSettings(TextSettings):
+    """Scoring settings: where the calibration text is (:class:`TextSettings`), then these.
+    Defaults follow the paper (activation criterion, batch L2 of sequence-mean |a|, depth by
+    LM loss)."""
 
     criterion: str = setting(
         "activation", "width importance: activation (the paper's), magnitude, random, mini-llm "

@@ -24,14 +24,15 @@ from tqdm.auto import tqdm
 
 from ..align import Alignment
 from ..artifacts import ARTIFACTS_DIR, SCORES
-from ..data import calibration_batches, check_seq_len, load_texts, pack_tokens, split_documents
+from ..data import (calibration_batches, check_seq_len, check_texts, load_texts, pack_tokens,
+                    split_documents)
 from ..distill.api import work_dir_for
 from ..errors import MinitronError
 from ..files import settings_hash, sha256_file, write_text_atomic
 from ..hub import resolve_model
 from ..importance.scores import ImportanceScores
 from ..modeling import atomic_dir, check_output_dir, load_config, load_model
-from ..precision import resolve_precision
+from ..precision import resolve_device, resolve_precision
 from ..prune import prune
 from ..prune_settings import PruneSettings
 from ..scoring import score_model
@@ -97,7 +98,7 @@ def _rule(config, goal: Goal, align: Alignment, predictor: Predictor) -> dict | 
 
 def search_student(model: str | Path, out: str | Path, settings: SearchSettings | None = None,
                    *, calib: str | Path | None = None, heldout: str | Path | None = None,
-                   device: str = "cpu", dtype: str = "auto", dry_run: bool = False,
+                   device: str = "auto", dtype: str = "auto", dry_run: bool = False,
                    **overrides) -> SearchResult:
     """Search the student of ``model`` (a folder or Hub id); write the chosen pruned model to
     ``out`` (a dry run writes the candidates' predictions and config-only folders instead,
@@ -106,8 +107,11 @@ def search_student(model: str | Path, out: str | Path, settings: SearchSettings 
     ``settings`` and ``overrides`` (any of :class:`SearchSettings`' fields by name, e.g.
     ``target_params=0.5, candidates=3``) make the settings, checked by the schema. Without
     ``heldout`` text, 10% of the ``calib`` documents are held out for the loss (and kept out
-    of scoring and distillation)."""
+    of scoring and distillation). Tables are read from ``settings.text_column`` (and
+    ``settings.split`` of a DatasetDict folder), ``calib`` and ``heldout`` alike; ``device``
+    "auto" is CUDA when a GPU is visible, else the CPU."""
     settings = SearchSettings.make(settings, **overrides)
+    device = resolve_device(device)
     model_dir = resolve_model(model)
     config = load_config(model_dir)
     plan = plan_search(config, settings)
@@ -119,6 +123,8 @@ def search_student(model: str | Path, out: str | Path, settings: SearchSettings 
                             else "give calibration data (--calib)")
     if heldout is not None and not Path(heldout).exists():
         raise MinitronError(f"held-out data {heldout} does not exist")
+    for source in filter(None, (calib, heldout)):
+        check_texts(source, settings.text_column, settings.split)
     check_seq_len(settings.seq_len, config)
     dtype = resolve_precision(device, dtype)
     work = work_dir_for(out)
@@ -181,13 +187,15 @@ def _data(calib, heldout, tokenizer, settings: SearchSettings, work: Path
     """The scoring and distillation text, and the held-out sequences (a split of the
     calibration documents when no held-out data is given)."""
     if heldout is not None:
-        texts = load_texts(heldout)
+        texts = load_texts(heldout, settings.text_column, settings.split)
         train = Path(calib)
     else:
-        kept, held_docs = split_documents(load_texts(calib), HELDOUT_FRACTION, settings.seed)
+        kept, held_docs = split_documents(load_texts(calib, settings.text_column, settings.split),
+                                          HELDOUT_FRACTION, settings.seed)
         train = work / "train.txt"
-        if not train.is_file():
-            write_text_atomic(train, "\n".join(t.replace("\n", " ") for t in kept) + "\n")
+        text = "\n".join(t.replace("\n", " ") for t in kept) + "\n"
+        if not train.is_file() or train.read_text() != text:  # kept as is when resuming
+            write_text_atomic(train, text)
         texts = held_docs
     return train, pack_tokens(texts, tokenizer, settings.seq_len, settings.heldout_seqs, seed=0)
 
@@ -210,7 +218,8 @@ def _scores(teacher, tokenizer, model_dir: Path, train_text: Path, plan: SearchP
     if path.is_file() and stamp.is_file() and stamp.read_text().strip() == wanted:
         return path
     batches = calibration_batches(train_text, tokenizer, settings.calib_samples,
-                                  settings.seq_len, settings.batch_size, settings.seed)
+                                  settings.seq_len, settings.batch_size, settings.seed,
+                                  settings.text_column, settings.split)
     computed = score_model(teacher, batches, settings, block_sizes=sorted({1, *blocks}),
                            tokenizer=tokenizer, depth_block_sizes=blocks)
     computed.meta.update(source=str(model_dir.resolve()), calib=str(train_text))

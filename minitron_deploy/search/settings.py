@@ -140,4 +140,5 @@ class SearchSettings(ScoringSettings):
         """The short distillation of every ranked candidate."""
         return DistillConfig(tokens=self.rank_tokens, seq_len=self.seq_len,
                              batch_size=self.batch_size, lr=self.lr, seed=self.seed,
-                             device=device, precision=precision)
+                             device=device, precision=precision, text_column=self.text_column,
+                             split=self.split)
