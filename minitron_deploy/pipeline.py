@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from . import assets
+from .bench.models import NAMED_SHAPES
 from .distill.api import distill, work_dir_for
+from .errors import MinitronError
 from .eval.api import PPL, evaluate, markdown_table, metric_names, write_results
 from .eval.retention import Retention, chance_accuracy, retention, retention_lines
 from .modeling import atomic_dir, load_config
@@ -149,6 +151,9 @@ def run_pipeline(recipe: Recipe, work_dir: str | Path) -> PipelineResult:
 def _resolve_assets(recipe: Recipe, work: Path) -> tuple[Path, Path, Path]:
     """Local paths of teacher, training data and held-out text (built-ins materialized, Hub
     teachers found in or downloaded into the Hugging Face cache)."""
+    if recipe.teacher in NAMED_SHAPES:
+        raise MinitronError(f"teacher {recipe.teacher} is a named shape without weights: it "
+                            "plans a --dry-run only; name a checkpoint folder or Hub id to run")
     work.mkdir(parents=True, exist_ok=True)
     return (assets.resolve_checkpoint(recipe.teacher, work), assets.resolve(recipe.data, work),
             assets.resolve(recipe.heldout, work))

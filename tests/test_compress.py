@@ -92,6 +92,16 @@ def test_dry_run_plans_from_a_named_shape_with_nothing_downloaded(offline_cache,
     assert not any((tmp_path / "cwd").iterdir())
 
 
+def test_a_named_shape_teacher_is_refused_outside_a_dry_run(capsys, tmp_path):
+    work = tmp_path / "work"
+    assert main(["compress", "--recipe", str(packaged_recipe("llama31-8b-to-4b-width")),
+                 "--work-dir", str(work), "--set", "teacher=llama31-8b"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minitron: error: teacher llama31-8b is a named shape without "
+                          "weights") and err.count("\n") == 1
+    assert not work.exists()
+
+
 def test_hub_teacher_missing_from_the_cache_suggests_the_named_shape(offline_cache, capsys,
                                                                      tmp_path):
     assert main(_width_dry_run(tmp_path / "work")) == 2

@@ -10,8 +10,10 @@ import yaml
 from ..errors import MinitronError
 
 
-_EXAMPLE = """example (the memory plan on 8 GPUs, then the run; re-running resumes):
-  minitron compress --recipe recipes/llama31-8b-to-4b-width.yaml --dry-run --gpus 8
+_EXAMPLE = """example (the memory plan on 8 GPUs from the named shape, then the run; re-running
+resumes):
+  minitron compress --recipe llama31-8b-to-4b-width --dry-run --gpus 8 \\
+      --device-memory-gb 80 --set teacher=llama31-8b
   torchrun --nproc-per-node 8 -m minitron_deploy.cli compress \\
       --recipe recipes/llama31-8b-to-4b-width.yaml"""
 
