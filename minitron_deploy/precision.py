@@ -6,7 +6,8 @@ bf16 matmuls run about twice as fast as fp32, with AVX2 alone fifty or more time
 short probe times 1024x1024 matmuls in both (stopping early when a small bf16 matmul is already
 much slower) and the answer is cached per machine in ``~/.cache/minitron/precision.json``,
 keyed by the CPU capability, CPU model and torch version. ``MINITRON_CPU_PRECISION=fp32|bf16`` skips
-the probe.
+the probe. Under ``torchrun`` training asks ``agreed_precision``: rank 0 decides and every rank
+takes its answer, so ranks never compute in different precisions.
 """
 
 from __future__ import annotations
@@ -70,6 +71,17 @@ def resolve_precision(device: str | torch.device, requested: str) -> str:
     if kind == "cpu":
         return _cpu_precision()
     return "fp32"
+
+
+def agreed_precision(device: str | torch.device, requested: str) -> str:
+    """``resolve_precision`` decided by rank 0 alone and shared with every rank; collective
+    under ``torchrun`` (every rank calls it at the same point) unless ``requested`` is
+    explicit."""
+    if requested != "auto":
+        return requested
+    from .ranks import on_main_rank
+
+    return on_main_rank(lambda: resolve_precision(device, requested))
 
 
 @functools.cache

@@ -5,27 +5,27 @@ rank, so decisions are made once and shared, and a failure on rank 0 ends every 
 same one-line :class:`MinitronError` instead of leaving them waiting. In one process it just
 calls ``fn``.
 
-While ``fn`` runs, rank 0's default process group is a group of rank 0 alone: libraries that
-synchronise over the default group whenever one exists (ModelOpt's FP8 calibration and HF
-export do) then behave as in one process instead of waiting for ranks that are not there. The
-other ranks wait on a separate gloo group with a long timeout, as rank 0 may prune, evaluate
-or export for longer than the default (NCCL) group's timeout allows.
+While ``fn`` runs, ``distributed_env()`` on rank 0 is a world of one (``main_rank_view``), so
+code inside it (a short distillation, token-file building, evaluation) trains on all of its
+own tokens and syncs with no one. The default process group is left alone: this package's
+collectives take the view's group, and the libraries called inside (ModelOpt's FP8
+calibration, see ``export/fp8.py``) are told not to sync. The other ranks wait on a separate
+gloo group with a long timeout, as rank 0 may prune, evaluate or export for longer than the
+default (NCCL) group's timeout allows.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TypeVar
 
-from .distill.parallel import distributed_env
+from .distill.parallel import distributed_env, main_rank_view
 from .errors import MinitronError
 
 T = TypeVar("T")
 WAIT_TIMEOUT = timedelta(days=7)
 _groups: tuple | None = None  # (the group the others wait on, the group of rank 0 alone)
-_inside = False
 
 
 def _make_groups() -> tuple:
@@ -36,22 +36,6 @@ def _make_groups() -> tuple:
 
         _groups = (dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT), dist.new_group([0]))
     return _groups
-
-
-@contextlib.contextmanager
-def _alone(solo) -> Iterator[None]:
-    """Inside the block the default process group is ``solo`` (rank 0 alone)."""
-    global _inside
-    from torch.distributed import distributed_c10d as c10d
-
-    world = c10d._get_default_group()
-    c10d._update_default_pg(solo)
-    _inside = True
-    try:
-        yield
-    finally:
-        _inside = False
-        c10d._update_default_pg(world)
 
 
 def release() -> None:
@@ -78,13 +62,14 @@ def _one_line(exc: BaseException) -> str:
 def on_main_rank(fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 only and return its (picklable) result on every rank.
 
-    Every rank must call this at the same point (a call from inside ``fn`` just runs). The
-    others return only after ``fn`` has finished, so whatever it wrote is there to read. If
-    ``fn`` raises, rank 0 re-raises its exception and every other rank raises a
-    :class:`MinitronError` carrying its message.
+    Every rank must call this at the same point (a call from inside ``fn`` just runs). Inside
+    ``fn`` rank 0's ``distributed_env()`` is a world of one. The others return only after
+    ``fn`` has finished, so whatever it wrote is there to read. If ``fn`` raises, rank 0
+    re-raises its exception and every other rank raises a :class:`MinitronError` carrying
+    its message.
     """
     env = distributed_env()
-    if env.world == 1 or _inside:
+    if env.world == 1:
         return fn()
     import torch.distributed as dist
 
@@ -93,7 +78,7 @@ def on_main_rank(fn: Callable[[], T]) -> T:
     failure: BaseException | None = None
     if env.is_main:
         try:
-            with _alone(solo):
+            with main_rank_view(solo):
                 box[0] = (True, fn())
         except BaseException as exc:  # shared before re-raising, so no rank is left waiting
             failure = exc

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from .data import iter_texts, source_files
 from .errors import MinitronError
+from .ranks import on_main_rank
 
 FORMAT = 2  # 2: the sidecar records the file's sha256
 _BATCH_CHARS = 1 << 22
@@ -294,29 +295,22 @@ def prepare_token_file(source: str | Path, tokenizer, seq_len: int, path: str | 
     built once for all ranks.
 
     Rank 0 reuses the file when its sidecar records the same source fingerprint, tokenizer
-    and settings, else builds it; with a process group every rank then waits on a barrier and
-    opens the memmap (``path`` must be visible to all ranks).
+    and settings, else builds it, however long that takes, while the other ranks wait
+    (``ranks.on_main_rank``); then every rank opens the memmap (``path`` must be visible to
+    all ranks).
     """
-    import torch.distributed as dist
-
     path = Path(path)
-    distributed = dist.is_available() and dist.is_initialized()
     settings = _settings(source, tokenizer, seq_len, max_sequences, heldout_fraction, seed,
                          heldout_sequences, text_column, split)
-    failed = None
-    if not distributed or dist.get_rank() == 0:
-        try:
-            if _current(path, settings) is None:
-                build_token_file(source, tokenizer, seq_len, path, max_sequences=max_sequences,
-                                 heldout_fraction=heldout_fraction, seed=seed,
-                                 heldout_sequences=heldout_sequences,
-                                 text_column=text_column, split=split)
-        except Exception as exc:  # re-raised after the barrier, so other ranks do not hang
-            failed = exc
-    if distributed:
-        dist.barrier()
-    if failed is not None:
-        raise failed
+
+    def build() -> None:
+        if _current(path, settings) is None:
+            build_token_file(source, tokenizer, seq_len, path, max_sequences=max_sequences,
+                             heldout_fraction=heldout_fraction, seed=seed,
+                             heldout_sequences=heldout_sequences, text_column=text_column,
+                             split=split)
+
+    on_main_rank(build)
     meta = _current(path, settings)
     if meta is None:
         raise MinitronError(f"rank 0 did not build the token file {path}; see its error")

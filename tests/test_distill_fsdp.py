@@ -18,10 +18,10 @@ BASE = dict(steps=4, seq_len=32, grad_accum=2, lr=3e-3, checkpoint_every=2)
 
 
 def torchrun(nproc: int, pair: Path, out: Path, settings: dict,
-             kill_after: int | None = None) -> subprocess.CompletedProcess:
+             kill_after: int | None = None, **env_vars: str) -> subprocess.CompletedProcess:
     args = [str(pair / "teacher"), str(pair / "student"), str(pair / "text.txt"), str(out),
             json.dumps(settings)] + ([str(kill_after)] if kill_after else [])
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_vars,
            "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
                            str(nproc), "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0",
@@ -89,6 +89,22 @@ def test_fsdp_two_ranks_equal_one_process_qwen3_replicated_teacher(tmp_path):
     assert_close_weights(single, out)
     summary = json.loads((out / "minitron" / "distill.json").read_text())
     assert not summary["layout"]["shard_teacher"]
+
+
+def test_fsdp_validation_runs_on_the_sharded_student_on_every_rank(llama, tmp_path):
+    """The loss before training is computed after sharding (on a GPU the student is still on
+    the CPU before), with every rank running the forward, and equals one process's."""
+    val = dict(steps=2, val_fraction=0.2, val_sequences=4)
+    spy = tmp_path / "validation.log"
+    out = llama / "fsdp-validated"
+    done = torchrun(2, llama, out, {**BASE, **val, "batch_size": 1, "strategy": "fsdp",
+                                    "teacher_sharding": "shard"}, SPY_VALIDATION=str(spy))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(spy.read_text().split()) == ["0:sharded"] * 2 + ["1:sharded"] * 2
+    single = single_process(llama, "single-validated", **val)
+    before = [json.loads((p / "minitron" / "distill.json").read_text())["validation"]["before"]
+              for p in (out, single)]
+    assert before[0] == pytest.approx(before[1], rel=0, abs=1e-5)
 
 
 def test_sigkill_and_resume_on_two_ranks_is_bitwise_identical(llama, llama_fsdp):

@@ -26,13 +26,14 @@ from ..errors import MinitronError
 from ..hub import resolve_model
 from ..modeling import (check_not_inside, check_output_dir, load_config, load_model,
                         save_checkpoint_atomic)
-from ..precision import DEVICES, device_problem, resolve_device
+from ..precision import DEVICES, agreed_precision, device_problem, resolve_device
+from ..ranks import on_main_rank
 from ..schema import at_least, below_one, in_unit_interval, non_negative, positive, setting
 from ..tokens import prepare_token_file
 from .losses import HiddenStateLoss, hidden_state_loss, read_pruning_record
 from .objectives import PRECISIONS, KDObjective, LMObjective, uses_bf16
 from .parallel import (STRATEGIES, DistEnv, barrier, check_strategy, distributed_env,
-                       full_state_dict, is_sharded, plain_copy, shard_model)
+                       full_state_dict, is_sharded, plain_copy, shard_model, shard_objective)
 from .plot import plot_loss_curve
 from .trainer import TrainConfig, mean_losses, train
 
@@ -162,8 +163,10 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
                             "or delete it to start over")
     device = torch.device(config.device if env.world == 1 or config.device == "cpu"
                           else f"cuda:{env.local_rank}")
-    layout = resolve_layout(config, env, teacher_cfg, student_cfg, device)
-    train_cfg = replace(train_cfg, strategy=layout.strategy,
+    precision = agreed_precision(device, config.precision)
+    layout = resolve_layout(replace(config, precision=precision), env, teacher_cfg, student_cfg,
+                            device)
+    train_cfg = replace(train_cfg, strategy=layout.strategy, precision=precision,
                         activation_checkpointing=layout.activation_checkpointing)
     barrier(env)  # every rank checked the paths before any rank creates the work dir
 
@@ -189,7 +192,9 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
                                     config.intermediate_weight, config.chunk_tokens)
         else:
             objective = LMObjective(student, config.chunk_tokens)
-        if layout.strategy != "fsdp":
+        if layout.strategy == "fsdp":  # before validation, whose forward runs on every rank
+            shard_objective(objective, device, uses_bf16(device, precision), env)
+        else:
             objective.to(device)
         val_before = mean_losses(objective, val, train_cfg) if val is not None else None
         records = train(objective, sequences, train_cfg, work / "student", resume=resume,
@@ -203,7 +208,7 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
     summary = {"teacher": str(Path(teacher_dir).resolve()),
                "student": str(Path(student_dir).resolve()), "data": str(Path(data).resolve()),
                "sequences_available": len(sequences), "config": asdict(config),
-               "layout": asdict(layout), "world_size": env.world,
+               "layout": asdict(layout), "precision": precision, "world_size": env.world,
                "steps": report.steps, "tokens": report.tokens,
                "first_loss": report.first_loss, "last_loss": report.last_loss,
                "train_seconds": seconds}
@@ -217,9 +222,7 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
 
     save_model(student, out, env, source_dir=student_dir, extra_json={DISTILL_SUMMARY: summary},
                write_artifacts=write_logs)
-    if env.is_main:
-        shutil.rmtree(work, ignore_errors=True)
-    barrier(env)
+    on_main_rank(lambda: shutil.rmtree(work, ignore_errors=True))
     return report
 
 
@@ -244,7 +247,7 @@ def resolve_layout(config: DistillConfig, env: DistEnv, teacher_cfg, student_cfg
     available = device_memory(str(device))
     if available is None:
         raise MinitronError(f"device {device} is not available here")
-    if device.type == "cpu":
+    if device.type == "cpu" and env.world > 1:
         available //= int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     choice = choose_strategy(teacher_cfg, student_cfg, config, env.world, available,
                              gpu=device.type == "cuda")
@@ -254,12 +257,12 @@ def resolve_layout(config: DistillConfig, env: DistEnv, teacher_cfg, student_cfg
 
 def save_model(model: nn.Module, out: Path, env: DistEnv, **kwargs) -> None:
     """``save_checkpoint_atomic`` of a possibly sharded model: gathered onto rank 0 (a stock,
-    unsharded checkpoint), written there; collective."""
+    unsharded checkpoint; collective), then written by rank 0 while the others wait
+    (``ranks.on_main_rank``)."""
     if is_sharded(model):
         state = full_state_dict(model)
         model = plain_copy(model, state) if env.is_main else model
-    if env.is_main:
-        save_checkpoint_atomic(model, out, **kwargs)
+    on_main_rank(lambda: save_checkpoint_atomic(model, out, **kwargs))
 
 
 @contextlib.contextmanager
@@ -280,18 +283,17 @@ def _teacher(teacher_dir, config: DistillConfig, train_cfg: TrainConfig, layout:
              work: Path, resume: bool, sequences, device: torch.device, env: DistEnv):
     """The frozen teacher (bf16 where the run computes in bf16), after teacher correction when
     asked; sharded for forward only when the layout says so."""
-    bf16 = uses_bf16(device, config.precision) and device.type == "cuda"
+    bf16 = uses_bf16(device, train_cfg.precision) and device.type == "cuda"
     source = teacher_dir
     if config.teacher_correction_steps > 0:
         source = work / "teacher-corrected"
         if not (source / "config.json").is_file():
             _correct_teacher(teacher_dir, config, train_cfg, work, resume, sequences, device, env)
-        barrier(env)  # rank 0 wrote the corrected teacher that every rank loads next
     dtype = "bf16" if bf16 else "fp32"
     if not layout.shard_teacher:
         return load_model(source, dtype=dtype, device=str(device))[0]
     teacher = load_model(source, dtype=dtype, device="cpu")[0]
-    shard_model(teacher, device, bf16)
+    shard_model(teacher, device, bf16, env)
     return teacher
 
 
@@ -308,8 +310,7 @@ def _correct_teacher(teacher_dir, config: DistillConfig, train_cfg: TrainConfig,
     train(LMObjective(teacher, config.chunk_tokens), sequences, tc,
           work / "teacher-correction", resume=resume, desc="teacher-correction", device=device)
     save_model(teacher, work / "teacher-corrected", env, source_dir=teacher_dir)
-    if env.is_main:
-        shutil.rmtree(work / "teacher-correction", ignore_errors=True)
+    on_main_rank(lambda: shutil.rmtree(work / "teacher-correction", ignore_errors=True))
 
 
 def _hidden_loss(config: DistillConfig, student_dir, student_cfg,

@@ -8,13 +8,20 @@
   compute runs in bf16 with fp32 gradient reduction (``MixedPrecisionPolicy``). The frozen
   teacher is either replicated or sharded the same way for forward only.
 
-gloo on CPU, NCCL on GPU; ``torch.cuda.set_device(local_rank)`` before anything touches a GPU.
+The default process group has gloo for CPU tensors and, where CUDA exists, NCCL for CUDA
+tensors (``torch.cuda.set_device(local_rank)`` first), so a run on either device works on any
+host. ``distributed_env()`` is the rank view of the code that asks: every rank of the run, or,
+inside work that rank 0 does alone (``main_rank_view``, entered by ``ranks.on_main_rank``), a
+world of one. Every collective here goes over the view's ``group``, never the default one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,50 +32,76 @@ from ..errors import MinitronError
 STRATEGIES = ("auto", "single", "ddp", "fsdp")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistEnv:
+    """This process's rank in ``group`` of ``world`` processes (``group`` None: one process
+    without a process group)."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    group: Any = None
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
 
+_view: DistEnv | None = None  # set while rank 0 works alone
+
+
+def backend() -> str:
+    """The default group's backends: gloo for CPU tensors, NCCL for CUDA tensors where CUDA
+    exists, whichever device the run itself uses."""
+    return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+
+
 def distributed_env() -> DistEnv:
-    """Rank and world size from ``torchrun``'s environment; starts the process group (NCCL on
-    GPU after ``set_device(local_rank)``, gloo on CPU), also for one rank under torchrun."""
+    """The rank view: inside ``main_rank_view`` rank 0 of one; else rank and world size of
+    ``torchrun``'s process group (started here if need be, also for one rank); else one
+    process."""
+    if _view is not None:
+        return _view
     if "WORLD_SIZE" not in os.environ:
         return DistEnv()
-    world = int(os.environ["WORLD_SIZE"])
     import torch.distributed as dist
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
-            dist.init_process_group("nccl")
-        else:
-            dist.init_process_group("gloo")
-    return DistEnv(dist.get_rank(), world, local_rank)
+        dist.init_process_group(backend())
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dist.group.WORLD)
+
+
+@contextlib.contextmanager
+def main_rank_view(group) -> Iterator[None]:
+    """Inside the block ``distributed_env()`` is rank 0 of a world of one with ``group`` (a
+    group of this process alone): for work that rank 0 does while the other ranks wait."""
+    global _view
+    outer = _view
+    _view = DistEnv(0, 1, int(os.environ.get("LOCAL_RANK", "0")), group)
+    try:
+        yield
+    finally:
+        _view = outer
 
 
 def barrier(env: DistEnv) -> None:
-    """Wait for every rank (no-op in one process)."""
+    """Wait for every rank of ``env`` (no-op in a world of one)."""
     if env.world > 1:
         import torch.distributed as dist
 
-        dist.barrier()
+        dist.barrier(group=env.group)
 
 
 def all_mean(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    """Mean of ``values`` over the ranks, on the CPU."""
+    """Mean of ``values`` over the ranks of ``env``, on the CPU."""
     if env.world > 1:
         import torch.distributed as dist
 
         values = values.clone()
-        dist.all_reduce(values)
+        dist.all_reduce(values, group=env.group)
         values /= env.world
     return values.cpu()
 
@@ -79,15 +112,15 @@ def check_strategy(strategy: str, env: DistEnv) -> None:
     if strategy == "single" and env.world > 1:
         raise MinitronError(f"strategy single runs in one process, but {env.world} were "
                             "launched; use ddp or fsdp under torchrun")
-    if strategy in ("ddp", "fsdp") and "WORLD_SIZE" not in os.environ:
+    if strategy in ("ddp", "fsdp") and env.group is None:
         raise MinitronError(f"strategy {strategy} needs a process group: launch with "
                             "`torchrun --nproc-per-node N -m minitron_deploy.cli ...`")
 
 
-def _mesh(device: torch.device):
-    from torch.distributed.device_mesh import init_device_mesh
+def _mesh(device: torch.device, env: DistEnv):
+    from torch.distributed.device_mesh import DeviceMesh
 
-    return init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    return DeviceMesh.from_group(env.group, device.type)
 
 
 def _policy(bf16: bool):
@@ -98,25 +131,31 @@ def _policy(bf16: bool):
             if bf16 else MixedPrecisionPolicy())
 
 
-def shard_model(model: nn.Module, device: torch.device, bf16: bool,
+def shard_model(model: nn.Module, device: torch.device, bf16: bool, env: DistEnv,
                 reshard_after_forward: bool = True) -> None:
-    """``fully_shard`` every decoder layer of a Hugging Face model, then the model itself
-    (embeddings, final norm and LM head form the root group). Parameters move to ``device``."""
+    """``fully_shard`` every decoder layer of a Hugging Face model over ``env``'s group, then
+    the model itself (embeddings, final norm and LM head form the root group). Parameters
+    move to ``device``."""
     from torch.distributed.fsdp import fully_shard
 
-    mesh, policy = _mesh(device), _policy(bf16)
+    mesh, policy = _mesh(device, env), _policy(bf16)
     for layer in get_adapter(model.config).layers(model):
         fully_shard(layer, mesh=mesh, mp_policy=policy,
                     reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
 
 
-def shard_root(module: nn.Module, device: torch.device, bf16: bool) -> None:
-    """``fully_shard`` what is left of an objective (e.g. learned hidden-state projections)
-    after its student was sharded, so every trainable parameter is a sharded DTensor."""
-    from torch.distributed.fsdp import fully_shard
+def shard_objective(objective: nn.Module, device: torch.device, bf16: bool,
+                    env: DistEnv) -> None:
+    """Shard an objective's student (``shard_model``), then the objective itself so whatever
+    it adds (e.g. learned hidden-state projections) is sharded too; what is sharded already
+    stays as it is. Collective."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
 
-    fully_shard(module, mesh=_mesh(device), mp_policy=_policy(bf16))
+    if not is_sharded(objective.student):
+        shard_model(objective.student, device, bf16, env)
+    if not isinstance(objective, FSDPModule):
+        fully_shard(objective, mesh=_mesh(device, env), mp_policy=_policy(bf16))
 
 
 def is_sharded(module: nn.Module) -> bool:
@@ -125,11 +164,11 @@ def is_sharded(module: nn.Module) -> bool:
     return any(isinstance(m, FSDPModule) for m in module.modules())
 
 
-def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
+def wrap_ddp(module: nn.Module, device: torch.device, env: DistEnv) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(module, device_ids=[device.index]
-                                   if device.type == "cuda" else None)
+                                   if device.type == "cuda" else None, process_group=env.group)
 
 
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,11 +25,13 @@ from tqdm.auto import tqdm
 
 from ..artifacts import TRAIN_LOG
 from ..errors import MinitronError
+from ..precision import agreed_precision
+from ..ranks import on_main_rank
 from .checkpoint import (TrainState, load_training_checkpoint, run_settings,
                          save_training_checkpoint)
 from .objectives import PRECISIONS, autocast_for, uses_bf16
-from .parallel import (all_mean, barrier, check_strategy, distributed_env, is_sharded,
-                       shard_model, shard_root, wrap_ddp)
+from .parallel import (all_mean, barrier, check_strategy, distributed_env, shard_objective,
+                       wrap_ddp)
 
 
 @dataclass
@@ -116,16 +118,18 @@ def train(objective: nn.Module, sequences, cfg: TrainConfig, work_dir: Path,
     ``sequences`` is anything indexable by a tensor of sequence indices with a ``shape``
     (a tensor, or a memory-mapped token file). ``work_dir`` receives checkpoints and
     ``train_log.jsonl``; with ``resume`` the latest checkpoint there is restored first.
-    ``on_step(record)`` is called after every step and ``on_checkpoint(step)`` after every
-    checkpoint is written (both on the main rank; the objective is back in train mode
-    afterwards; not with FSDP, whose forward needs every rank). With ``cfg.strategy == "fsdp"``
-    the objective is sharded here onto ``device`` (default: where its parameters are).
-    Returns every step's log record.
+    ``on_step(record)`` is called after every step (on the main rank) and
+    ``on_checkpoint(step)`` after every checkpoint is written (``ranks.on_main_rank``: rank 0
+    alone, the others wait; the objective is back in train mode afterwards; not with FSDP,
+    whose forward needs every rank). With ``cfg.strategy == "fsdp"`` the objective is sharded
+    here onto ``device`` (default: where its parameters are) unless it is already. ``auto``
+    precision is decided once, on rank 0. Returns every step's log record.
     """
     cfg.validate()
     env = distributed_env()
     check_strategy(cfg.strategy, env)
     device = device or next(objective.parameters()).device
+    cfg = replace(cfg, precision=agreed_precision(device, cfg.precision))
     work_dir.mkdir(parents=True, exist_ok=True)
     if cfg.activation_checkpointing:
         objective.student.gradient_checkpointing_enable(
@@ -134,12 +138,9 @@ def train(objective: nn.Module, sequences, cfg: TrainConfig, work_dir: Path,
     if cfg.strategy == "fsdp":
         if on_checkpoint is not None:
             raise MinitronError("checkpoint callbacks are not supported with FSDP")
-        bf16 = uses_bf16(device, cfg.precision)
-        if not is_sharded(objective.student):
-            shard_model(objective.student, device, bf16)
-        shard_root(objective, device, bf16)
+        shard_objective(objective, device, uses_bf16(device, cfg.precision), env)
     elif cfg.strategy == "ddp":
-        model = wrap_ddp(objective, device)
+        model = wrap_ddp(objective, device, env)
     optimizer = torch.optim.AdamW(_param_groups(objective, cfg.weight_decay), lr=cfg.lr,
                                   betas=(0.9, 0.95), eps=1e-8)
     torch.manual_seed(cfg.seed)
@@ -203,17 +204,23 @@ def train(objective: nn.Module, sequences, cfg: TrainConfig, work_dir: Path,
             save_training_checkpoint(work_dir, objective, optimizer,
                                      TrainState(step + 1, record["elapsed_s"], env.world,
                                                 settings), env)
-            if env.is_main and on_checkpoint is not None:
-                on_checkpoint(step + 1)
+            if on_checkpoint is not None:
+                on_main_rank(functools.partial(_run_callback, on_checkpoint, step + 1))
                 objective.train()
-            barrier(env)
     bar.close()
     objective.eval()
     return records
 
 
+def _run_callback(callback: Callable[[int], object], step: int) -> None:
+    """``callback(step)``, its result dropped (``on_main_rank`` shares results between ranks)."""
+    callback(step)
+
+
 def mean_losses(objective: nn.Module, sequences: torch.Tensor, cfg: TrainConfig) -> dict:
-    """Mean loss parts of ``objective`` over ``sequences`` without training (validation)."""
+    """Mean loss parts of ``objective`` over ``sequences`` without training (validation).
+    Every rank of a sharded (FSDP) objective must call it with the same ``sequences``: each
+    forward gathers the shards."""
     device = next(objective.parameters()).device
     sums = torch.zeros(3, dtype=torch.float64)
     was_training = objective.training

@@ -2,7 +2,9 @@
 
 ``calibrate_fp8`` inserts ModelOpt's fake quantizers (``FP8_DEFAULT_CFG``: per-tensor FP8
 weights and activations, the paper's deployment setting) and calibrates activation ranges on
-real batches. ``quantize_linear`` turns one TensorRT-LLM linear (possibly several fused HF
+real batches, in this process alone (ModelOpt would otherwise all-reduce the ranges over the
+default process group whenever one exists, waiting for ranks that are not calibrating).
+``quantize_linear`` turns one TensorRT-LLM linear (possibly several fused HF
 linears) into FP8 weights plus ``weights_scaling_factor`` and ``activation_scaling_factor``,
 with ModelOpt's convention: scale = amax / 448, fused linears share the max of their amaxes.
 """
@@ -34,7 +36,20 @@ def calibrate_fp8(model: nn.Module, batches: Sequence[torch.Tensor]) -> nn.Modul
             for ids in batches:
                 m(input_ids=ids.to(device), use_cache=False)
 
-    return mtq.quantize(model, mtq.FP8_DEFAULT_CFG, forward_loop=forward_loop)
+    model = mtq.quantize(model, {**mtq.FP8_DEFAULT_CFG, "algorithm": None})
+    _sync_with_no_one(model)
+    return mtq.calibrate(model, mtq.FP8_DEFAULT_CFG["algorithm"], forward_loop=forward_loop)
+
+
+def _sync_with_no_one(model: nn.Module) -> None:
+    """Give every quantized module of ``model`` no data-parallel group (ModelOpt's ``-1``):
+    its calibration ranges stay this process's own."""
+    from modelopt.torch.quantization.nn import QuantModule
+    from modelopt.torch.utils.distributed import ParallelState
+
+    for module in model.modules():
+        if isinstance(module, QuantModule):
+            module.parallel_state = ParallelState(data_parallel_group=-1)
 
 
 def owner(scope: nn.Module, weight: torch.Tensor) -> nn.Module:
