@@ -14,7 +14,7 @@ from . import __version__
 from .artifacts import PRUNING_RECORD, SCORES
 from .data import calibration_batches, check_texts
 from .errors import MinitronError
-from .eval.multiple_choice import load_task
+from .eval.tasks import load_task
 from .hub import resolve_model
 from .importance.layerwise import check_streamable, resolve_offload
 from .importance.scores import ImportanceScores

@@ -117,7 +117,7 @@ def _spied_cli() -> int:
     import time
 
     import minitron_deploy.files as files
-    from minitron_deploy.distill.parallel import distributed_env
+    from minitron_deploy.ranks import distributed_env
 
     rank, kill_at = os.environ["RANK"], int(os.environ.get("SPY_KILL_AT", "0"))
 

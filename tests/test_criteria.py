@@ -294,3 +294,10 @@ def test_modelopt_mode_takes_a_criterion():
     kept = pruned._minitron_pruning["plan"]["mlp"]
     for i in range(4):
         assert kept[str(i)] == top_k(expected[f"mlp.{i}"], 40).tolist()
+
+
+def test_every_named_criterion_is_implemented_and_nothing_else():
+    from minitron_deploy.importance.criteria import CRITERIA
+    from minitron_deploy.importance.settings import WIDTH_CRITERIA
+
+    assert tuple(CRITERIA) == WIDTH_CRITERIA

@@ -162,9 +162,9 @@ def test_fsdp_without_torchrun_is_refused(llama, tmp_path):
 def test_auto_layout_is_the_planners_choice(llama, monkeypatch):
     """``auto`` asks the memory planner: one process here; refused before loading when even
     the leanest layout does not fit, saying what would."""
-    from minitron_deploy import plan
+    from minitron_deploy.distill import api
     from minitron_deploy.distill.api import resolve_layout
-    from minitron_deploy.distill.parallel import DistEnv
+    from minitron_deploy.ranks import DistEnv
     from minitron_deploy.errors import MinitronError
     from minitron_deploy.modeling import load_config
 
@@ -173,6 +173,6 @@ def test_auto_layout_is_the_planners_choice(llama, monkeypatch):
     cpu = torch.device("cpu")
     layout = resolve_layout(cfg, DistEnv(), teacher, student, cpu)
     assert (layout.strategy, layout.activation_checkpointing) == ("single", False)
-    monkeypatch.setattr(plan, "device_memory", lambda device: 64 << 10)
+    monkeypatch.setattr(api, "device_memory", lambda device: 64 << 10)
     with pytest.raises(MinitronError, match="would fit|fits"):
         resolve_layout(cfg, DistEnv(), teacher, student, cpu)

@@ -13,7 +13,7 @@ from minitron_deploy.errors import MinitronError
 from minitron_deploy.scoring import forward_loop_over, score_model
 from minitron_deploy.trim import KeepPlan, trim_model
 from minitron_deploy.shape import ModelShape
-from tiny_models import FAMILIES, logits, tiny_batch, tiny_model
+from tiny_models import logits, tiny_batch, tiny_model
 
 BATCHES = [tiny_batch(2, 10, seed=s) for s in range(3)]
 

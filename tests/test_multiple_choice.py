@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from minitron_deploy.errors import MinitronError
-from minitron_deploy.eval.multiple_choice import (accuracy, continuation_logprob, load_task,
-                                                  winogrande_item)
+from minitron_deploy.eval.multiple_choice import accuracy, continuation_logprob, winogrande_item
+from minitron_deploy.eval.tasks import load_task
 from minitron_deploy.importance.depth import accuracy_scores, layers_removed
 from tiny_models import char_tokenizer, tiny_model
 

@@ -10,8 +10,9 @@ import torch
 from minitron_deploy.cli import main
 from minitron_deploy.distill.api import DistillConfig
 from minitron_deploy.errors import MinitronError
-from minitron_deploy.plan import (GIB, ModelSizes, activation_bytes, calibration_memory,
-                                  choose_strategy, distill_memory)
+from minitron_deploy.distill.memory import (GIB, ModelSizes, activation_bytes, choose_strategy,
+                                            distill_memory)
+from minitron_deploy.plan import calibration_memory
 from minitron_deploy.prune_settings import PruneSettings
 from minitron_deploy.recipe import packaged_recipe
 from minitron_deploy.shape import ModelShape, reshaped_config
@@ -160,13 +161,13 @@ def test_activation_model_matches_what_autograd_saves(dtype, autocast, compute, 
 def test_auto_precision_on_a_cpu_plans_what_the_run_computes_in(llama8b, monkeypatch):
     """``auto`` on a CPU is planned as the runtime resolves it: bf16 where the probe chose it
     (AMX, AVX512-BF16), fp32 elsewhere; the same as asking for that precision."""
-    import minitron_deploy.plan as plan
+    import minitron_deploy.distill.memory as memory
 
     teacher, student = llama8b
     cfg = DistillConfig(tokens=1, seq_len=512, batch_size=2)
     planned = {}
     for probed in ("bf16", "fp32"):
-        monkeypatch.setattr(plan, "resolve_precision",
+        monkeypatch.setattr(memory, "resolve_precision",
                             lambda device, requested, probed=probed:
                             probed if requested == "auto" else requested)
         planned[probed] = distill_memory(teacher, student, cfg, 1, "single", gpu=False)
@@ -226,14 +227,14 @@ def no_proc_meminfo(monkeypatch):
 
 def test_cpu_memory_is_read_without_proc_meminfo(no_proc_meminfo):
     from minitron_deploy.bench.hardware import free_memory
-    from minitron_deploy.plan import device_memory
+    from minitron_deploy.devices import device_memory
 
     total = device_memory("cpu")
     assert total > 0 and 0 < free_memory(torch.device("cpu")) <= total
 
 
 def test_cpu_memory_comes_from_proc_meminfo_where_it_exists(tmp_path):
-    from minitron_deploy.bench.hardware import _meminfo
+    from minitron_deploy.devices import _meminfo
 
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       16384 kB\nMemFree:  1 kB\nMemAvailable:    8192 kB\n")

@@ -87,7 +87,7 @@ def test_process_group_backend_and_device(monkeypatch, cuda, backend):
     and the rank's GPU is selected only where CUDA exists."""
     import torch.distributed as dist
 
-    from minitron_deploy.distill import parallel
+    from minitron_deploy import ranks
 
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
@@ -98,8 +98,8 @@ def test_process_group_backend_and_device(monkeypatch, cuda, backend):
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert parallel.backend() == backend
-    env = parallel.distributed_env()
+    assert ranks.backend() == backend
+    env = ranks.distributed_env()
     assert (env.rank, env.world, env.local_rank) == (1, 2, 1)
     assert calls == [("set_device", 1)] * cuda + [("init", backend)]
 
@@ -140,7 +140,7 @@ def _worker(pair: Path, out: Path) -> None:
     from minitron_deploy import precision, tokens
     from minitron_deploy.distill import api, objectives, trainer
     from minitron_deploy.distill.api import DistillConfig
-    from minitron_deploy.distill.parallel import distributed_env
+    from minitron_deploy.ranks import distributed_env
     from minitron_deploy.ranks import on_main_rank, release
 
     paths = [pair / "teacher", pair / "student", pair / "text.txt"]

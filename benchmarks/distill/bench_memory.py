@@ -1,4 +1,4 @@
-"""Measured peak memory of CPU distillation against the memory planner (``minitron_deploy.plan``).
+"""Measured peak memory of CPU distillation against the memory planner (``minitron_deploy.distill.memory``).
 
 Each configuration runs the real ``minitron_deploy.distill.api.distill`` in a fresh process
 (two gloo ranks under ``torch.distributed.run`` for DDP and FSDP) on a small random Llama
@@ -104,7 +104,7 @@ def worker(args) -> None:
     import torch
 
     from minitron_deploy.distill.api import DistillConfig, distill
-    from minitron_deploy.distill.parallel import distributed_env
+    from minitron_deploy.ranks import distributed_env
 
     distributed_env()  # the process group (gloo on CPU, NCCL on GPU) before the baseline
     gpu = args.device == "cuda"
@@ -139,7 +139,7 @@ def worker(args) -> None:
 def predict(run: dict, args) -> dict[str, int]:
     from minitron_deploy.distill.api import DistillConfig
     from minitron_deploy.modeling import load_config
-    from minitron_deploy.plan import distill_memory
+    from minitron_deploy.distill.memory import distill_memory
 
     root = Path(args.models)
     layout = run["layout"]

@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> None:
     recipe = load_recipe(args.recipe, parse_overrides(args.set))
     work = args.work_dir or f"out/{recipe.name}"
     if args.dry_run:
-        from ..plan import GIB, check_fits, device_memory, plan_recipe
+        from ..devices import device_memory
+        from ..plan import GIB, check_fits, plan_recipe
 
         if args.gpus < 1:
             raise MinitronError(f"--gpus must be at least 1, got {args.gpus}")

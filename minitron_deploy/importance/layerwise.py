@@ -24,10 +24,11 @@ from ..arch import get_adapter
 from ..errors import MinitronError
 from .depth import BlockImportanceCollector
 
+from .settings import OFFLOAD_MODES
+
 if TYPE_CHECKING:
     from .settings import ScoringSettings
 
-OFFLOAD_MODES = ("none", "layer", "auto")
 #: Criteria computed from the one calibration pass (or from no pass at all).
 STREAMABLE_CRITERIA = ("activation", "magnitude", "random")
 _GIB = 1 << 30

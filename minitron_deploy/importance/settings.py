@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from ..data import TextSettings
 from ..schema import at_least, positive, setting
 from .aggregate import BATCH_AGGREGATIONS, SEQ_AGGREGATIONS
-from .criteria import CRITERIA
 from .depth import DEPTH_METRICS
-from .layerwise import OFFLOAD_MODES
 
+#: The width criteria by name (``criteria.CRITERIA`` implements each).
+WIDTH_CRITERIA = ("activation", "magnitude", "random", "mini-llm", "loss-delta")
+#: Where the calibration passes run: the whole model on the device, or layer by layer.
+OFFLOAD_MODES = ("none", "layer", "auto")
 _LOOP = "the ModelOpt mode calibrates with the caller's forward loop"
 
 
@@ -24,7 +26,7 @@ class ScoringSettings(TextSettings):
     criterion: str = setting(
         "activation", "width importance: activation (the paper's), magnitude, random, mini-llm "
         "(|W| x |a| x forward-only gradient), loss-delta (exact loss change per removed unit)",
-        choices=tuple(CRITERIA))
+        choices=WIDTH_CRITERIA)
     seq_agg: str = setting("mean", "activation importance: aggregation of |activation| over a "
                            "sequence", choices=SEQ_AGGREGATIONS)
     batch_agg: str = setting("l2", "activation importance: aggregation of the per-sequence "
