@@ -7,7 +7,7 @@ import importlib
 import sys
 
 from .commands import COMMAND_MODULES
-from .errors import MinitronError
+from .core.errors import MinitronError
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     if "torch.distributed" in sys.modules:  # only a command that ran torch holds groups
-        from .ranks import release
+        from .core.dist import release
 
         release()
     return 0

@@ -9,7 +9,7 @@ Importing this module registers the mode with ModelOpt's prune (and NAS) registr
                          dummy_input=batch, config={"forward_loop": loop})
 
 It runs the same code as ``minitron prune`` (:func:`minitron_deploy.prune_model`) with the same
-settings: the config takes every :class:`~minitron_deploy.prune_settings.PruneSettings` field
+settings: the config takes every :class:`~minitron_deploy.pruning.settings.PruneSettings` field
 the mode can use (``criterion``, ``seq_agg``, ``depth_metric``, ``rescale_norms``, ``align``,
 ``scores``, ...; :func:`modelopt_settings` lists them with their defaults), checked by the same
 schema with the same one-line errors; the target comes from the constraints
@@ -35,24 +35,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.importance.scores import ImportanceScores
-from minitron_deploy.prune import prune_model
-from minitron_deploy.prune_settings import PruneSettings
-from minitron_deploy.schema import fields_of, modelopt_fields
-from minitron_deploy.scoring import score_forward_loop
-from minitron_deploy.search import SearchSettings, plan_search
-from minitron_deploy.search.rank import rank_after_pruning, shape_spec
-from minitron_deploy.shape import ModelShape
-from minitron_deploy.target import resolve_target
-from minitron_deploy.trim import KeepPlan, resolve_rescale_norms, trim_model
 from modelopt.torch.nas.conversion import NASModeRegistry
 from modelopt.torch.opt.config import ModeloptBaseConfig
 from modelopt.torch.opt.mode import ConvertReturnType, ModeDescriptor
 from modelopt.torch.opt.searcher import BaseSearcher, SearchConfig, SearchStateDict
 from modelopt.torch.prune.pruning import PruneModeRegistry
+from torch import nn
+
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.core.schema import fields_of, modelopt_fields
+from minitron_deploy.core.shape import ModelShape
+from minitron_deploy.importance.scores import ImportanceScores
+from minitron_deploy.pruning.api import prune_model
+from minitron_deploy.pruning.scoring import score_forward_loop
+from minitron_deploy.pruning.settings import PruneSettings
+from minitron_deploy.pruning.target import resolve_target
+from minitron_deploy.pruning.trim import KeepPlan, resolve_rescale_norms, trim_model
+from minitron_deploy.search import SearchSettings, plan_search
+from minitron_deploy.search.rank import rank_after_pruning, shape_spec
 
 MODE_NAME = "hf_minitron"
 _STATE_ATTR = "_minitron_pruning"

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from minitron_deploy.arch import get_adapter
-from minitron_deploy.trim import KeepPlan, _expand_heads
+from minitron_deploy.pruning.trim import KeepPlan, _expand_heads
 
 
 class KeptChannelNorm(nn.Module):

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from minitron_deploy.cli import build_parser
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.recipe import load_recipe
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.pipeline.recipe import load_recipe
 
 
 def subparser(name: str) -> argparse.ArgumentParser:

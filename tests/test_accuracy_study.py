@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tiny_models import tiny_config
 
-from minitron_deploy.shape import ModelShape, count_params
+from minitron_deploy.core.shape import ModelShape, count_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy"))
 import study

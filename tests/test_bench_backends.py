@@ -1,7 +1,8 @@
 """The hf backend times stock ``generate`` as a user calls it: no streamer on the timed call."""
 
-from minitron_deploy.bench.backends import HFBackend
 from tiny_models import tiny_batch, tiny_model
+
+from minitron_deploy.bench.backends import HFBackend
 
 
 def test_hf_backend_times_generate_without_a_streamer():

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from tiny_models import save_tiny_checkpoint
 
 from minitron_deploy.cli import main
-from tiny_models import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

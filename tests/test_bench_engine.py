@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from tiny_models import tiny_batch, tiny_model
 from transformers import GenerationConfig
 
 from minitron_deploy.bench.engine import EngineWeights
 from minitron_deploy.bench.generator import StaticGenerator
-from minitron_deploy.errors import MinitronError
-from tiny_models import tiny_batch, tiny_model
+from minitron_deploy.core.errors import MinitronError
 
 
 def hf_greedy(model, ids, new_tokens):

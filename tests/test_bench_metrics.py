@@ -2,12 +2,21 @@
 
 import pytest
 
-from minitron_deploy.bench.limits import Limits, ModelCost, decode_step_bytes, prefill_flops
+from minitron_deploy.bench.limits import (
+    Limits,
+    ModelCost,
+    decode_step_bytes,
+    prefill_flops,
+)
 from minitron_deploy.bench.metrics import Timing, median_metrics, metrics_of
 from minitron_deploy.bench.models import ModelSpec, model_config
 from minitron_deploy.bench.report import add_speedups, markdown
-from minitron_deploy.bench.trtllm import check_available, parse_report, throughput_command
-from minitron_deploy.errors import MinitronError
+from minitron_deploy.bench.trtllm import (
+    check_available,
+    parse_report,
+    throughput_command,
+)
+from minitron_deploy.core.errors import MinitronError
 
 
 def test_metrics_of_one_timing():

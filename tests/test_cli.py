@@ -6,16 +6,16 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
-
-from minitron_deploy.cli import main
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.precision import resolve_device
-from minitron_deploy.recipe import load_recipe
-from minitron_deploy.trim import KeepPlan
 from masking import masked_reference
 from surfaces import subparser
 from tiny_models import CALIB_TEXT, logits, save_tiny_checkpoint, tiny_batch
+from transformers import AutoModelForCausalLM
+
+from minitron_deploy.cli import main
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.core.precision import resolve_device
+from minitron_deploy.pipeline.recipe import load_recipe
+from minitron_deploy.pruning.trim import KeepPlan
 
 CALIB_ARGS = ["--calib-samples", "8", "--seq-len", "32", "--batch-size", "4"]
 

@@ -6,8 +6,8 @@ import pytest
 
 from minitron_deploy.cli import main
 from minitron_deploy.commands.compress import parse_overrides
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.recipe import load_recipe, packaged_recipe
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.pipeline.recipe import load_recipe, packaged_recipe
 
 LLAMA31_8B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
               "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
@@ -126,7 +126,7 @@ def test_hub_teacher_dry_run_fetches_only_its_config(offline_cache, capsys, tmp_
     import huggingface_hub
     from huggingface_hub import constants
 
-    from minitron_deploy import hub
+    from minitron_deploy.core import hub
 
     asked = []
 
@@ -158,8 +158,9 @@ def test_compress_killed_mid_distillation_resumes_to_the_same_model(tmp_path):
     import sys
     import time
 
-    from minitron_deploy.files import sha256_file
     from tiny_models import CALIB_TEXT, save_tiny_checkpoint
+
+    from minitron_deploy.core.files import sha256_file
 
     save_tiny_checkpoint("llama", tmp_path / "teacher")
     (tmp_path / "train.txt").write_text(CALIB_TEXT)

@@ -56,10 +56,10 @@ def test_killed_two_rank_compress_resumes_to_the_single_process_student(tmp_path
     checkpoint, every manifest is written once, by rank 0, and a rank-0 stage sees a world of
     one."""
     from safetensors.torch import load_file
+    from tiny_models import save_tiny_checkpoint
     from torch.testing import assert_close
 
     from minitron_deploy.cli import main
-    from tiny_models import save_tiny_checkpoint
 
     save_tiny_checkpoint("llama", tmp_path / "teacher")
     recipe = _recipe(tmp_path, tmp_path / "teacher")
@@ -116,8 +116,8 @@ def _spied_cli() -> int:
     import signal
     import time
 
-    import minitron_deploy.files as files
-    from minitron_deploy.ranks import distributed_env
+    import minitron_deploy.core.files as files
+    from minitron_deploy.core.dist import distributed_env
 
     rank, kill_at = os.environ["RANK"], int(os.environ.get("SPY_KILL_AT", "0"))
 
@@ -132,7 +132,7 @@ def _spied_cli() -> int:
         return write_text_atomic(path, text)
 
     files.write_text_atomic = spy_write
-    import minitron_deploy.pipeline as pipeline
+    import minitron_deploy.pipeline.run as pipeline
 
     distill = pipeline.distill
 

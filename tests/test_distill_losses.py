@@ -4,9 +4,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from minitron_deploy.distill.losses import HiddenStateLoss, default_layer_map, logit_kd_loss
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.likelihood import IGNORE_INDEX, shifted_labels
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.core.likelihood import IGNORE_INDEX, shifted_labels
+from minitron_deploy.distill.losses import (
+    HiddenStateLoss,
+    default_layer_map,
+    logit_kd_loss,
+)
 
 
 def reference(student, teacher, labels, temperature, lm_weight):

@@ -2,13 +2,13 @@
 section and ``DistillConfig`` are read off it and give the same one-line errors."""
 
 import pytest
+from surfaces import recipe_refusal, subparser
 
 from minitron_deploy.cli import HelpFormatter, main
 from minitron_deploy.commands.common import settings_from_args
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.core.schema import fields_of
 from minitron_deploy.distill.api import DistillConfig
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.schema import fields_of
-from surfaces import recipe_refusal, subparser
 
 #: (setting, value as typed on the command line, as written in YAML / Python, the error)
 BAD = [

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
+from tiny_models import save_tiny_checkpoint
 
-from minitron_deploy import precision
 from minitron_deploy.bench import api
 from minitron_deploy.bench.limits import Limits
 from minitron_deploy.cli import build_parser, main
+from minitron_deploy.core import precision
 from minitron_deploy.serve import server, vllm_env
-from tiny_models import save_tiny_checkpoint
 
 #: Probe timings (seconds of one matmul) and the dtype ``auto`` must resolve to on a CPU.
 PROBES = [({"fp32_s": 0.010, "bf16_s": 0.004}, "bf16", "bfloat16"),  # AMX-like

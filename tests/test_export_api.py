@@ -7,15 +7,20 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_models import CALIB_TEXT, logits, save_tiny_checkpoint, tiny_batch
 from transformers import AutoModelForCausalLM
 
 import minitron_deploy
 from minitron_deploy.cli import main
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.export import (MANIFEST, CalibrationSettings, TrtllmCheckpoint, export,
-                                    verify_manifest)
-from minitron_deploy.files import sha256_file
-from tiny_models import CALIB_TEXT, logits, save_tiny_checkpoint, tiny_batch
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.core.files import sha256_file
+from minitron_deploy.export import (
+    MANIFEST,
+    CalibrationSettings,
+    TrtllmCheckpoint,
+    export,
+    verify_manifest,
+)
 
 IDS = tiny_batch(2, 20)
 

@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_models import save_tiny_checkpoint
 
 from minitron_deploy.cli import build_parser, main
-from minitron_deploy.errors import MinitronError
+from minitron_deploy.core.errors import MinitronError
 from minitron_deploy.export import export, verify_manifest
+from minitron_deploy.export import tensorrt_llm as trt
 from minitron_deploy.export.engine import build_engine
-from minitron_plugins import tensorrt_llm as trt
-from tiny_models import save_tiny_checkpoint
 
 CONTAINERS = Path(__file__).parent.parent / "containers"
 

@@ -2,11 +2,11 @@
 
 import onnx
 import torch
-
-from minitron_deploy.export.onnx import onnx_logits, write_onnx
-from minitron_deploy.trim import trim_model
 from test_trim import random_plan
 from tiny_models import logits, tiny_batch, tiny_model
+
+from minitron_deploy.export.onnx import onnx_logits, write_onnx
+from minitron_deploy.pruning.trim import trim_model
 
 
 def test_width_pruned_nemotron_matches_torch(tmp_path):

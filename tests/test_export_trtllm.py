@@ -7,15 +7,15 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_trim import random_plan
+from tiny_models import FAMILIES, logits, tiny_batch, tiny_config, tiny_model
 
 from minitron_deploy.arch import get_adapter
-from minitron_deploy.errors import MinitronError
+from minitron_deploy.core.errors import MinitronError
 from minitron_deploy.export.runner import TrtllmCheckpoint
 from minitron_deploy.export.shard import merge_tensors, split_tensors
 from minitron_deploy.export.trtllm import convert, write_trtllm
-from minitron_deploy.trim import trim_model
-from test_trim import random_plan
-from tiny_models import FAMILIES, logits, tiny_batch, tiny_config, tiny_model
+from minitron_deploy.pruning.trim import trim_model
 
 IDS = tiny_batch(2, 20)
 CALIB = [tiny_batch(4, 16, seed=s) for s in (2, 3)]
@@ -136,8 +136,9 @@ def test_fp8_runner_equals_modelopt_fake_quant(tmp_path):
 
 def test_fp8_tensors_equal_modelopt_export(tmp_path):
     """Where ModelOpt's TensorRT-LLM exporter covers the family, our FP8 tensors are its own."""
-    from minitron_deploy.export.fp8 import calibrate_fp8
     from modelopt.torch.export import export_tensorrt_llm_checkpoint
+
+    from minitron_deploy.export.fp8 import calibrate_fp8
 
     model = calibrate_fp8(tiny_model("llama"), CALIB)
     _, ours = convert(model, "bfloat16", fp8=True)

@@ -8,17 +8,17 @@ import copy
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
-
 from masking import masked_reference
-from minitron_deploy.arch import get_adapter
-from minitron_deploy.bench.engine import EngineWeights
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.export.runner import TrtllmCheckpoint
-from minitron_deploy.export.trtllm import convert, write_trtllm
-from minitron_deploy.trim import _expand_heads, trim_model
 from test_trim import random_plan
 from tiny_models import logits, tiny_batch, tiny_model
+from transformers import AutoModelForCausalLM
+
+from minitron_deploy.arch import get_adapter
+from minitron_deploy.bench.engine import EngineWeights
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.export.runner import TrtllmCheckpoint
+from minitron_deploy.export.trtllm import convert, write_trtllm
+from minitron_deploy.pruning.trim import _expand_heads, trim_model
 
 
 @pytest.mark.parametrize("family", ["gemma2", "gemma3"])
@@ -153,8 +153,9 @@ def test_vllm_overrides_come_from_the_adapter():
 
 
 def test_trtllm_refusal_comes_before_loading_the_weights(tmp_path, monkeypatch):
-    from minitron_deploy.export import api
     from tiny_models import save_tiny_checkpoint
+
+    from minitron_deploy.export import api
 
     save_tiny_checkpoint("olmo2", tmp_path / "olmo2")
     monkeypatch.setattr(api, "load_model", lambda *a, **k: pytest.fail("weights were loaded"))

@@ -4,12 +4,12 @@ import json
 
 import pytest
 from huggingface_hub import constants
-
-from minitron_deploy.cli import main
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.hub import resolve_model
-from minitron_deploy.modeling import check_output_dir, load_config
 from tiny_models import CALIB_TEXT, save_tiny_checkpoint
+
+from minitron_deploy.arch.modeling import check_output_dir, load_config
+from minitron_deploy.cli import main
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.core.hub import resolve_model
 
 MAIN, TAGGED = "a" * 40, "b" * 40
 PRUNE_ARGS = ["--calib-samples", "8", "--seq-len", "32", "--batch-size", "4",
@@ -81,7 +81,11 @@ def test_outputs_never_go_into_the_cache(offline):
 
 
 def test_serve_gives_vllm_the_cached_folder(offline):
-    from minitron_deploy.serve.server import ServeSettings, check_settings, server_command
+    from minitron_deploy.serve.server import (
+        ServeSettings,
+        check_settings,
+        server_command,
+    )
 
     settings = ServeSettings("org/tiny@v1", port=0)
     assert check_settings(settings).num_hidden_layers == 3

@@ -4,16 +4,20 @@ import copy
 
 import pytest
 import torch
+from tiny_models import logits, tiny_batch, tiny_model
 
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.core.shape import ModelShape
 from minitron_deploy.importance.aggregate import BatchAccumulator, reduce_sequence
-from minitron_deploy.importance.depth import BlockImportanceCollector, layers_removed, loss_scores
+from minitron_deploy.importance.depth import (
+    BlockImportanceCollector,
+    layers_removed,
+    loss_scores,
+)
 from minitron_deploy.importance.scores import ImportanceScores
 from minitron_deploy.importance.width import width_importance
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.scoring import forward_loop_over, score_model
-from minitron_deploy.trim import KeepPlan, trim_model
-from minitron_deploy.shape import ModelShape
-from tiny_models import logits, tiny_batch, tiny_model
+from minitron_deploy.pruning.scoring import forward_loop_over, score_model
+from minitron_deploy.pruning.trim import KeepPlan, trim_model
 
 BATCHES = [tiny_batch(2, 10, seed=s) for s in range(3)]
 

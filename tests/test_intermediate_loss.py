@@ -8,18 +8,22 @@ import warnings
 
 import pytest
 import torch
-
 from masking import masked_reference
-from minitron_deploy.arch import get_adapter
-from minitron_deploy.distill.losses import (default_layer_map, hidden_state_loss,
-                                            pruned_layer_map, read_pruning_record)
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.modeling import load_model
-from minitron_deploy.prune import prune
-from minitron_deploy.shape import ModelShape
-from minitron_deploy.target import TargetSpec
-from minitron_deploy.trim import KeepPlan, trim_model
 from tiny_models import CALIB_TEXT, save_tiny_checkpoint, tiny_batch, tiny_model
+
+from minitron_deploy.arch import get_adapter
+from minitron_deploy.arch.modeling import load_model
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.core.shape import ModelShape
+from minitron_deploy.distill.losses import (
+    default_layer_map,
+    hidden_state_loss,
+    pruned_layer_map,
+    read_pruning_record,
+)
+from minitron_deploy.pruning.api import prune
+from minitron_deploy.pruning.target import TargetSpec
+from minitron_deploy.pruning.trim import KeepPlan, trim_model
 
 
 def states(model, ids):

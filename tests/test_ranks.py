@@ -87,7 +87,7 @@ def test_process_group_backend_and_device(monkeypatch, cuda, backend):
     and the rank's GPU is selected only where CUDA exists."""
     import torch.distributed as dist
 
-    from minitron_deploy import ranks
+    from minitron_deploy.core import dist as ranks
 
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
@@ -109,9 +109,9 @@ def test_fp8_calibration_syncs_with_no_other_process(tmp_path, monkeypatch):
     FP8 calibration (run by rank 0 alone during export) must not."""
     pytest.importorskip("modelopt.torch.quantization")
     import torch.distributed as dist
+    from tiny_models import tiny_model
 
     from minitron_deploy.export.fp8 import calibrate_fp8
-    from tiny_models import tiny_model
 
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
@@ -137,11 +137,11 @@ def _worker(pair: Path, out: Path) -> None:
 
     dist.init_process_group("gloo", timeout=timedelta(seconds=DEFAULT_TIMEOUT_S))
     rank = dist.get_rank()
-    from minitron_deploy import precision, tokens
+    from minitron_deploy.core import precision
+    from minitron_deploy.core.dist import distributed_env, on_main_rank, release
+    from minitron_deploy.data import tokens
     from minitron_deploy.distill import api, objectives, trainer
     from minitron_deploy.distill.api import DistillConfig
-    from minitron_deploy.ranks import distributed_env
-    from minitron_deploy.ranks import on_main_rank, release
 
     paths = [pair / "teacher", pair / "student", pair / "text.txt"]
     precision._cpu_precision = lambda: "bf16" if rank == 0 else "fp32"  # ranks disagree

@@ -2,9 +2,9 @@
 
 import pytest
 
+from minitron_deploy.core.errors import MinitronError
 from minitron_deploy.distill.api import DistillConfig
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.recipe import load_recipe, packaged_recipe
+from minitron_deploy.pipeline.recipe import load_recipe, packaged_recipe
 
 MINIMAL = "name: r\nteacher: /m\ndata: /d\nheldout: /h\n"
 
@@ -30,8 +30,8 @@ def test_numbers_are_coerced_where_unambiguous(tmp_path):
 
 
 def test_prune_section_is_the_prune_settings(tmp_path):
-    from minitron_deploy.align import Alignment
-    from minitron_deploy.prune_settings import PruneSettings
+    from minitron_deploy.core.align import Alignment
+    from minitron_deploy.pruning.settings import PruneSettings
 
     recipe = load_recipe(write(tmp_path, MINIMAL + "prune: {target_params: 0.5, "
                                                    "align: {hidden: 128}, drop_layers: 3-4}\n"))

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file, save_file
+from tiny_models import CALIB_TEXT, save_tiny_checkpoint
 
 from minitron_deploy.cli import main
-from tiny_models import CALIB_TEXT, save_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CALIB = ["--calib-samples", "8", "--seq-len", "32", "--batch-size", "4"]

@@ -6,7 +6,7 @@ import pytest
 from matplotlib.collections import LineCollection
 from matplotlib.container import BarContainer
 
-from minitron_deploy.report_plot import comparison_figure, plot_comparison
+from minitron_deploy.pipeline.report_plot import comparison_figure, plot_comparison
 
 CHANCE = {"arc_easy": 0.25, "piqa": 0.5}
 

@@ -8,12 +8,12 @@ import shutil
 
 import pytest
 import torch
+from tiny_models import CALIB_TEXT, save_distill_pair
 from transformers import AutoModelForCausalLM
 
+from minitron_deploy.core.errors import MinitronError
 from minitron_deploy.distill.api import TOKEN_FILE, DistillConfig, distill, work_dir_for
 from minitron_deploy.distill.checkpoint import data_sha256
-from minitron_deploy.errors import MinitronError
-from tiny_models import CALIB_TEXT, save_distill_pair
 
 
 def config(**kw) -> DistillConfig:

@@ -4,10 +4,14 @@ import math
 
 import pytest
 import torch
-
-from minitron_deploy.eval.perplexity import perplexity, perplexity_with_stderr, sequence_nll
-from minitron_deploy.eval.retention import retention, retention_lines
 from tiny_models import tiny_model
+
+from minitron_deploy.eval.perplexity import (
+    perplexity,
+    perplexity_with_stderr,
+    sequence_nll,
+)
+from minitron_deploy.eval.retention import retention, retention_lines
 
 
 def _mc(acc: float, n: int = 100) -> dict:

@@ -9,23 +9,23 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_models import CALIB_TEXT, save_tiny_checkpoint, tiny_config
 from transformers import AutoTokenizer
 
-import minitron_deploy.modeling as modeling
+import minitron_deploy.arch.modeling as modeling
 import minitron_deploy.search.api as search_api
-from minitron_deploy.align import Alignment
 from minitron_deploy.bench.models import ModelSpec
 from minitron_deploy.cli import main
-from minitron_deploy.data import load_texts, pack_tokens, split_documents
-from minitron_deploy.errors import MinitronError
+from minitron_deploy.core.align import Alignment
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.core.shape import ModelShape, count_params
+from minitron_deploy.data.text import load_texts, pack_tokens, split_documents
 from minitron_deploy.eval.perplexity import perplexity
 from minitron_deploy.search import SearchSettings, plan_search, search_student
 from minitron_deploy.search.goal import Goal
 from minitron_deploy.search.predict import Deployment, Predictor
 from minitron_deploy.search.rank import paired_gap
 from minitron_deploy.search.space import Bounds
-from minitron_deploy.shape import ModelShape, count_params
-from tiny_models import CALIB_TEXT, save_tiny_checkpoint, tiny_config
 
 TINY = dict(calib_samples=8, seq_len=32, batch_size=4, heldout_seqs=4, rank_tokens=256,
             max_depth_prune=0.5, candidates=2)
@@ -328,9 +328,9 @@ def test_modelopt_memory_constraint_is_weights_plus_kv_cache_in_mib():
 
 
 def test_recipe_prune_search_runs_the_same_search(workspace, tmp_path):
-    from minitron_deploy.pipeline import build_stages
-    from minitron_deploy.plan import plan_recipe
-    from minitron_deploy.recipe import load_recipe
+    from minitron_deploy.pipeline.plan import plan_recipe
+    from minitron_deploy.pipeline.recipe import load_recipe
+    from minitron_deploy.pipeline.run import build_stages
 
     recipe_file = tmp_path / "r.yaml"
     recipe_file.write_text(f"""

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.files import sha256_file
-from minitron_deploy.stages import Stage
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.core.files import sha256_file
+from minitron_deploy.pipeline.stages import Stage
 
 
 def make(tmp_path, settings, calls, scratch_kept=None):

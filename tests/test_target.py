@@ -3,13 +3,17 @@
 import warnings
 
 import pytest
+from tiny_models import tiny_config
 from transformers import LlamaConfig
 
-from minitron_deploy.align import Alignment
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.shape import ModelShape, count_params
-from minitron_deploy.target import TargetSpec, parse_layer_ranges, resolve_target
-from tiny_models import tiny_config
+from minitron_deploy.core.align import Alignment
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.core.shape import ModelShape, count_params
+from minitron_deploy.pruning.target import (
+    TargetSpec,
+    parse_layer_ranges,
+    resolve_target,
+)
 
 LLAMA_8B = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                        num_attention_heads=32, num_key_value_heads=8, vocab_size=128256)

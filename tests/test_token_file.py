@@ -12,13 +12,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
-from minitron_deploy import tokens
-from minitron_deploy.data import iter_texts, load_texts
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.tokens import (build_token_file, heldout_path, open_token_file,
-                                    prepare_token_file)
 from tiny_models import char_tokenizer
+
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.data import tokens
+from minitron_deploy.data.text import iter_texts, load_texts
+from minitron_deploy.data.tokens import (
+    build_token_file,
+    heldout_path,
+    open_token_file,
+    prepare_token_file,
+)
 
 SEQ = 16
 

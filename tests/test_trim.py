@@ -4,13 +4,13 @@ import copy
 
 import pytest
 import torch
-
 from masking import masked_reference
-from minitron_deploy.errors import MinitronError
-from minitron_deploy.select import top_k
-from minitron_deploy.shape import ModelShape
-from minitron_deploy.trim import KeepPlan, trim_model
 from tiny_models import FAMILIES, logits, tiny_batch, tiny_model
+
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.core.shape import ModelShape
+from minitron_deploy.pruning.select import top_k
+from minitron_deploy.pruning.trim import KeepPlan, trim_model
 
 
 def random_plan(model, hidden=None, ffn=None, per_group=None, kv=None, layers=None, seed=0):

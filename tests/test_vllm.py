@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import FAMILIES, char_tokenizer, tiny_config
 from transformers import AutoModelForCausalLM
 
 from minitron_deploy.cli import main
-from minitron_deploy.errors import MinitronError
+from minitron_deploy.core.errors import MinitronError
+from minitron_deploy.core.shape import ModelShape
+from minitron_deploy.pruning.trim import KeepPlan, trim_model
 from minitron_deploy.serve.parity import greedy_parity
 from minitron_deploy.serve.vllm_env import vllm_python
-from minitron_deploy.shape import ModelShape
-from minitron_deploy.trim import KeepPlan, trim_model
-from tiny_models import FAMILIES, char_tokenizer, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("width", "depth", "gqa")

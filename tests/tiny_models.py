@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import torch
-from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, LlamaConfig,
-                          MistralConfig, NemotronConfig, Olmo2Config, Phi3Config, Qwen2Config,
-                          Qwen3Config)
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
+    LlamaConfig,
+    MistralConfig,
+    NemotronConfig,
+    Olmo2Config,
+    Phi3Config,
+    Qwen2Config,
+    Qwen3Config,
+)
 
 _COMMON = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=4,
                num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
@@ -101,8 +110,8 @@ def save_distill_pair(family: str, root, hidden: int | None = None):
     """``root/teacher`` (a tiny checkpoint), ``root/student`` (it pruned to layers 0, 1, 3 and
     40 MLP neurons, and to ``hidden`` embedding channels when given, with the teacher's
     tokenizer) and ``root/text.txt``; returns ``root``."""
-    from minitron_deploy.shape import ModelShape
-    from minitron_deploy.trim import KeepPlan, trim_model
+    from minitron_deploy.core.shape import ModelShape
+    from minitron_deploy.pruning.trim import KeepPlan, trim_model
 
     save_tiny_checkpoint(family, root / "teacher")
     student = tiny_model(family)

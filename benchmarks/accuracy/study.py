@@ -33,25 +33,34 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study_report import TASKS, mmlu_above_chance, write_report
 
-from minitron_deploy.artifacts import DISTILL_SUMMARY, PRUNING_RECORD, TRAIN_LOG, artifact_path
-from minitron_deploy.assets import resolve
+from minitron_deploy.arch.modeling import (
+    load_config,
+    load_model,
+    save_checkpoint_atomic,
+)
 from minitron_deploy.bench.hardware import machine_info, resolve_device
-from minitron_deploy.data import load_texts, pack_tokens
+from minitron_deploy.core.artifacts import (
+    DISTILL_SUMMARY,
+    PRUNING_RECORD,
+    TRAIN_LOG,
+    artifact_path,
+)
+from minitron_deploy.core.files import write_text_atomic
+from minitron_deploy.core.shape import ModelShape, count_params
+from minitron_deploy.data.assets import resolve
+from minitron_deploy.data.text import load_texts, pack_tokens
 from minitron_deploy.distill.api import DistillConfig, distill, work_dir_for
 from minitron_deploy.eval.api import evaluate
 from minitron_deploy.eval.multiple_choice import evaluate_items
 from minitron_deploy.eval.perplexity import perplexity
 from minitron_deploy.eval.tasks import load_named_task
-from minitron_deploy.files import write_text_atomic
 from minitron_deploy.importance.criteria import CRITERIA
 from minitron_deploy.importance.depth import DEPTH_METRICS
 from minitron_deploy.importance.scores import ImportanceScores
-from minitron_deploy.modeling import load_config, load_model, save_checkpoint_atomic
-from minitron_deploy.prune import prune
-from minitron_deploy.prune_settings import PruneSettings
-from minitron_deploy.scoring import ScoringSettings
-from minitron_deploy.shape import ModelShape, count_params
-from minitron_deploy.target import TargetSpec, resolve_target
+from minitron_deploy.pruning.api import prune
+from minitron_deploy.pruning.scoring import ScoringSettings
+from minitron_deploy.pruning.settings import PruneSettings
+from minitron_deploy.pruning.target import TargetSpec, resolve_target
 
 
 @dataclass
@@ -350,8 +359,8 @@ class Study:
 def probe(study: Study, rows: list[Row], texts: dict[str, str], seqs: int) -> dict:
     """Per row: perplexity on each named text, and forward KL(teacher || row) per token on the
     first one; to see what a retraining objective bought (in-domain fit vs teacher match)."""
+    from minitron_deploy.core.likelihood import shifted_labels
     from minitron_deploy.distill.losses import logit_kd_loss
-    from minitron_deploy.likelihood import shifted_labels
 
     packed = {name: pack_tokens(load_texts(resolve(src, study.work)), study.tokenizer,
                                 study.p.seq_len, seqs, seed=0) for name, src in texts.items()}

@@ -9,8 +9,8 @@ import math
 import os
 from pathlib import Path
 
+from minitron_deploy.core.files import write_text_atomic
 from minitron_deploy.eval.api import NORMED
-from minitron_deploy.files import write_text_atomic
 
 TASKS = ["hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande"]
 TASK_LABELS = {"hellaswag": "HellaSwag", "piqa": "PIQA", "arc_easy": "ARC-E",

@@ -103,8 +103,8 @@ def worker(args) -> None:
     """One run of ``distill`` (one rank); rank 0 writes what it measured to ``args.result``."""
     import torch
 
+    from minitron_deploy.core.dist import distributed_env
     from minitron_deploy.distill.api import DistillConfig, distill
-    from minitron_deploy.ranks import distributed_env
 
     distributed_env()  # the process group (gloo on CPU, NCCL on GPU) before the baseline
     gpu = args.device == "cuda"
@@ -137,8 +137,8 @@ def worker(args) -> None:
 
 
 def predict(run: dict, args) -> dict[str, int]:
+    from minitron_deploy.arch.modeling import load_config
     from minitron_deploy.distill.api import DistillConfig
-    from minitron_deploy.modeling import load_config
     from minitron_deploy.distill.memory import distill_memory
 
     root = Path(args.models)

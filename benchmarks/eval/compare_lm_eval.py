@@ -99,7 +99,8 @@ def write_task_yamls(root: Path, data_root: Path, tasks: list[str], subjects: li
 
 def our_items(task: str, limit: int, data_root: Path):
     """Items exactly as ``minitron_deploy.eval.tasks`` builds them (MMLU: one subject)."""
-    from minitron_deploy.eval.tasks import TASKS as OURS, load_named_task
+    from minitron_deploy.eval.tasks import TASKS as OURS
+    from minitron_deploy.eval.tasks import load_named_task
 
     if not task.startswith("mmlu_"):
         return load_named_task(task, limit)
@@ -116,7 +117,7 @@ def run_ours(model_dir: str, task_names: list[str], limit: int, batch_size: int,
     from dataclasses import asdict
 
     import minitron_deploy.eval.multiple_choice as mc
-    from minitron_deploy.modeling import load_model
+    from minitron_deploy.arch.modeling import load_model
 
     model, tokenizer = load_model(model_dir, dtype="fp32", device="cpu")
     real = mc.loglikelihoods

@@ -19,10 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from provenance import provenance  # noqa: E402
 
-from minitron_deploy import assets  # noqa: E402
+from minitron_deploy.arch.modeling import load_model  # noqa: E402
+from minitron_deploy.data import assets  # noqa: E402
 from minitron_deploy.eval.multiple_choice import loglikelihoods  # noqa: E402
 from minitron_deploy.eval.tasks import load_named_task  # noqa: E402
-from minitron_deploy.modeling import load_model  # noqa: E402
 
 
 def _args() -> argparse.Namespace:

@@ -23,11 +23,11 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from provenance import provenance  # noqa: E402
 
-from minitron_deploy import assets  # noqa: E402
+from minitron_deploy.data import assets  # noqa: E402
 from minitron_deploy.distill.api import DistillConfig, distill  # noqa: E402
 from minitron_deploy.eval.api import evaluate  # noqa: E402
-from minitron_deploy.prune import prune  # noqa: E402
-from minitron_deploy.prune_settings import PruneSettings  # noqa: E402
+from minitron_deploy.pruning.api import prune  # noqa: E402
+from minitron_deploy.pruning.settings import PruneSettings  # noqa: E402
 from minitron_deploy.search import SearchSettings, search_student  # noqa: E402
 
 

@@ -27,11 +27,11 @@ sys.path[:0] = [str(REPO / "tests")]
 
 from test_vllm import NEW_TOKENS, VARIANTS, build_models, prompts  # noqa: E402
 
-from minitron_deploy.assets import materialize_smollm2  # noqa: E402
-from minitron_deploy.modeling import load_model  # noqa: E402
+from minitron_deploy.arch.modeling import load_model  # noqa: E402
+from minitron_deploy.core.shape import ModelShape  # noqa: E402
+from minitron_deploy.data.assets import materialize_smollm2  # noqa: E402
+from minitron_deploy.pruning.trim import KeepPlan, trim_model  # noqa: E402
 from minitron_deploy.serve.parity import greedy_parity, summary  # noqa: E402
-from minitron_deploy.shape import ModelShape  # noqa: E402
-from minitron_deploy.trim import KeepPlan, trim_model  # noqa: E402
 
 SMOLLM2_TEXTS = ["The capital of France is", "def fibonacci(n):",
                  "Structured pruning removes whole neurons, heads and layers, so",

@@ -5,7 +5,7 @@ To add a family, write one adapter file (see ``base.DecoderAdapter``) and list i
 
 from __future__ import annotations
 
-from ..errors import MinitronError
+from ..core.errors import MinitronError
 from .base import AttentionWeights, DecoderAdapter, MLPWeights
 from .features import FAST_PATH, FEATURES, describe
 from .gemma2 import Gemma2Adapter

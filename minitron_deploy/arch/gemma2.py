@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from ..errors import MinitronError
+from ..core.errors import MinitronError
 from .base import DecoderAdapter
 from .trtllm import TrtllmLayout
 

@@ -6,7 +6,7 @@ sliding and full layers (``rope_parameters`` per layer type); TensorRT-LLM's
 import torch
 from torch import nn
 
-from ..errors import MinitronError
+from ..core.errors import MinitronError
 from .gemma2 import Gemma2Adapter, Gemma2Trtllm
 
 

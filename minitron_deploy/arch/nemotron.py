@@ -4,7 +4,7 @@ TensorRT-LLM's ``GPTForCausalLM`` with the LayerNorm1P weights folded (weight + 
 import torch
 from torch import nn
 
-from ..errors import MinitronError
+from ..core.errors import MinitronError
 from .base import DecoderAdapter, MLPWeights, new_linear
 from .trtllm import Parts, TrtllmLayout
 

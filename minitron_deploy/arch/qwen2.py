@@ -1,7 +1,7 @@
 """Qwen2 / Qwen2.5: Llama layout with q/k/v biases; per-layer ``layer_types`` for sliding windows."""
 
-from ..errors import MinitronError
-from ..shape import ModelShape
+from ..core.errors import MinitronError
+from ..core.shape import ModelShape
 from .base import DecoderAdapter
 from .trtllm import TrtllmLayout
 

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..errors import MinitronError
+from ..core.errors import MinitronError
 
 Parts = dict[str, list[torch.Tensor]]
 #: Bias parts, aligned with the weight parts of the same linear (None: that part has no bias).

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..errors import MinitronError
-from ..modeling import DTYPES
-from ..precision import resolve_precision
+from ..arch.modeling import DTYPES
+from ..core.errors import MinitronError
+from ..core.precision import resolve_precision
 from .hardware import free_memory, machine_info, measure_limits, resolve_device
 from .limits import ModelCost, memory_needed
 from .metrics import median_metrics

@@ -109,7 +109,7 @@ def run_vllm_batches(model_dir: str, config, dtype: str, prompts: dict[int, torc
     """vLLM: one engine for every batch size of a model, started once in the vLLM environment
     (``ttft_s`` when every request has its first token). Returns the timings per batch size
     and the engine's version and device."""
-    from ..errors import MinitronError
+    from ..core.errors import MinitronError
     from ..serve.vllm_env import VLLM_DTYPES, kv_cache_bytes, run_vllm, vllm_overrides
 
     isl = next(iter(prompts.values())).shape[1]

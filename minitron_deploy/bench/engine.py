@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arch import FAST_PATH, describe, get_adapter
-from ..errors import MinitronError
+from ..core.errors import MinitronError
 
 #: Rope types whose frequencies do not depend on the sequence length (precomputable tables).
 _STATIC_ROPE = {"default", "llama3", "linear", "yarn"}

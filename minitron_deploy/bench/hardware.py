@@ -12,9 +12,9 @@ import time
 import torch
 import transformers
 
-from .. import precision
-from ..devices import host_memory
-from ..errors import MinitronError
+from ..core import precision
+from ..core.devices import host_memory
+from ..core.errors import MinitronError
 from .limits import Limits
 
 #: Ceilings of named GPUs for predictions without one (bf16 matmul, copy bytes read + written).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..shape import ModelShape, count_params
+from ..core.shape import ModelShape, count_params
 
 
 @dataclass(frozen=True)

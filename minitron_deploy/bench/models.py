@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from ..errors import MinitronError
-from ..shape import ModelShape, reshaped_config
+from ..core.errors import MinitronError
+from ..core.shape import ModelShape, reshaped_config
 
 _LLAMA31_8B = dict(
     vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -98,7 +98,7 @@ def model_config(spec: ModelSpec):
     if not Path(spec.name).exists():
         raise MinitronError(f"unknown model {spec.name!r}: neither a directory nor one of the "
                             f"named shapes {', '.join(NAMED_SHAPES)}")
-    from ..modeling import load_config
+    from ..arch.modeling import load_config
 
     return load_config(spec.name)
 
@@ -107,7 +107,8 @@ def load_model(spec: ModelSpec, device: torch.device, dtype: torch.dtype):
     """Eval-mode model on ``device``: random weights (std 0.02, unit norms) for named shapes
     and config-only folders."""
     if not spec.random_weights:
-        from ..modeling import DTYPES, load_model as load_checkpoint
+        from ..arch.modeling import DTYPES
+        from ..arch.modeling import load_model as load_checkpoint
 
         name = next(k for k, v in DTYPES.items() if v == dtype)
         return load_checkpoint(spec.name, dtype=name, device=str(device))[0]

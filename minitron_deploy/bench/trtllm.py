@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..errors import MinitronError
+from ..core.errors import MinitronError
 
 _MISSING = ("the trtllm backend needs TensorRT-LLM (tensorrt_llm and the trtllm-bench command), "
             "which installs only from NVIDIA's container: run inside "

@@ -8,7 +8,6 @@ import shlex
 import subprocess
 import sys
 
-
 _EXAMPLE = """example (the paper's comparison: each model at its best batch size):
   minitron bench --models llama31-8b@32 minitron-4b-width@64 out/llama-4.5b@64 \\
       --backend torch,hf --max-throughput --out out/bench"""

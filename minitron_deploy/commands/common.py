@@ -6,11 +6,11 @@ import argparse
 from collections.abc import Callable
 from typing import TypeVar
 
-from ..errors import MinitronError
+from ..arch.modeling import DTYPES
+from ..core.errors import MinitronError
+from ..core.precision import check_device
+from ..core.schema import Field, Schema, fields_of
 from ..importance.settings import ScoringSettings
-from ..modeling import DTYPES
-from ..precision import check_device
-from ..schema import Field, Schema, fields_of
 
 T = TypeVar("T")
 S = TypeVar("S", bound=Schema)

@@ -7,8 +7,7 @@ import argparse
 
 import yaml
 
-from ..errors import MinitronError
-
+from ..core.errors import MinitronError
 
 _EXAMPLE = """example (the memory plan on 8 GPUs from the named shape, then the run; re-running
 resumes):
@@ -103,13 +102,13 @@ def format_plan(plans: list, device: str, world: int, available: int | None) -> 
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..recipe import load_recipe
+    from ..pipeline.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, parse_overrides(args.set))
     work = args.work_dir or f"out/{recipe.name}"
     if args.dry_run:
-        from ..devices import device_memory
-        from ..plan import GIB, check_fits, plan_recipe
+        from ..core.devices import device_memory
+        from ..pipeline.plan import GIB, check_fits, plan_recipe
 
         if args.gpus < 1:
             raise MinitronError(f"--gpus must be at least 1, got {args.gpus}")
@@ -123,8 +122,8 @@ def run(args: argparse.Namespace) -> None:
         print(format_plan(plans, recipe.device, args.gpus, available), end="")
         check_fits(plans)
         return
-    from ..distill.trainer import distributed_env
-    from ..pipeline import run_pipeline, summary
+    from ..core.dist import distributed_env
+    from ..pipeline.run import run_pipeline, summary
 
     result = run_pipeline(recipe, work)
     if distributed_env().is_main:  # under torchrun every rank returns rank 0's result

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..demo import run_demo
+    from ..pipeline.demo import run_demo
 
     overrides = {k: v for k, v in (("prune.target_params", args.target_params),
                                    ("distill.tokens", args.tokens)) if v is not None}

@@ -7,7 +7,6 @@ import argparse
 from ..distill.api import DistillConfig
 from .common import add_settings_args, settings_from_args
 
-
 _EXAMPLE = """example (2M tokens of forward-KL from the teacher into a pruned student):
   minitron distill --teacher meta-llama/Llama-3.1-8B --student out/llama-4.5b \\
       --data train.jsonl --tokens 2e6 --seq-len 1024 --out out/llama-4.5b-kd"""

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..data import TextSettings
+from ..data.text import TextSettings
 from ..eval.tasks import TASKS
 from .common import add_device_args, add_settings_args
-
 
 _EXAMPLE = """example (teacher and student side by side on 200 items per task):
   minitron eval --model meta-llama/Llama-3.1-8B --model out/llama-4.5b-kd \\
@@ -37,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from ..arch.modeling import check_not_inside, check_writable_parent
     from ..eval.api import evaluate, markdown_table, parse_tasks, write_results
-    from ..modeling import check_not_inside, check_writable_parent
 
     tasks = parse_tasks(args.tasks)
     check_not_inside(args.out, *args.model)  # before any work: fail fast, inputs untouched

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..data import TextSettings
-from ..precision import check_device
+from ..core.precision import check_device
+from ..data.text import TextSettings
 from .common import DEVICE_HELP, add_settings_args
 
 _EXAMPLE = """example (an FP8 TensorRT-LLM checkpoint on 2 tensor-parallel ranks):

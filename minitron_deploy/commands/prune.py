@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from ..prune_settings import PruneSettings
-from .common import add_device_args, add_input_args, add_settings_args, settings_from_args
+from ..pruning.settings import PruneSettings
+from .common import (
+    add_device_args,
+    add_input_args,
+    add_settings_args,
+    settings_from_args,
+)
 
 _EXAMPLE = """example (Llama-3.1-8B to a 4.5B width-pruned model, scores kept for reuse):
   minitron prune --model meta-llama/Llama-3.1-8B --calib calib.jsonl \\
@@ -25,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..prune import prune
-    from ..report import print_prune_summary
+    from ..pruning.api import prune
+    from ..pruning.report import print_prune_summary
 
     settings = settings_from_args(PruneSettings, args)
     report = prune(args.model, args.out, settings, calib=args.calib, device=args.device,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import MinitronError
+from ..core.errors import MinitronError
 from .common import add_calibration_args, scoring_settings
-
 
 _EXAMPLE = """example (score once, then prune to several targets without calibrating again):
   minitron score --model meta-llama/Llama-3.1-8B --calib calib.jsonl --block-sizes 1,8,16 \\
@@ -25,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..prune import score_checkpoint
+    from ..pruning.api import score_checkpoint
 
     try:
         sizes = sorted({int(k) for k in args.block_sizes.split(",")})

@@ -6,7 +6,12 @@ from __future__ import annotations
 import argparse
 
 from ..search.settings import SearchSettings
-from .common import add_device_args, add_input_args, add_settings_args, settings_from_args
+from .common import (
+    add_device_args,
+    add_input_args,
+    add_settings_args,
+    settings_from_args,
+)
 
 _EXAMPLE = """examples:
   # the shapes Llama-3.1-8B would get for 2x predicted speed at batch 64 on an H100 (config only)

@@ -19,23 +19,34 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..artifacts import DISTILL_SUMMARY, LOSS_CURVE, TRAIN_LOG
-from ..data import check_seq_len, check_texts
-from ..devices import device_memory
-from ..errors import MinitronError
-from ..hub import resolve_model
-from ..modeling import (check_not_inside, check_output_dir, load_config, load_model,
-                        save_checkpoint_atomic)
-from ..precision import agreed_precision, resolve_device
-from ..ranks import DistEnv, barrier, distributed_env, on_main_rank
-from ..tokens import prepare_token_file
-from .losses import HiddenStateLoss, hidden_state_loss, read_pruning_record
-from .objectives import KDObjective, LMObjective, uses_bf16
-from .parallel import (check_strategy, full_state_dict, is_sharded, plain_copy,
-                       shard_model, shard_objective)
-from .plot import plot_loss_curve
+from ..arch.modeling import (
+    check_not_inside,
+    check_output_dir,
+    load_config,
+    load_model,
+    save_checkpoint_atomic,
+)
+from ..core.artifacts import DISTILL_SUMMARY, LOSS_CURVE, TRAIN_LOG
+from ..core.devices import device_memory
+from ..core.dist import DistEnv, barrier, distributed_env, on_main_rank
+from ..core.errors import MinitronError
+from ..core.hub import resolve_model
+from ..core.precision import agreed_precision, resolve_device
+from ..data.text import check_seq_len, check_texts
+from ..data.tokens import prepare_token_file
 from .config import DistillConfig
+from .losses import HiddenStateLoss, hidden_state_loss, read_pruning_record
 from .memory import choose_strategy
+from .objectives import KDObjective, LMObjective, uses_bf16
+from .parallel import (
+    check_strategy,
+    full_state_dict,
+    is_sharded,
+    plain_copy,
+    shard_model,
+    shard_objective,
+)
+from .plot import plot_loss_curve
 from .trainer import TrainConfig, mean_losses, train
 
 
@@ -183,7 +194,7 @@ def resolve_layout(config: DistillConfig, env: DistEnv, teacher_cfg, student_cfg
 def save_model(model: nn.Module, out: Path, env: DistEnv, **kwargs) -> None:
     """``save_checkpoint_atomic`` of a possibly sharded model: gathered onto rank 0 (a stock,
     unsharded checkpoint; collective), then written by rank 0 while the others wait
-    (``ranks.on_main_rank``)."""
+    (``core.dist.on_main_rank``)."""
     if is_sharded(model):
         state = full_state_dict(model)
         model = plain_copy(model, state) if env.is_main else model

@@ -18,18 +18,15 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from ..errors import MinitronError
-from ..precision import resolve_precision
-from ..tokens import TokenSequences
-from ..ranks import DistEnv, barrier, distributed_env
-
-if TYPE_CHECKING:
-    from .trainer import TrainConfig
+from ..core.dist import DistEnv, barrier, distributed_env
+from ..core.errors import MinitronError
+from ..core.precision import resolve_precision
+from ..data.tokens import TokenSequences
+from .schedule import TrainConfig
 
 _LATEST = "latest"
 #: Settings that may differ on resume while the tokens per step stay equal (another number of
@@ -61,9 +58,8 @@ def run_settings(cfg: TrainConfig, sequences, world: int, device: torch.device) 
     schedule (warmup resolved as ``lr_at`` does), the optimizer, seed, precision (resolved on
     ``device``), sequence length and global batch, and the data's sha256."""
     seq_len = sequences.shape[1]
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.steps // 20)
     return {"steps": cfg.steps, "lr": cfg.lr, "min_lr_ratio": cfg.min_lr_ratio,
-            "warmup_steps": warmup, "weight_decay": cfg.weight_decay,
+            "warmup_steps": cfg.resolved_warmup_steps, "weight_decay": cfg.weight_decay,
             "max_grad_norm": cfg.max_grad_norm, "seed": cfg.seed,
             "precision": resolve_precision(device, cfg.precision), "seq_len": seq_len,
             "tokens_per_step": cfg.batch_size * cfg.grad_accum * world * seq_len,
@@ -104,8 +100,10 @@ def _trainable_names(module: nn.Module) -> set[str]:
 
 def _state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Trainable weights and optimizer state by parameter name (DTensors when sharded)."""
-    from torch.distributed.checkpoint.state_dict import (get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
 
     names = _trainable_names(module)
     model = {k: v for k, v in get_model_state_dict(module).items() if k in names}
@@ -162,8 +160,11 @@ def load_training_checkpoint(work_dir: Path, module: nn.Module,
     collective. Refuses a checkpoint of other parameters, or written under other
     :func:`run_settings` than ``settings``."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, \
-        set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     pointer = work_dir / _LATEST
     if not pointer.is_file():

@@ -6,13 +6,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from ..data import TextSettings
-from ..errors import MinitronError
-from ..precision import DEVICES, device_problem
-from ..schema import at_least, below_one, in_unit_interval, non_negative, positive, setting
+from ..core.errors import MinitronError
+from ..core.precision import DEVICES, device_problem
+from ..core.schema import (
+    at_least,
+    below_one,
+    in_unit_interval,
+    non_negative,
+    positive,
+    setting,
+)
+from ..data.text import TextSettings
 from .objectives import PRECISIONS
 from .parallel import STRATEGIES
-from .trainer import TrainConfig
+from .schedule import TrainConfig
 
 
 @dataclass

@@ -27,10 +27,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..arch import get_adapter
-from ..artifacts import PRUNING_RECORD, artifact_path
-from ..errors import MinitronError
-from ..likelihood import IGNORE_INDEX
-from ..shape import ModelShape
+from ..core.artifacts import PRUNING_RECORD, artifact_path
+from ..core.errors import MinitronError
+from ..core.likelihood import IGNORE_INDEX
+from ..core.shape import ModelShape
 
 
 @dataclass

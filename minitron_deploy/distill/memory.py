@@ -41,9 +41,9 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from ..errors import MinitronError
-from ..precision import resolve_precision
-from ..shape import ModelShape
+from ..core.errors import MinitronError
+from ..core.precision import resolve_precision
+from ..core.shape import ModelShape
 from .config import DistillConfig
 
 GIB = 1024**3

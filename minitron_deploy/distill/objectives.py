@@ -13,8 +13,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ..likelihood import shifted_labels
-from ..precision import resolve_precision
+from ..core.likelihood import shifted_labels
+from ..core.precision import resolve_precision
 from .losses import HiddenStateLoss, LossParts, logit_kd_loss
 
 

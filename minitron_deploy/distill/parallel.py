@@ -8,7 +8,7 @@
   compute runs in bf16 with fp32 gradient reduction (``MixedPrecisionPolicy``). The frozen
   teacher is either replicated or sharded the same way for forward only.
 
-Every collective here goes over the rank view's ``group`` (``DistEnv`` from ``ranks.py``),
+Every collective here goes over the rank view's ``group`` (``DistEnv`` from ``core/dist.py``),
 never the default one.
 """
 
@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ..arch import get_adapter
-from ..errors import MinitronError
-from ..ranks import DistEnv
+from ..core.dist import DistEnv
+from ..core.errors import MinitronError
 
 STRATEGIES = ("auto", "single", "ddp", "fsdp")
 
@@ -92,7 +92,10 @@ def wrap_ddp(module: nn.Module, device: torch.device, env: DistEnv) -> nn.Module
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """Every tensor of ``module``'s state dict, unsharded, on the CPU of rank 0 (other ranks
     get an empty dict). Collective: every rank must call it."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True,
                                                                   cpu_offload=True))

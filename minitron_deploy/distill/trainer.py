@@ -12,67 +12,29 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..artifacts import TRAIN_LOG
-from ..errors import MinitronError
-from ..precision import agreed_precision
-from ..ranks import all_mean, barrier, distributed_env, on_main_rank
-from .checkpoint import (TrainState, load_training_checkpoint, run_settings,
-                         save_training_checkpoint)
-from .objectives import PRECISIONS, autocast_for, uses_bf16
+from ..core.artifacts import TRAIN_LOG
+from ..core.dist import all_mean, barrier, distributed_env, on_main_rank
+from ..core.errors import MinitronError
+from ..core.precision import agreed_precision
+from .checkpoint import (
+    TrainState,
+    load_training_checkpoint,
+    run_settings,
+    save_training_checkpoint,
+)
+from .objectives import autocast_for, uses_bf16
 from .parallel import check_strategy, shard_objective, wrap_ddp
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings; ``steps`` counts optimizer steps."""
-
-    steps: int
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 1e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int | None = None  # default: 5% of the steps, at least 1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    checkpoint_every: int = 100
-    seed: int = 0
-    precision: str = "auto"  # auto: bf16 where faster (precision.py); or "bf16" / "fp32"
-    strategy: str = "single"  # single, ddp or fsdp (resolved; see parallel.py)
-    activation_checkpointing: bool = False
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise MinitronError(f"precision must be one of {', '.join(PRECISIONS)}, "
-                                f"got {self.precision!r}")
-
-    def validate(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise MinitronError(f"{name.replace('_', '-')} must be at least 1, "
-                                    f"got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise MinitronError(f"learning rate must be positive, got {self.lr}")
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at the last step."""
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.steps // 20)
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, cfg.steps - warmup)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+from .schedule import TrainConfig, lr_at
 
 
 def sample_indices(n_sequences: int, start: int, count: int, seed: int) -> torch.Tensor:
@@ -118,7 +80,7 @@ def train(objective: nn.Module, sequences, cfg: TrainConfig, work_dir: Path,
     (a tensor, or a memory-mapped token file). ``work_dir`` receives checkpoints and
     ``train_log.jsonl``; with ``resume`` the latest checkpoint there is restored first.
     ``on_step(record)`` is called after every step (on the main rank) and
-    ``on_checkpoint(step)`` after every checkpoint is written (``ranks.on_main_rank``: rank 0
+    ``on_checkpoint(step)`` after every checkpoint is written (``core.dist.on_main_rank``: rank 0
     alone, the others wait; the objective is back in train mode afterwards; not with FSDP,
     whose forward needs every rank). With ``cfg.strategy == "fsdp"`` the objective is sharded
     here onto ``device`` (default: where its parameters are) unless it is already. ``auto``

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..data import check_seq_len, check_texts, load_texts, pack_tokens
-from ..errors import MinitronError
-from ..modeling import load_model
-from ..precision import resolve_device, resolve_precision
-from ..files import write_text_atomic
+from ..arch.modeling import load_model
+from ..core.errors import MinitronError
+from ..core.files import write_text_atomic
+from ..core.precision import resolve_device, resolve_precision
+from ..data.text import check_seq_len, check_texts, load_texts, pack_tokens
 from .multiple_choice import evaluate_items
 from .perplexity import perplexity_with_stderr
 from .tasks import TASKS, load_named_task

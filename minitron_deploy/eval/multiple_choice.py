@@ -25,7 +25,6 @@ from torch import nn
 from transformers import DynamicCache
 
 
-
 @dataclass
 class MCItem:
     contexts: list[str]

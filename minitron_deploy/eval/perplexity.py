@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from ..likelihood import next_token_nll
+from ..core.likelihood import next_token_nll
 
 
 def sequence_nll(model: nn.Module, sequences: torch.Tensor,

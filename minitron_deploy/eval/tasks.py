@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MinitronError
+from ..core.errors import MinitronError
 from .multiple_choice import MCItem, winogrande_item
 
 

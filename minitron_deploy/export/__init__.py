@@ -11,8 +11,15 @@ Python API (the CLI's ``minitron export`` is a thin layer over it)::
 checkpoint runs in pure torch with ``TrtllmCheckpoint.load(dir).logits(ids)``.
 """
 
-from .api import (DEFAULT_DTYPES, EXPORT_DTYPES, FORMATS, CalibrationSettings, ExportResult,
-                  check_request, export)
+from .api import (
+                  DEFAULT_DTYPES,
+                  EXPORT_DTYPES,
+                  FORMATS,
+                  CalibrationSettings,
+                  ExportResult,
+                  check_request,
+                  export,
+)
 from .output import MANIFEST, verify_manifest
 from .runner import TrtllmCheckpoint
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from ..data import check_texts
-from ..errors import MinitronError
-from ..hub import resolve_model
-from ..modeling import DTYPES, check_output_dir, load_config, load_model
-from ..precision import resolve_device
-from ..shape import ModelShape
+from ..arch.modeling import DTYPES, check_output_dir, load_config, load_model
+from ..core.errors import MinitronError
+from ..core.hub import resolve_model
+from ..core.precision import resolve_device
+from ..core.shape import ModelShape
+from ..data.text import check_texts
 from .output import atomic_dir, write_manifest
 
 FORMATS = ("hf", "trtllm", "onnx")
@@ -72,7 +72,7 @@ def check_fp8_shape(shape: ModelShape, tp: int) -> None:
 
 
 def _fp8_batches(tokenizer, calib: CalibrationSettings) -> list[torch.Tensor]:
-    from ..data import calibration_batches
+    from ..data.text import calibration_batches
 
     if tokenizer is None:
         raise MinitronError("--dtype fp8 calibrates on text and needs the model's tokenizer")

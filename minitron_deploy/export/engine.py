@@ -13,10 +13,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from minitron_plugins import tensorrt_llm as trt
-
-from ..artifacts import ARTIFACTS_DIR, artifact_path
-from ..errors import MinitronError
+from ..core.artifacts import ARTIFACTS_DIR, artifact_path
+from ..core.errors import MinitronError
+from . import tensorrt_llm as trt
 from .output import MANIFEST, atomic_dir, write_manifest
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..errors import MinitronError
+from ..core.errors import MinitronError
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import MinitronError
+from ..core.errors import MinitronError
 
 ONNX_FILE = "model.onnx"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..artifacts import ARTIFACTS_DIR, artifact_path
-from ..artifacts import EXPORT_MANIFEST as MANIFEST
-from ..errors import MinitronError
-from ..modeling import atomic_dir  # noqa: F401  (re-exported for the export modules)
-from ..files import content_hashes, write_json_atomic
+from ..arch.modeling import atomic_dir  # noqa: F401  (re-exported for the export modules)
+from ..core.artifacts import ARTIFACTS_DIR, artifact_path
+from ..core.artifacts import EXPORT_MANIFEST as MANIFEST
+from ..core.errors import MinitronError
+from ..core.files import content_hashes, write_json_atomic
 
 
 def write_manifest(directory: Path, source: str | Path, fmt: str, dtype: str,

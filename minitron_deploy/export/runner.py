@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import MinitronError
+from ..core.errors import MinitronError
 from .fp8 import fake_quant
 from .shard import merge_tensors
 

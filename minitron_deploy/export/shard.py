@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import MinitronError
+from ..core.errors import MinitronError
 
 
 def _rule(name: str) -> str:

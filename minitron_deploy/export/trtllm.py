@@ -18,12 +18,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .. import __version__
-from ..errors import MinitronError
-from ..shape import ModelShape
+from .._version import __version__
+from ..arch.trtllm import BiasParts, Parts, TrtllmLayout
+from ..core.errors import MinitronError
+from ..core.shape import ModelShape
 from . import fp8 as fp8_lib
 from .shard import split_tensors
-from ..arch.trtllm import BiasParts, Parts, TrtllmLayout
 from .trtllm_families import get_family, rotary_scaling
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..arch import get_adapter
 from ..arch.trtllm import TrtllmLayout
-from ..errors import MinitronError
+from ..core.errors import MinitronError
 
 
 def rotary_scaling(params: dict) -> dict | None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..errors import MinitronError
+from ..core.errors import MinitronError
 from .depth import first_samples
 from .loss_delta import loss_deltas
 from .magnitude import weight_norms

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..arch import get_adapter
-from ..shape import ModelShape
+from ..core.shape import ModelShape
 
 
 class UnitGates:

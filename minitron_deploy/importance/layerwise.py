@@ -21,9 +21,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..arch import get_adapter
-from ..errors import MinitronError
+from ..core.errors import MinitronError
 from .depth import BlockImportanceCollector
-
 from .settings import OFFLOAD_MODES
 
 if TYPE_CHECKING:

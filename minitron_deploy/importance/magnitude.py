@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..arch import get_adapter
-from ..shape import ModelShape
+from ..core.shape import ModelShape
 
 
 def _sq(t: torch.Tensor | None, dim: int | tuple[int, ...] | None = None) -> torch.Tensor | float:

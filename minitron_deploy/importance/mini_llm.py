@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..shape import ModelShape
+from ..core.shape import ModelShape
 from .depth import lm_loss
 from .gates import UnitGates
 from .magnitude import weight_norms

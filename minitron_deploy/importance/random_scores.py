@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..shape import ModelShape
+from ..core.shape import ModelShape
 
 
 def random_scores(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:

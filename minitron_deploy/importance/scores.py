@@ -19,9 +19,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from ..artifacts import SCORES, artifact_path
-from ..errors import MinitronError
-from ..shape import ModelShape
+from ..core.artifacts import SCORES, artifact_path
+from ..core.errors import MinitronError
+from ..core.shape import ModelShape
 from .criteria import CRITERIA
 
 if TYPE_CHECKING:

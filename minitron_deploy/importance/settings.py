@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..data import TextSettings
-from ..schema import at_least, positive, setting
+from ..core.schema import at_least, positive, setting
+from ..data.text import TextSettings
 from .aggregate import BATCH_AGGREGATIONS, SEQ_AGGREGATIONS
 from .depth import DEPTH_METRICS
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..arch import get_adapter
-from ..errors import MinitronError
+from ..core.errors import MinitronError
 from .aggregate import BatchAccumulator, reduce_sequence
 
 

@@ -6,7 +6,7 @@ pruning, and the best ``candidates`` again after a short distillation (or by a t
 accuracy).
 The work (scores, per-candidate results, distillation checkpoints) lives in ``.<out>.partial``
 beside the output, so a re-run with the same settings resumes; the output folder appears only
-at the end: the chosen shape pruned by :func:`~minitron_deploy.prune.prune` from those scores
+at the end: the chosen shape pruned by :func:`~minitron_deploy.pruning.api.prune` from those scores
 (a stock Hugging Face checkpoint) with the search report in its ``minitron/`` subfolder.
 """
 
@@ -22,27 +22,41 @@ from statistics import fmean
 import torch
 from tqdm.auto import tqdm
 
-from ..align import Alignment
-from ..artifacts import ARTIFACTS_DIR, SCORES
-from ..data import (calibration_batches, check_seq_len, check_texts, load_texts, pack_tokens,
-                    split_documents)
+from ..arch.modeling import atomic_dir, check_output_dir, load_config, load_model
+from ..core.align import Alignment
+from ..core.artifacts import ARTIFACTS_DIR, SCORES
+from ..core.errors import MinitronError
+from ..core.files import settings_hash, sha256_file, write_text_atomic
+from ..core.hub import resolve_model
+from ..core.precision import resolve_device, resolve_precision
+from ..core.shape import ModelShape
+from ..data.text import (
+    calibration_batches,
+    check_seq_len,
+    check_texts,
+    load_texts,
+    pack_tokens,
+    split_documents,
+)
 from ..distill.api import work_dir_for
-from ..errors import MinitronError
-from ..files import settings_hash, sha256_file, write_text_atomic
-from ..hub import resolve_model
 from ..importance.scores import ImportanceScores
-from ..modeling import atomic_dir, check_output_dir, load_config, load_model
-from ..precision import resolve_device, resolve_precision
-from ..prune import prune
-from ..prune_settings import PruneSettings
-from ..scoring import score_model
-from ..shape import ModelShape
-from ..target import TargetSpec, resolve_target
+from ..pruning.api import prune
+from ..pruning.scoring import score_model
+from ..pruning.settings import PruneSettings
+from ..pruning.target import TargetSpec, resolve_target
 from .candidates import Candidate, find_candidates
 from .goal import Goal
 from .predict import Predictor
-from .rank import (ResultCache, heldout_losses, paired_gap, pruned_copy, rank_after_pruning,
-                   shape_spec, short_kd, task_metric)
+from .rank import (
+    ResultCache,
+    heldout_losses,
+    paired_gap,
+    pruned_copy,
+    rank_after_pruning,
+    shape_spec,
+    short_kd,
+    task_metric,
+)
 from .report import ranked_stage, write_report
 from .settings import SearchSettings
 
@@ -289,7 +303,7 @@ def _report(plan: SearchPlan, settings: SearchSettings, model_dir: Path,
 def _dry_run(config, plan: SearchPlan, settings: SearchSettings, model_dir: Path,
              out: Path) -> SearchResult:
     """search.json / search.md / search.png and ``configs/<key>/config.json`` per candidate."""
-    from ..shape import reshaped_config
+    from ..core.shape import reshaped_config
 
     report = _report(plan, settings, model_dir, None, None)
     with atomic_dir(out) as tmp:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..align import Alignment
-from ..errors import MinitronError
-from ..shape import ModelShape
+from ..core.align import Alignment
+from ..core.errors import MinitronError
+from ..core.shape import ModelShape
 from .goal import Goal
 from .predict import Prediction, Predictor
 from .space import Bounds, enumerate_shapes, pruned_axes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import MinitronError
+from ..core.errors import MinitronError
 from .predict import Prediction
 
 KINDS = ("params", "memory", "speedup")

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from ..bench.hardware import gpu_limits
 from ..bench.limits import ModelCost
-from ..errors import MinitronError
-from ..shape import ModelShape, count_params, reshaped_config
+from ..core.errors import MinitronError
+from ..core.shape import ModelShape, count_params, reshaped_config
 
 GIB = 2**30
 

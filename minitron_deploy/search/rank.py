@@ -19,15 +19,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..align import Alignment
+from ..arch.modeling import load_model, save_checkpoint_atomic
+from ..core.align import Alignment
+from ..core.files import settings_hash, write_json_atomic
 from ..distill.api import DistillConfig, distill
 from ..eval.multiple_choice import evaluate_items
 from ..eval.perplexity import sequence_nll
 from ..importance.scores import ImportanceScores
-from ..modeling import load_model, save_checkpoint_atomic
-from ..prune import prune_model
-from ..files import settings_hash, write_json_atomic
-from ..target import TargetSpec, resolve_target
+from ..pruning.api import prune_model
+from ..pruning.target import TargetSpec, resolve_target
 from .candidates import Candidate
 
 

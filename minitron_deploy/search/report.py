@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..files import write_json_atomic, write_text_atomic
+from ..core.files import write_json_atomic, write_text_atomic
 
 JSON, MARKDOWN, PLOT = "search.json", "search.md", "search.png"
 

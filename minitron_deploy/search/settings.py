@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..align import Alignment
 from ..bench.hardware import GPU_LIMITS
+from ..core.align import Alignment
+from ..core.errors import MinitronError
+from ..core.schema import at_least, below_one, fields_of, positive, setting
 from ..distill.api import DistillConfig
-from ..errors import MinitronError
 from ..eval.tasks import TASKS
 from ..importance.settings import ScoringSettings
-from ..schema import at_least, below_one, fields_of, positive, setting
-from ..target import parse_alignment
+from ..pruning.target import parse_alignment
 from .goal import Goal
 from .predict import Deployment
 from .space import Bounds

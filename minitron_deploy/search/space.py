@@ -12,10 +12,10 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from ..align import Alignment
-from ..errors import MinitronError
-from ..shape import ModelShape, loadability_error
-from ..target import search_step
+from ..core.align import Alignment
+from ..core.errors import MinitronError
+from ..core.shape import ModelShape, loadability_error
+from ..pruning.target import search_step
 
 _HIDDEN_STEP_CAP, _FFN_STEP_CAP = 256, 512
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import GenerationConfig
 
-from ..modeling import DTYPES, load_config, load_model
+from ..arch.modeling import DTYPES, load_config, load_model
 from .vllm_env import VLLM_DTYPES, kv_cache_bytes, run_vllm, vllm_overrides
 
 #: Top logprobs vLLM returns per step (enough to hold transformers' token near a tie).

@@ -9,10 +9,10 @@ import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import MinitronError
-from ..hub import resolve_model
-from ..modeling import load_config
-from ..precision import resolve_precision
+from ..arch.modeling import load_config
+from ..core.errors import MinitronError
+from ..core.hub import resolve_model
+from ..core.precision import resolve_device, resolve_precision
 from .vllm_env import VLLM_DTYPES, vllm_overrides, vllm_python
 
 _CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
@@ -77,8 +77,6 @@ def resolve_dtype(settings: ServeSettings) -> ServeSettings:
     """``settings`` with dtype ``auto`` made explicit for the device vLLM will use (a visible
     GPU, else the CPU): bf16 where it is faster there (on a CPU as the precision probe
     measures), else fp32."""
-    from ..bench.hardware import resolve_device
-
     return replace(settings, dtype=resolve_precision(resolve_device("auto"), settings.dtype))
 
 

@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 
 from ..arch import get_adapter
-from ..errors import MinitronError
-from ..shape import ModelShape
+from ..core.errors import MinitronError
+from ..core.shape import ModelShape
 
 ENV_VAR = "MINITRON_VLLM_PYTHON"
 RUNNER = Path(__file__).with_name("vllm_runner.py")

@@ -61,9 +61,14 @@ def _snapshot(repo: str, revision: str | None, offline: bool, cache: Path,
     """The snapshot folder of ``repo`` at ``revision`` with the files matching ``only`` (all
     by default), once per process and cache."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, IncompleteSnapshotError,
-                                        LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        IncompleteSnapshotError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     name = repo + (f"@{revision}" if revision else "")
     where = "offline" if offline else "the Hub is unreachable"

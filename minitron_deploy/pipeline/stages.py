@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MinitronError
-from .files import content_hashes, fingerprint, settings_hash, write_json_atomic
-from .ranks import on_main_rank
+from ..core.dist import on_main_rank
+from ..core.errors import MinitronError
+from ..core.files import content_hashes, fingerprint, settings_hash, write_json_atomic
 
 MANIFEST_SUFFIX = ".manifest.json"
 

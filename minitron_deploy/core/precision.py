@@ -79,7 +79,7 @@ def agreed_precision(device: str | torch.device, requested: str) -> str:
     explicit."""
     if requested != "auto":
         return requested
-    from .ranks import on_main_rank
+    from .dist import on_main_rank
 
     return on_main_rank(lambda: resolve_precision(device, requested))
 

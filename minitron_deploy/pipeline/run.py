@@ -14,20 +14,20 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from . import assets
-from .bench.models import NAMED_SHAPES
-from .distill.api import distill, work_dir_for
-from .errors import MinitronError
-from .eval.api import PPL, evaluate, markdown_table, metric_names, write_results
-from .eval.retention import Retention, chance_accuracy, retention, retention_lines
-from .modeling import atomic_dir, load_config
-from .prune import prune
-from .ranks import on_main_rank
+from ..arch.modeling import atomic_dir, load_config
+from ..bench.models import NAMED_SHAPES
+from ..core.dist import on_main_rank
+from ..core.errors import MinitronError
+from ..core.files import write_json_atomic, write_text_atomic
+from ..core.shape import count_params
+from ..data import assets
+from ..distill.api import distill, work_dir_for
+from ..eval.api import PPL, evaluate, markdown_table, metric_names, write_results
+from ..eval.retention import Retention, chance_accuracy, retention, retention_lines
+from ..pruning.api import prune
+from ..pruning.report import print_prune_summary
 from .recipe import BenchStage, ExportStage, Iteration, Recipe
-from .report import print_prune_summary
 from .report_plot import plot_comparison
-from .shape import count_params
-from .files import write_json_atomic, write_text_atomic
 from .stages import Stage
 
 RESULTS = "results.json"
@@ -49,8 +49,8 @@ def _prune_stage(rnd: Iteration, device: str, teacher: Path, data: Path, out: Pa
         print_prune_summary(prune(teacher, out, rnd.prune.prune_settings(), calib=data,
                                   device=device))
         return
-    from .search import search_student
-    from .search.report import markdown
+    from ..search import search_student
+    from ..search.report import markdown
 
     print(markdown(search_student(teacher, out, rnd.prune.search, calib=data,
                                   device=device).report))
@@ -68,16 +68,16 @@ def _eval_stage(recipe: Recipe, models: dict[str, Path], heldout: Path, out: Pat
 
 def _export_stage(spec: ExportStage, model: Path, data: Path, device: str, out: Path,
                   text: dict) -> None:
-    from .export.api import CalibrationSettings, export
+    from ..export.api import CalibrationSettings, export
 
     export(model, out, spec.format, spec.dtype, spec.tp,
            calib=CalibrationSettings(source=data, **text), device=device)
 
 
 def _bench_stage(spec: BenchStage, models: list[Path], device: str, out: Path) -> None:
-    from .bench.api import BenchSettings, benchmark
-    from .bench.models import ModelSpec
-    from .bench.report import write_report
+    from ..bench.api import BenchSettings, benchmark
+    from ..bench.models import ModelSpec
+    from ..bench.report import write_report
 
     settings = BenchSettings(models=[ModelSpec(str(m)) for m in models], backends=[spec.backend],
                              isl=spec.isl, osl=spec.osl, batch_sizes=tuple(spec.batch_sizes),

@@ -9,7 +9,7 @@
     eval: {tasks: [ppl, arc_easy], limit: 100}
 
 Unknown keys and wrong types are refused with the key's full path; sections map onto the
-Python API's own settings: ``prune`` is :class:`~minitron_deploy.prune_settings.PruneSettings`
+Python API's own settings: ``prune`` is :class:`~minitron_deploy.pruning.settings.PruneSettings`
 (every ``minitron prune`` setting, checked by its schema), ``distill`` is ``DistillConfig``.
 ``prune.search`` chooses the shape by a student search instead (``minitron search``'s own
 settings, the target among them, e.g. ``search: {target_params: 0.5, candidates: 3}``).
@@ -25,15 +25,15 @@ from pathlib import Path
 
 import yaml
 
-from .distill.api import DistillConfig
-from .errors import MinitronError
-from .eval.api import parse_tasks
-from .export.api import DEFAULT_DTYPES
-from .importance.settings import ScoringSettings
-from .precision import resolve_device
-from .prune_settings import PruneSettings
-from .schema import Schema, fields_of, setting
-from .search.settings import SearchSettings
+from ..core.errors import MinitronError
+from ..core.precision import resolve_device
+from ..core.schema import Schema, fields_of, setting
+from ..distill.api import DistillConfig
+from ..eval.api import parse_tasks
+from ..export.api import DEFAULT_DTYPES
+from ..importance.settings import ScoringSettings
+from ..pruning.settings import PruneSettings
+from ..search.settings import SearchSettings
 
 #: Settings of the search section besides the scoring ones (those are the prune section's).
 _SEARCH_OWN = tuple(f.name for f in fields_of(SearchSettings)

@@ -9,16 +9,30 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import MinitronError
-from .eval.multiple_choice import MCItem, accuracy
-from .importance.criteria import CriterionInputs, check_settings, criterion_meta, criterion_scores
-from .importance.depth import (BlockImportanceCollector, accuracy_scores, first_samples,
-                               loss_scores)
-from .importance.layerwise import LayerStreamer, check_streamable, module_bytes, resolve_offload
-from .importance.scores import ImportanceScores, weights_fingerprint
-from .importance.settings import ScoringSettings
-from .importance.width import WidthCollector
-from .shape import ModelShape
+from ..core.errors import MinitronError
+from ..core.shape import ModelShape
+from ..eval.multiple_choice import MCItem, accuracy
+from ..importance.criteria import (
+    CriterionInputs,
+    check_settings,
+    criterion_meta,
+    criterion_scores,
+)
+from ..importance.depth import (
+    BlockImportanceCollector,
+    accuracy_scores,
+    first_samples,
+    loss_scores,
+)
+from ..importance.layerwise import (
+    LayerStreamer,
+    check_streamable,
+    module_bytes,
+    resolve_offload,
+)
+from ..importance.scores import ImportanceScores, weights_fingerprint
+from ..importance.settings import ScoringSettings
+from ..importance.width import WidthCollector
 
 __all__ = ["ScoringSettings", "forward_loop_over", "score_activations", "score_forward_loop",
            "score_model"]

@@ -1,6 +1,6 @@
 """Every setting of a prune in one schema: the target, how importance is scored, how the trim
 treats the norms, and scores to reuse. ``minitron prune``'s flags, the recipe's ``prune:``
-section, :func:`~minitron_deploy.prune.prune`'s keywords and the ModelOpt mode's config are
+section, :func:`~minitron_deploy.pruning.api.prune`'s keywords and the ModelOpt mode's config are
 all read off it (see ``schema.py``)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .errors import MinitronError
-from .importance.settings import ScoringSettings
-from .schema import setting
+from ..core.errors import MinitronError
+from ..core.schema import setting
+from ..importance.settings import ScoringSettings
 from .target import TargetSpec
 from .trim import RESCALE_CHOICES
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .arch import AttentionWeights, DecoderAdapter, MLPWeights, get_adapter
-from .errors import MinitronError
-from .shape import ModelShape
+from ..arch import AttentionWeights, DecoderAdapter, MLPWeights, get_adapter
+from ..core.errors import MinitronError
+from ..core.shape import ModelShape
 
 
 @dataclass

@@ -10,22 +10,28 @@ from pathlib import Path
 
 from torch import nn
 
-from . import __version__
-from .artifacts import PRUNING_RECORD, SCORES
-from .data import calibration_batches, check_texts
-from .errors import MinitronError
-from .eval.tasks import load_task
-from .hub import resolve_model
-from .importance.layerwise import check_streamable, resolve_offload
-from .importance.scores import ImportanceScores
-from .modeling import (DTYPES, check_not_inside, check_output_dir, load_config, load_model,
-                       save_checkpoint_atomic)
-from .precision import resolve_device, resolve_precision
-from .prune_settings import PruneSettings
-from .schema import Schema
+from .._version import __version__
+from ..arch.modeling import (
+    DTYPES,
+    check_not_inside,
+    check_output_dir,
+    load_config,
+    load_model,
+    save_checkpoint_atomic,
+)
+from ..core.artifacts import PRUNING_RECORD, SCORES
+from ..core.errors import MinitronError
+from ..core.hub import resolve_model
+from ..core.precision import resolve_device, resolve_precision
+from ..core.schema import Schema
+from ..core.shape import ModelShape, count_params
+from ..data.text import calibration_batches, check_texts
+from ..eval.tasks import load_task
+from ..importance.layerwise import check_streamable, resolve_offload
+from ..importance.scores import ImportanceScores
 from .scoring import ScoringSettings, score_model
 from .select import build_plan
-from .shape import ModelShape, count_params
+from .settings import PruneSettings
 from .target import ResolvedTarget, resolve_target
 from .trim import KeepPlan, resolve_rescale_norms, trim_model
 

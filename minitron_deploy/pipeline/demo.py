@@ -14,14 +14,22 @@ from dataclasses import asdict, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from . import assets
-from .budget import (MIN_STEPS, SAFETY, distill_overhead_seconds, eval_seconds, eval_tokens,
-                     fit_eval_limit, fit_steps, measure_speed)
-from .errors import MinitronError
-from .pipeline import PipelineResult, build_stages, run_pipeline, summary
+from ..arch.modeling import load_config
+from ..core.errors import MinitronError
+from ..core.files import settings_hash, write_json_atomic
+from ..data import assets
+from .budget import (
+    MIN_STEPS,
+    SAFETY,
+    distill_overhead_seconds,
+    eval_seconds,
+    eval_tokens,
+    fit_eval_limit,
+    fit_steps,
+    measure_speed,
+)
 from .recipe import Recipe, load_recipe, packaged_recipe
-from .files import settings_hash, write_json_atomic
-from .modeling import load_config
+from .run import PipelineResult, build_stages, run_pipeline, summary
 
 SIZING = "demo-sizing.json"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .eval.api import NORMED, PPL, PPL_STDERR, headline, metric_names
+from ..eval.api import NORMED, PPL, PPL_STDERR, headline, metric_names
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from .prune import PruneReport
+from .api import PruneReport
 
 
 def print_prune_summary(report: PruneReport, console: Console | None = None) -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from .arch import get_adapter
-from .artifacts import ARTIFACTS_DIR
-from .errors import MinitronError
-from .hub import hub_cache, resolve_model
+from ..core.artifacts import ARTIFACTS_DIR
+from ..core.errors import MinitronError
+from ..core.hub import hub_cache, resolve_model
+from . import get_adapter
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: Non-weight files copied from the source checkpoint (tokenizer, generation config, templates).

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from .distill.api import DistillConfig
-from .distill.objectives import KDObjective, autocast_for
-from .eval.api import PPL
-from .eval.multiple_choice import plan_scoring
-from .eval.tasks import load_named_task
-from .modeling import load_model
+from ..arch.modeling import load_model
+from ..distill.api import DistillConfig
+from ..distill.objectives import KDObjective, autocast_for
+from ..eval.api import PPL
+from ..eval.multiple_choice import plan_scoring
+from ..eval.tasks import load_named_task
 from .recipe import EvalStage
 
 #: Fewest optimizer steps a sized run takes, however short the budget.

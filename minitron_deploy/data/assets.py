@@ -13,10 +13,10 @@ import pkgutil
 import sys
 from pathlib import Path
 
-from .errors import MinitronError
-from .hub import resolve_model
-from .modeling import save_checkpoint_atomic
-from .files import write_text_atomic
+from ..arch.modeling import save_checkpoint_atomic
+from ..core.errors import MinitronError
+from ..core.files import write_text_atomic
+from ..core.hub import resolve_model
 
 BUILTIN = "builtin:"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .errors import MinitronError
-from .importance.scores import ImportanceScores
-from .shape import ModelShape
+from ..core.errors import MinitronError
+from ..core.shape import ModelShape
+from ..importance.scores import ImportanceScores
 from .target import ResolvedTarget
 from .trim import KeepPlan
 

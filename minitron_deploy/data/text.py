@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import MinitronError
-from .schema import Schema, setting
+from ..core.errors import MinitronError
+from ..core.schema import Schema, setting
 
 _SUFFIXES = (".txt", ".text", ".md", ".jsonl", ".json", ".parquet")
 _SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")

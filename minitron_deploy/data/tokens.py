@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import iter_texts, source_files
-from .errors import MinitronError
-from .ranks import on_main_rank
+from ..core.dist import on_main_rank
+from ..core.errors import MinitronError
+from .text import iter_texts, source_files
 
 FORMAT = 2  # 2: the sidecar records the file's sha256
 _BATCH_CHARS = 1 << 22
@@ -241,7 +241,7 @@ def build_token_file(source: str | Path, tokenizer, seq_len: int, path: str | Pa
     of them for :func:`heldout_path`. Stops once ``max_sequences`` train and
     ``heldout_sequences`` held-out sequences are written (None: all the data). Refuses data
     with fewer tokens than one sequence. Tables are read from ``text_column`` (and a
-    DatasetDict folder from ``split``, see ``data.py``).
+    DatasetDict folder from ``split``, see ``text.py``).
     """
     settings = _settings(source, tokenizer, seq_len, max_sequences, heldout_fraction, seed,
                          heldout_sequences, text_column, split)
@@ -296,7 +296,7 @@ def prepare_token_file(source: str | Path, tokenizer, seq_len: int, path: str | 
 
     Rank 0 reuses the file when its sidecar records the same source fingerprint, tokenizer
     and settings, else builds it, however long that takes, while the other ranks wait
-    (``ranks.on_main_rank``); then every rank opens the memmap (``path`` must be visible to
+    (``core.dist.on_main_rank``); then every rank opens the memmap (``path`` must be visible to
     all ranks).
     """
     path = Path(path)

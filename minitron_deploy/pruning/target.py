@@ -16,10 +16,10 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .align import KERNEL_NOTE, Alignment
-from .errors import MinitronError
-from .schema import Schema, fields_of, positive, setting
-from .shape import ModelShape, count_params, loadability_error
+from ..core.align import KERNEL_NOTE, Alignment
+from ..core.errors import MinitronError
+from ..core.schema import Schema, fields_of, positive, setting
+from ..core.shape import ModelShape, count_params, loadability_error
 
 HIDDEN_TO_MLP_RATE = 0.7
 MAX_MLP_PRUNE = 0.6

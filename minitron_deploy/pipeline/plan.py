@@ -8,18 +8,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import assets
-from .bench.models import NAMED_SHAPES, named_config, named_shape_of
-from .distill.config import DistillConfig
-from .distill.memory import GIB, Choice, ModelSizes, options, pick
-from .errors import MinitronError
-from .hub import resolve_model
-from .importance.layerwise import STREAMABLE_CRITERIA
-from .modeling import load_config
-from .prune_settings import PruneSettings
+from ..arch.modeling import load_config
+from ..bench.models import NAMED_SHAPES, named_config, named_shape_of
+from ..core.errors import MinitronError
+from ..core.hub import resolve_model
+from ..core.shape import ModelShape, count_params, reshaped_config
+from ..data import assets
+from ..distill.config import DistillConfig
+from ..distill.memory import GIB, Choice, ModelSizes, options, pick
+from ..importance.layerwise import STREAMABLE_CRITERIA
+from ..pruning.settings import PruneSettings
+from ..pruning.target import resolve_target
 from .recipe import Recipe
-from .shape import ModelShape, count_params, reshaped_config
-from .target import resolve_target
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,8 @@ def _prune_plan(name: str, source, rnd, available: int | None,
     planned at its candidate closest to the target."""
     spec = rnd.prune
     if spec.search is not None:
-        from .search import plan_search
-        from .search.rank import shape_spec
+        from ..search import plan_search
+        from ..search.rank import shape_spec
 
         spec = shape_spec(plan_search(source, spec.search).candidates[0], spec.search.align)
     target = resolve_target(source, spec)
