@@ -5,4 +5,4 @@ subcommand by writing a module here and listing it in ``COMMAND_MODULES``.
 """
 
 COMMAND_MODULES = ["prune", "score", "search", "demo", "distill", "eval", "bench", "export",
-                   "build_engine", "compress", "serve"]
+                   "quantize", "build_engine", "compress", "serve"]
