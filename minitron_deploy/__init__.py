@@ -34,7 +34,6 @@ _PUBLIC = {
     "search_student": ("search.api", "search_student"),
     "evaluate": ("eval.api", "evaluate"),
     "export_model": ("export.api", "export"),
-    "quantize": ("quantize.api", "quantize"),
     "load_recipe": ("pipeline.recipe", "load_recipe"),
     "run_pipeline": ("pipeline.run", "run_pipeline"),
 }

@@ -129,6 +129,8 @@ def test_importing_the_package_loads_no_framework():
 
 
 def test_every_public_name_resolves():
+    subpackages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    assert not set(minitron_deploy.__all__) & subpackages  # a subpackage would shadow the name
     for name in minitron_deploy.__all__:
         assert getattr(minitron_deploy, name) is not None, name
     with pytest.raises(AttributeError):
