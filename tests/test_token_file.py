@@ -209,7 +209,7 @@ import json, sys
 import torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
 from tiny_models import char_tokenizer
-from minitron_deploy import tokens
+from minitron_deploy.data import tokens
 from minitron_deploy.distill.trainer import sample_indices
 
 source, path, out = sys.argv[2:5]
