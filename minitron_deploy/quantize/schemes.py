@@ -46,7 +46,8 @@ SCHEMES = {s.name: s for s in (
     Scheme("int8-w8a8", "INT8 weights per output channel, activations per token at run time",
            (COMPRESSED,)),
     Scheme("w4a16", "INT4 weights in groups of 128 rounded by GPTQ on calibration text, 16-bit "
-           "activations", (COMPRESSED,), calibrated=(COMPRESSED,)),
+           "activations; needs llm-compressor (pip install --no-deps llmcompressor)",
+           (COMPRESSED,), calibrated=(COMPRESSED,)),
     Scheme("nvfp4", "NVFP4 (FP4 E2M1 in blocks of 16 with FP8 scales) weights and activations, "
            "calibrated; CUDA only", (MODELOPT,), calibrated=(MODELOPT,)),
     Scheme("gguf-q8_0", "GGUF Q8_0: 8-bit weights in blocks of 32 for llama.cpp", (GGUF,)),
