@@ -153,6 +153,10 @@ def plan_recipe(recipe: Recipe, work_dir: str | Path, world: int = 1,
     for spec in recipe.export:
         plans.append(StagePlan(f"export {spec.format} {spec.dtype} tp{spec.tp}", "", final,
                                final * 4))
+    if recipe.quantize is not None:  # the fp32 student loaded, as export loads it
+        q = recipe.quantize
+        plans.append(StagePlan("quantize", f"{q.scheme} ({q.resolved_format()})", final,
+                               final * 4))
     plans.append(StagePlan("eval", ", ".join(recipe.eval.tasks), final, teacher_params * 4))
     for plan in plans:
         if plan.refusal is None and available is not None and plan.memory_bytes > available:

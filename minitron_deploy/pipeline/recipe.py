@@ -7,12 +7,15 @@
     prune: {target_params: 0.5, calib_samples: 128, seq_len: 256}
     distill: {tokens: 80000, seq_len: 256, lr: 1.0e-3}
     eval: {tasks: [ppl, arc_easy], limit: 100}
+    quantize: {scheme: int8-w8a8}        # optional: the distilled student, quantized
 
 Unknown keys and wrong types are refused with the key's full path; sections map onto the
 Python API's own settings: ``prune`` is :class:`~minitron_deploy.pruning.settings.PruneSettings`
 (every ``minitron prune`` setting, checked by its schema), ``distill`` is ``DistillConfig``.
 ``prune.search`` chooses the shape by a student search instead (``minitron search``'s own
 settings, the target among them, e.g. ``search: {target_params: 0.5, candidates: 3}``).
+``quantize`` is :class:`~minitron_deploy.quantize.settings.QuantizeSettings` (every ``minitron
+quantize`` setting; schemes that calibrate read ``data``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ..eval.api import parse_tasks
 from ..export.api import DEFAULT_DTYPES
 from ..importance.settings import ScoringSettings
 from ..pruning.settings import PruneSettings
+from ..quantize.settings import QuantizeSettings
 from ..search.settings import SearchSettings
 
 #: Settings of the search section besides the scoring ones (those are the prune section's).
@@ -152,6 +156,7 @@ class Recipe:
     eval: EvalStage = field(default_factory=EvalStage)
     export: list[ExportStage] = field(default_factory=list)
     bench: BenchStage | None = None
+    quantize: QuantizeSettings | None = None  # the final student quantized, and evaluated
 
     def __post_init__(self) -> None:
         if not _SAFE_NAME.fullmatch(self.name):
@@ -171,6 +176,9 @@ def _check_type(value, hint, where: str):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
+        others = [option for option in options if option is not type(None)]
+        if len(others) == 1:  # an optional value: its own error, not the union's
+            return _check_type(value, others[0], where)
         for option in options:
             if option is not type(None):
                 try:

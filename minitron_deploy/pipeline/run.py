@@ -1,14 +1,16 @@
-"""``minitron compress``: prune -> distill (one or more rounds) -> export -> evaluate ->
-benchmark, driven by a recipe, as resumable stages (``stages.py``). Each stage writes its own
-output under the work dir plus a manifest; a re-run skips stages whose settings and inputs are
-unchanged, and an interrupted distillation resumes from its last checkpoint. A final report
-(``report.md``, ``report.json``, ``report.png``) puts teacher and student side by side.
+"""``minitron compress``: prune -> distill (one or more rounds) -> export -> quantize ->
+evaluate -> benchmark, driven by a recipe, as resumable stages (``stages.py``). Each stage
+writes its own output under the work dir plus a manifest; a re-run skips stages whose
+settings and inputs are unchanged, and an interrupted distillation resumes from its last
+checkpoint. A final report (``report.md``, ``report.json``, ``report.png``) puts teacher and
+students (the quantized one too) side by side.
 
 Under ``torchrun`` distillation runs data parallel on every rank; asset resolution, pruning,
 export, evaluation, benchmarking and the report run on rank 0 while the other ranks wait."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from ..arch.modeling import atomic_dir, load_config
 from ..bench.models import NAMED_SHAPES
+from ..core.artifacts import artifact_path
 from ..core.dist import on_main_rank
 from ..core.errors import MinitronError
 from ..core.files import write_json_atomic, write_text_atomic
@@ -26,11 +29,16 @@ from ..eval.api import PPL, evaluate, markdown_table, metric_names, write_result
 from ..eval.retention import Retention, chance_accuracy, retention, retention_lines
 from ..pruning.api import prune
 from ..pruning.report import print_prune_summary
+from ..quantize.api import QUANTIZE_RECORD, quantize
+from ..quantize.schemes import COMPRESSED, get_scheme
+from ..quantize.settings import QuantizeSettings
 from .recipe import BenchStage, ExportStage, Iteration, Recipe
 from .report_plot import plot_comparison
 from .stages import Stage
 
 RESULTS = "results.json"
+#: The quantized student's folder under the work dir, and its name in the results.
+QUANTIZED = "quantized"
 
 
 @dataclass
@@ -42,6 +50,7 @@ class PipelineResult:
     results: dict[str, dict]
     seconds: dict[str, float] = field(default_factory=dict)
     report: dict = field(default_factory=dict)
+    quantized: Path | None = None
 
 
 def _prune_stage(rnd: Iteration, device: str, teacher: Path, data: Path, out: Path) -> None:
@@ -58,6 +67,9 @@ def _prune_stage(rnd: Iteration, device: str, teacher: Path, data: Path, out: Pa
 
 def _eval_stage(recipe: Recipe, models: dict[str, Path], heldout: Path, out: Path) -> None:
     e = recipe.eval
+    note = quantized_eval_note(recipe)
+    if note:
+        print(f"[eval] {note}")
     results = {name: evaluate(path, e.tasks_for(name), e.limit, heldout, e.seq_len, e.ppl_seqs,
                               recipe.device, batch_size=e.batch_size)
                for name, path in models.items()}
@@ -72,6 +84,37 @@ def _export_stage(spec: ExportStage, model: Path, data: Path, device: str, out: 
 
     export(model, out, spec.format, spec.dtype, spec.tp,
            calib=CalibrationSettings(source=data, **text), device=device)
+
+
+def _quantize_settings(recipe: Recipe) -> QuantizeSettings:
+    """The recipe's quantize section, on the recipe's device unless it names its own."""
+    q = recipe.quantize
+    return q if q.device != "auto" else replace(q, device=recipe.device)
+
+
+def quantized_eval_note(recipe: Recipe) -> str | None:
+    """Why the quantized student is left out of evaluation (a format ``evaluate`` cannot
+    load: it loads Hugging Face checkpoints, compressed-tensors ones with that package), or
+    None when it is evaluated or there is none."""
+    if recipe.quantize is None:
+        return None
+    fmt = recipe.quantize.resolved_format()
+    if fmt == COMPRESSED and importlib.util.find_spec("compressed_tensors") is not None:
+        return None
+    why = ("compressed-tensors is not installed" if fmt == COMPRESSED
+           else f"transformers does not load {fmt} checkpoints here")
+    return (f"the {QUANTIZED} student ({recipe.quantize.scheme}, {fmt}) is not evaluated: "
+            f"{why}")
+
+
+def _quantize_stage(recipe: Recipe, model: Path, data: Path, work: Path) -> Stage:
+    """``minitron quantize`` of the final student into ``<work>/quantized`` (calibrating on
+    the recipe's data where the scheme does)."""
+    settings = _quantize_settings(recipe)
+    calibrated = get_scheme(settings.scheme).needs_calibration(settings.resolved_format())
+    inputs = {"model": model, **({"data": data} if calibrated else {})}
+    return Stage("quantize", work / QUANTIZED, inputs, {"quantize": settings.record()},
+                 lambda out: quantize(model, out, settings, data if calibrated else None))
 
 
 def _bench_stage(spec: BenchStage, models: list[Path], device: str, out: Path) -> None:
@@ -120,6 +163,10 @@ def build_stages(recipe: Recipe, work: Path, teacher: Path, data: Path,
                             lambda out, s=spec, m=current: _export_stage(s, m, data,
                                                                          recipe.device, out, text)))
     models = {"teacher": teacher, "pruned": last_pruned, "distilled": current}
+    if recipe.quantize is not None:
+        stages.append(_quantize_stage(recipe, current, data, work))
+        if quantized_eval_note(recipe) is None:
+            models[QUANTIZED] = stages[-1].output
     stages.append(Stage("eval", work / "eval", {**models, "heldout": heldout},
                         {"eval": asdict(recipe.eval), "device": recipe.device},
                         lambda out: _eval_stage(recipe, models, heldout, out)))
@@ -167,6 +214,8 @@ def _finish(recipe: Recipe, stages: list[Stage], seconds: dict[str, float],
     results = json.loads((evaluation.output / RESULTS).read_text())["results"]
     result = PipelineResult(evaluation.inputs["teacher"], evaluation.inputs["pruned"],
                             evaluation.inputs["distilled"], evaluation.output, results, seconds)
+    if "quantize" in by_name:
+        result.quantized = by_name["quantize"].output
     bench = by_name.get("bench")
     result.report = write_final_report(recipe, result, bench.output if bench else None, work)
     return result
@@ -184,6 +233,8 @@ def write_final_report(recipe: Recipe, result: PipelineResult, bench_dir: Path |
     kept = _retention(result.results, chance)
     report["chance_accuracy"] = chance
     report["retention"] = {name: asdict(value) for name, value in kept.items()}
+    if result.quantized is not None:
+        report[QUANTIZED] = _quantized_summary(recipe, result.quantized)
     if bench_dir is not None:
         bench = json.loads((bench_dir / "bench.json").read_text())
         report["throughput"] = bench.get("max_throughput")
@@ -192,12 +243,30 @@ def write_final_report(recipe: Recipe, result: PipelineResult, bench_dir: Path |
              f"parameters: teacher {params['teacher']:,}, student {params['student']:,} "
              f"({report['parameter_ratio']:.1%})", "", markdown_table(result.results)]
     lines += [line for name, value in kept.items() for line in retention_lines(name, value)]
+    if QUANTIZED in report:
+        lines += ["", _quantized_line(report[QUANTIZED])]
     if "throughput" in report:
         lines += ["", "throughput (max over batch sizes):", "```",
                   json.dumps(report["throughput"], indent=2), "```"]
     write_text_atomic(work / "report.md", "\n".join(lines) + "\n")
     plot_comparison(result.results, chance, work / "report.png", recipe.name)
     return report
+
+
+def _quantized_summary(recipe: Recipe, folder: Path) -> dict:
+    """Scheme, format and weight bytes of the quantized student (its ``quantize.json``), and
+    why it is not evaluated where it is not."""
+    record = json.loads(artifact_path(folder, QUANTIZE_RECORD).read_text())
+    return {"path": str(folder), "scheme": record["scheme"], "format": record["format"],
+            "weight_bytes": record["weight_bytes"], "not_evaluated": quantized_eval_note(recipe)}
+
+
+def _quantized_line(summary: dict) -> str:
+    sizes = summary["weight_bytes"]
+    line = (f"{QUANTIZED}: {summary['scheme']} ({summary['format']}), weights "
+            f"{sizes['before']:,} -> {sizes['after']:,} bytes "
+            f"({sizes['after'] / sizes['before']:.1%})")
+    return line + (f"; {summary['not_evaluated']}" if summary["not_evaluated"] else "")
 
 
 def _chance_accuracy(recipe: Recipe, results: dict[str, dict]) -> dict[str, float]:
