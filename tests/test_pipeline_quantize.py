@@ -5,33 +5,20 @@ import json
 
 import pytest
 from test_compress import LLAMA31_8B
-from tiny_models import CALIB_TEXT, save_tiny_checkpoint
+from recipe_inputs import fresh_ppl, tiny_recipe_header
 
 from minitron_deploy.cli import main
 from minitron_deploy.core.errors import MinitronError
-from minitron_deploy.eval.api import evaluate
 from minitron_deploy.pipeline.recipe import load_recipe, packaged_recipe
 from minitron_deploy.pipeline.run import build_stages, quantized_eval_note, run_pipeline
 
 pytest.importorskip("compressed_tensors")
 
 
-def _fresh_ppl(model_dir, heldout) -> float:
-    """Perplexity of ``model_dir`` computed here, with the recipe's eval settings."""
-    return evaluate(model_dir, ["ppl"], ppl_data=heldout, seq_len=32, ppl_seqs=4)["ppl"]
-
-
 @pytest.fixture
 def tiny_recipe(tmp_path):
-    save_tiny_checkpoint("llama", tmp_path / "teacher")
-    (tmp_path / "train.txt").write_text(CALIB_TEXT)
-    (tmp_path / "held.txt").write_text(CALIB_TEXT[::-1])
     recipe_file = tmp_path / "tiny.yaml"
-    recipe_file.write_text(f"""
-name: tiny
-teacher: {tmp_path / 'teacher'}
-data: {tmp_path / 'train.txt'}
-heldout: {tmp_path / 'held.txt'}
+    recipe_file.write_text(tiny_recipe_header(tmp_path, "tiny") + f"""
 prune: {{target_params: 0.6, calib_samples: 8, seq_len: 32, batch_size: 4}}
 distill: {{steps: 3, seq_len: 32, batch_size: 4, lr: 3.0e-3}}
 eval: {{tasks: [ppl], seq_len: 32, ppl_seqs: 4}}
@@ -52,7 +39,7 @@ def test_quantize_stage_runs_is_evaluated_reported_and_reused(tiny_recipe, capsy
     config = json.loads((quantized / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "compressed-tensors"
     assert set(first.results) == {"teacher", "pruned", "distilled", "quantized"}
-    assert first.results["quantized"]["ppl"] == pytest.approx(_fresh_ppl(quantized, held),
+    assert first.results["quantized"]["ppl"] == pytest.approx(fresh_ppl(quantized, held),
                                                               rel=1e-6)
     assert first.results["quantized"]["ppl"] != first.results["distilled"]["ppl"]
     report = json.loads((work / "report.json").read_text())
@@ -78,7 +65,7 @@ def test_quantize_stage_runs_is_evaluated_reported_and_reused(tiny_recipe, capsy
     assert changed == {"quantize.manifest.json", "eval.manifest.json"}
     record = json.loads((quantized / "minitron" / "quantize.json").read_text())
     assert record["scheme"] == "fp8"
-    assert third.results["quantized"]["ppl"] == pytest.approx(_fresh_ppl(quantized, held),
+    assert third.results["quantized"]["ppl"] == pytest.approx(fresh_ppl(quantized, held),
                                                               rel=1e-6)
     assert third.results["distilled"] == first.results["distilled"]
 
