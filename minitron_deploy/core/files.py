@@ -15,6 +15,16 @@ from pathlib import Path
 _HASH_CHUNK = 1 << 20
 
 
+def read_json_dict(path: Path) -> dict:
+    """The JSON object in ``path``; empty when the file is missing, unreadable or not an
+    object (a cache or record that is rebuilt rather than trusted)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def sha256_file(path: Path) -> str:
     """sha256 of a file's bytes, read in chunks."""
     digest = hashlib.sha256()

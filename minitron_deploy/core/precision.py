@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .errors import MinitronError
+from .files import read_json_dict
 
 ENV_OVERRIDE = "MINITRON_CPU_PRECISION"
 #: bf16 must beat fp32 by this factor to be chosen (autocast adds casts around the matmuls).
@@ -98,7 +99,7 @@ def _cpu_precision() -> str:
 def cpu_precision(cache: Path, key: str, probe: Callable[[], dict]) -> str:
     """The cached choice for ``key`` in ``cache``, else ``probe()``'s (``{"fp32_s", "bf16_s"}``
     seconds, ``bf16_s`` None when stopped early), stored there. A corrupt cache is ignored."""
-    entries = _read_cache(cache)
+    entries = read_json_dict(cache)
     entry = entries.get(key)
     if isinstance(entry, dict) and entry.get("precision") in ("bf16", "fp32"):
         return entry["precision"]
@@ -113,14 +114,6 @@ def cpu_precision(cache: Path, key: str, probe: Callable[[], dict]) -> str:
     except OSError:
         pass  # a read-only home only costs a probe per process
     return entries[key]["precision"]
-
-
-def _read_cache(cache: Path) -> dict:
-    try:
-        entries = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        return {}
-    return entries if isinstance(entries, dict) else {}
 
 
 def cache_path() -> Path:

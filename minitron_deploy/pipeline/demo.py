@@ -8,7 +8,6 @@ with the same recipe and budget reuses it (and resumes an interrupted distillati
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, replace
 from datetime import datetime, timedelta
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from ..arch.modeling import load_config
 from ..core.errors import MinitronError
-from ..core.files import settings_hash, write_json_atomic
+from ..core.files import read_json_dict, settings_hash, write_json_atomic
 from ..data import assets
 from .budget import (
     MIN_STEPS,
@@ -67,7 +66,7 @@ def size_to_budget(recipe: Recipe, work: Path, budget_s: float,
         raise MinitronError("the demo sizes one prune + distill round to its time budget; run "
                             "multi-round recipes with minitron compress")
     key = settings_hash({"recipe": asdict(recipe), "budget_s": budget_s})
-    saved = _read_json(work / SIZING)
+    saved = read_json_dict(work / SIZING)
     if saved.get("key") == key:
         print(f"[demo] sized before for this budget: {saved['tokens']:,} distillation tokens")
         limit = saved.get("eval_limit", recipe.eval.limit)
@@ -141,14 +140,6 @@ def _tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(model_dir))
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def record_sizing(work: Path, result: PipelineResult, sizing: dict, total_s: float) -> None:

@@ -38,8 +38,9 @@ GGUF_FILE = "model.gguf"
 
 def write_gguf(model, tokenizer, out: Path, scheme: str) -> None:
     """Write ``out/model.gguf``: ``model`` (a transformers causal LM) quantized to ``scheme``
-    ("gguf-q8_0" or "gguf-q4_0") with its ``tokenizer``, for llama.cpp; nothing is left in
-    ``out`` when it fails."""
+    ("gguf-q8_0" or "gguf-q4_0") with its ``tokenizer``, for llama.cpp. Every refusal comes
+    before anything is written; ``out`` is the caller's temp folder (``quantize`` renames it
+    only on success)."""
     config = model.config
     if scheme not in _QTYPES:
         raise MinitronError(f"unknown GGUF scheme {scheme!r}; choose one of {', '.join(_QTYPES)}")
@@ -54,15 +55,10 @@ def write_gguf(model, tokenizer, out: Path, scheme: str) -> None:
     _add_metadata(writer, config, arch, ftype, Path(config.name_or_path or "").name
                   or type(model).__name__)
     _add_tensors(writer, model, arch, qtype)
-    partial = Path(out) / f".{GGUF_FILE}.partial"
-    try:
-        writer.write_header_to_file(path=partial)
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        partial.replace(Path(out) / GGUF_FILE)
-    finally:
-        partial.unlink(missing_ok=True)
+    writer.write_header_to_file(path=Path(out) / GGUF_FILE)
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
 
 
 def _check_attention(config) -> None:
