@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 
 import torch
+from moe_masking import mask_experts
 from torch import nn
 
-from minitron_deploy.arch import get_adapter
+from minitron_deploy.arch import MoEAdapter, get_adapter
 from minitron_deploy.pruning.trim import KeepPlan, _expand_heads
 
 
@@ -45,16 +46,20 @@ def masked_reference(model: nn.Module, plan: KeepPlan, norms_over_kept: bool = T
     dropped_h = ~hidden_mask
     with torch.no_grad():
         for i, layer in enumerate(adapter.layers(ref)):
-            down = adapter.mlp_output_proj(layer)
-            keep_n = torch.zeros(down.weight.shape[1], dtype=torch.bool)
-            keep_n[plan.mlp.get(i, torch.arange(len(keep_n)))] = True
-            down.weight[:, ~keep_n] = 0
+            if isinstance(adapter, MoEAdapter) and adapter.is_sparse(layer):
+                mask_experts(adapter, layer, plan, i, dropped_h)
+                down = None
+            else:
+                down = adapter.mlp_output_proj(layer)
+                keep_n = torch.zeros(down.weight.shape[1], dtype=torch.bool)
+                keep_n[plan.mlp.get(i, torch.arange(len(keep_n)))] = True
+                down.weight[:, ~keep_n] = 0
             o = adapter.attention_output_proj(layer)
             keep_c = torch.zeros(o.weight.shape[1], dtype=torch.bool)
             keep_c[_expand_heads(plan.heads.get(i, torch.arange(cfg.num_attention_heads)),
                                  head_dim)] = True
             o.weight[:, ~keep_c] = 0
-            for proj in (o, down):
+            for proj in (p for p in (o, down) if p is not None):
                 proj.weight[dropped_h] = 0
                 if proj.bias is not None:
                     proj.bias[dropped_h] = 0

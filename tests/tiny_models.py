@@ -9,11 +9,14 @@ from transformers import (
     Gemma3TextConfig,
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
     NemotronConfig,
     Olmo2Config,
+    OlmoeConfig,
     Phi3Config,
     Qwen2Config,
     Qwen3Config,
+    Qwen3MoeConfig,
 )
 
 _COMMON = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=4,
@@ -48,11 +51,21 @@ def tiny_config(family: str, **overrides):
                                 layer_types=["sliding_attention", "full_attention"] * 2)
     if family == "olmo2":
         return Olmo2Config(**kw)
+    if family == "qwen3_moe":  # 6 experts of width 24, top-2 unnormalised; layer 1 dense (80)
+        return Qwen3MoeConfig(**kw, head_dim=16, num_experts=6, num_experts_per_tok=2,
+                              moe_intermediate_size=24, mlp_only_layers=[1])
+    if family == "mixtral":  # 6 experts of width 24 (intermediate_size), top-2 renormalised
+        return MixtralConfig(**dict(kw, intermediate_size=24), num_local_experts=6,
+                             num_experts_per_tok=2, sliding_window=None)
+    if family == "olmoe":  # 6 experts of width 24, top-2 unnormalised; projection q/k norms
+        return OlmoeConfig(**dict(kw, intermediate_size=24), num_experts=6, num_experts_per_tok=2)
     raise KeyError(family)
 
 
 FAMILIES = ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "phi3", "nemotron", "gemma2",
             "gemma3", "olmo2"]
+#: Mixture-of-experts families (their own tests: tests/test_moe*.py).
+MOE_FAMILIES = ["qwen3_moe", "mixtral", "olmoe"]
 
 
 def tiny_model(family: str, seed: int = 0, **overrides):

@@ -12,16 +12,21 @@ from .gemma2 import Gemma2Adapter
 from .gemma3 import Gemma3Adapter
 from .llama import LlamaAdapter
 from .mistral import MistralAdapter
+from .mixtral import MixtralAdapter
+from .moe import ExpertShape, ExpertWeights, MoEAdapter
 from .nemotron import NemotronAdapter
 from .olmo2 import Olmo2Adapter
+from .olmoe import OlmoeAdapter
 from .phi3 import Phi3Adapter
 from .qwen2 import Qwen2Adapter
 from .qwen3 import Qwen3Adapter
+from .qwen3_moe import Qwen3MoeAdapter
 
 _ADAPTERS: dict[str, type[DecoderAdapter]] = {
     model_type: cls
     for cls in (LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter, Phi3Adapter,
-                NemotronAdapter, Gemma2Adapter, Gemma3Adapter, Olmo2Adapter)
+                NemotronAdapter, Gemma2Adapter, Gemma3Adapter, Olmo2Adapter, Qwen3MoeAdapter,
+                MixtralAdapter, OlmoeAdapter)
     for model_type in cls.model_types
 }
 
@@ -48,5 +53,6 @@ def get_adapter(config) -> DecoderAdapter:
     return _ADAPTERS[model_type]()
 
 
-__all__ = ["AttentionWeights", "DecoderAdapter", "FAST_PATH", "FEATURES", "MLPWeights",
-           "SUPPORTED_MODEL_TYPES", "describe", "get_adapter", "support"]
+__all__ = ["FAST_PATH", "FEATURES", "SUPPORTED_MODEL_TYPES", "AttentionWeights", "DecoderAdapter",
+           "ExpertShape", "ExpertWeights", "MLPWeights", "MoEAdapter", "describe", "get_adapter",
+           "support"]

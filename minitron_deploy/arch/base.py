@@ -100,6 +100,11 @@ class DecoderAdapter:
             found.add("logit_softcap")
         return found
 
+    def shape_error(self, config, shape) -> str | None:
+        """Why transformers would build this family at ``shape`` (a ``ModelShape``) with
+        weights of other sizes than trimming gives, beyond what its config validates; or None."""
+        return None
+
     @staticmethod
     def activation(config) -> str:
         return getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", "silu")

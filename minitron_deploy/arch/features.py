@@ -23,6 +23,7 @@ FEATURES: dict[str, str] = {
     "attention_scalar": "attention scaled by query_pre_attn_scalar",
     "logit_softcap": "logit soft-capping",
     "local_rope": "separate rope bases for sliding and full layers",
+    "moe": "mixture-of-experts MLPs",
 }
 
 #: What the torch fast path (``bench/engine.py``) implements.

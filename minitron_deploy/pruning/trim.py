@@ -2,40 +2,56 @@
 
 A :class:`KeepPlan` lists, per axis, the original indices that survive. Trimming is exact:
 keeping every unit reproduces the model bit for bit, and trimming units equals zeroing them
-in the source (for the hidden axis, with the norms taken over the kept channels).
+in the source (for the hidden axis, with the norms taken over the kept channels; for experts,
+with their router logits at -inf, so the softmax runs over the kept experts only).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..arch import AttentionWeights, DecoderAdapter, MLPWeights, get_adapter
+from ..arch import (
+    AttentionWeights,
+    DecoderAdapter,
+    ExpertShape,
+    ExpertWeights,
+    MLPWeights,
+    MoEAdapter,
+    get_adapter,
+)
 from ..core.errors import MinitronError
 from ..core.shape import ModelShape
 
 
 @dataclass
 class KeepPlan:
-    """Original indices kept on every axis; per-layer entries are keyed by original layer index."""
+    """Original indices kept on every axis; per-layer entries are keyed by original layer index.
+
+    ``mlp`` serves dense MLP layers (an entry for a sparse layer is not used). Sparse layers
+    keep the experts ``experts[i]`` and, of each kept expert, the neurons in the matching row of
+    ``expert_mlp[i]`` (``[kept experts, width]``); a sparse layer without entries keeps all."""
 
     layers: list[int]
     hidden: torch.Tensor
     mlp: dict[int, torch.Tensor]
     heads: dict[int, torch.Tensor]
     kv_heads: dict[int, torch.Tensor]
+    experts: dict[int, torch.Tensor] = field(default_factory=dict)
+    expert_mlp: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {
-            "layers": list(self.layers),
-            "hidden": self.hidden.tolist(),
-            "mlp": {str(i): t.tolist() for i, t in self.mlp.items()},
-            "heads": {str(i): t.tolist() for i, t in self.heads.items()},
-            "kv_heads": {str(i): t.tolist() for i, t in self.kv_heads.items()},
-        }
+        def per_layer(d: dict[int, torch.Tensor]) -> dict[str, list]:
+            return {str(i): t.tolist() for i, t in d.items()}
+
+        return {"layers": list(self.layers), "hidden": self.hidden.tolist(),
+                "mlp": per_layer(self.mlp), "heads": per_layer(self.heads),
+                "kv_heads": per_layer(self.kv_heads), "experts": per_layer(self.experts),
+                "expert_mlp": per_layer(self.expert_mlp)}
 
     @classmethod
     def from_json(cls, data: dict) -> "KeepPlan":
@@ -44,7 +60,9 @@ class KeepPlan:
 
         return cls(layers=list(data["layers"]), hidden=torch.tensor(data["hidden"], dtype=torch.long),
                    mlp=per_layer(data["mlp"]), heads=per_layer(data["heads"]),
-                   kv_heads=per_layer(data["kv_heads"]))
+                   kv_heads=per_layer(data["kv_heads"]),
+                   experts=per_layer(data.get("experts", {})),
+                   expert_mlp=per_layer(data.get("expert_mlp", {})))
 
     @classmethod
     def keep_all(cls, shape: ModelShape) -> "KeepPlan":
@@ -57,10 +75,31 @@ class KeepPlan:
                    kv_heads={i: rng(shape.num_kv_heads) for i in layers})
 
     def shape(self, source: ModelShape) -> ModelShape:
+        """The dense shape (``ffn_hidden_size``: the first layer with an MLP entry, else the
+        source's)."""
         first = self.layers[0]
-        return ModelShape(hidden_size=len(self.hidden), ffn_hidden_size=len(self.mlp[first]),
+        ffn = next((len(self.mlp[i]) for i in self.layers if i in self.mlp),
+                   source.ffn_hidden_size)
+        return ModelShape(hidden_size=len(self.hidden), ffn_hidden_size=ffn,
                           num_heads=len(self.heads[first]), num_kv_heads=len(self.kv_heads[first]),
                           num_layers=len(self.layers), head_dim=source.head_dim)
+
+    def expert_shape(self, source: ExpertShape) -> ExpertShape:
+        """The experts the sparse layers keep (top-k capped by their number)."""
+        for i in self.layers:
+            if i in self.expert_mlp and len(self.expert_mlp[i]) != len(
+                    self.experts.get(i, range(source.num_experts))):
+                raise MinitronError(f"layer {i}: expert_mlp needs one row per kept expert")
+        sizes = {tuple(self.expert_mlp[i].shape) for i in self.layers if i in self.expert_mlp}
+        sizes |= {(len(self.experts[i]), source.ffn) for i in self.layers
+                  if i in self.experts and i not in self.expert_mlp}
+        if len(sizes) > 1:
+            raise MinitronError("every sparse layer must keep as many experts, of one width; "
+                                f"the plan keeps {sorted(sizes)} (experts, width)")
+        experts, ffn = sizes.pop() if sizes else (source.num_experts, source.ffn)
+        if not experts or not ffn:
+            raise MinitronError("the plan keeps no expert or no expert neuron")
+        return ExpertShape(num_experts=experts, ffn=ffn, top_k=min(source.top_k, experts))
 
     def validate(self, source: ModelShape) -> None:
         """Refuse non-uniform or GQA-breaking plans before touching any weight."""
@@ -69,7 +108,8 @@ class KeepPlan:
         target = self.shape(source)
         group = source.num_heads // source.num_kv_heads
         for i in self.layers:
-            if len(self.mlp[i]) != target.ffn_hidden_size or len(self.heads[i]) != target.num_heads \
+            if len(self.mlp.get(i, ())) not in (0, target.ffn_hidden_size) \
+                    or len(self.heads[i]) != target.num_heads \
                     or len(self.kv_heads[i]) != target.num_kv_heads:
                 raise MinitronError(f"layer {i} would get a different shape from layer "
                                     f"{self.layers[0]}; only uniform shapes are supported")
@@ -119,6 +159,24 @@ def _trim_mlp(adapter: DecoderAdapter, layer: nn.Module, plan: KeepPlan, i: int)
     ))
 
 
+def _trim_experts(adapter: MoEAdapter, layer: nn.Module, plan: KeepPlan, i: int,
+                  top_k: int) -> None:
+    """Keep experts ``plan.experts[i]``, each with its row of ``plan.expert_mlp[i]``, on the
+    kept hidden channels (router rows and columns, gate/up rows and columns, down rows/columns)."""
+    w = adapter.get_experts(layer)
+    kept = plan.experts.get(i, torch.arange(w.num_experts)).to(w.gate_up.device)
+    neurons = plan.expert_mlp.get(i, torch.arange(w.ffn).expand(len(kept), -1)).to(kept.device)
+    h = plan.hidden.to(kept.device)
+    rows = torch.cat([neurons, neurons + w.ffn], dim=1)  # gate rows, then up rows
+    gate_up = w.gate_up.index_select(0, kept).index_select(2, h)
+    gate_up = gate_up.gather(1, rows[:, :, None].expand(-1, -1, len(h)))
+    down = w.down.index_select(0, kept).index_select(1, h)
+    down = down.gather(2, neurons[:, None, :].expand(-1, len(h), -1))
+    adapter.set_experts(layer, ExpertWeights(
+        router=_cols(_rows(w.router, kept), h), gate_up=gate_up, down=down, top_k=top_k,
+        router_bias=_rows(w.router_bias, kept)))
+
+
 def _trim_norm(adapter: DecoderAdapter, norm: nn.Module, hidden: torch.Tensor,
                scale: float) -> None:
     norm.weight = nn.Parameter(_rows(norm.weight.data, hidden))
@@ -157,6 +215,10 @@ def trim_model(model: nn.Module, plan: KeepPlan, rescale_norms: bool | None = No
     source = ModelShape.from_config(config)
     plan.validate(source)
     target = plan.shape(source)
+    moe = isinstance(adapter, MoEAdapter)
+    experts = plan.expert_shape(adapter.expert_shape(config)) if moe else None
+    if moe and adapter.experts_are_ffn:
+        target = dataclasses.replace(target, ffn_hidden_size=experts.ffn)
     rescale = resolve_rescale_norms(config, rescale_norms)
     scale = math.sqrt(source.hidden_size / target.hidden_size) if rescale else 1.0
     tied = adapter.lm_head(model).weight is adapter.embed_tokens(model).weight
@@ -170,7 +232,10 @@ def trim_model(model: nn.Module, plan: KeepPlan, rescale_norms: bool | None = No
         for new_idx, i in enumerate(plan.layers):
             layer = layers[i]
             _trim_attention(adapter, layer, plan, i, source.head_dim)
-            _trim_mlp(adapter, layer, plan, i)
+            if moe and adapter.is_sparse(layer):
+                _trim_experts(adapter, layer, plan, i, experts.top_k)
+            else:
+                _trim_mlp(adapter, layer, plan, i)
             for norm in adapter.layer_norms(layer):
                 _trim_norm(adapter, norm, plan.hidden, scale)
             layer.self_attn.layer_idx = new_idx
@@ -192,5 +257,7 @@ def trim_model(model: nn.Module, plan: KeepPlan, rescale_norms: bool | None = No
             param.requires_grad_(name not in names)
 
     target.apply_to_config(config)
+    if moe:
+        adapter.apply_expert_shape(config, experts)
     adapter.update_config(config, plan.layers)
     return model
