@@ -1,7 +1,7 @@
 """Reference MoE layers for trimmed models: dropped experts masked in the router (their logits
 at -inf before the softmax, so it runs over the kept experts only, as a router without their
-rows does), dropped expert neurons zeroed (their ``down`` columns), dropped hidden channels not
-written (``down`` rows)."""
+rows does), dropped expert and shared-expert neurons zeroed (their ``down`` columns), dropped
+hidden channels not written (``down`` rows and biases)."""
 
 from __future__ import annotations
 
@@ -34,16 +34,30 @@ class MaskedRouter(nn.Module):
 
 def mask_experts(adapter: MoEAdapter, layer: nn.Module, plan: KeepPlan, i: int,
                  dropped_hidden: torch.Tensor) -> None:
-    """Mask layer ``i``'s dropped experts, expert neurons and hidden writes, in place."""
-    experts = adapter.experts(layer)
-    num, ffn = experts.down_proj.shape[0], experts.down_proj.shape[2]
+    """Mask layer ``i``'s dropped experts, expert and shared-expert neurons and hidden writes
+    (expert down biases included), in place, through the adapter's common expert layout."""
+    w = adapter.get_experts(layer)
+    num, ffn = w.num_experts, w.ffn
     kept = plan.experts.get(i, torch.arange(num))
     neurons = plan.expert_mlp.get(i, torch.arange(ffn).expand(len(kept), -1))
+    w.down = w.down.clone()
+    for e, row in zip(kept.tolist(), neurons):
+        dropped = torch.ones(ffn, dtype=torch.bool)
+        dropped[row] = False
+        w.down[e][:, dropped] = 0
+    w.down[:, dropped_hidden] = 0
+    if w.down_bias is not None:
+        w.down_bias = w.down_bias.clone()
+        w.down_bias[:, dropped_hidden] = 0
+    if w.shared is not None:
+        keep = torch.zeros(w.shared.down.shape[1], dtype=torch.bool)
+        keep[plan.shared_mlp.get(i, torch.arange(len(keep)))] = True
+        w.shared.down = w.shared.down.clone()
+        w.shared.down[:, ~keep] = 0
+        w.shared.down[dropped_hidden] = 0
     with torch.no_grad():
-        for e, row in zip(kept.tolist(), neurons):
-            dropped = torch.ones(ffn, dtype=torch.bool)
-            dropped[row] = False
-            experts.down_proj[e][:, dropped] = 0
-        experts.down_proj[:, dropped_hidden] = 0
+        adapter.set_experts(layer, w)
     if len(kept) < num:
-        layer.mlp.gate = MaskedRouter(layer.mlp.gate, kept)
+        router = adapter.router(layer)
+        name = next(n for n, m in layer.mlp.named_children() if m is router)
+        setattr(layer.mlp, name, MaskedRouter(router, kept))

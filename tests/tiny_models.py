@@ -7,6 +7,7 @@ from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
     Gemma3TextConfig,
+    GptOssConfig,
     LlamaConfig,
     MistralConfig,
     MixtralConfig,
@@ -15,6 +16,7 @@ from transformers import (
     OlmoeConfig,
     Phi3Config,
     Qwen2Config,
+    Qwen2MoeConfig,
     Qwen3Config,
     Qwen3MoeConfig,
 )
@@ -59,6 +61,18 @@ def tiny_config(family: str, **overrides):
                              num_experts_per_tok=2, sliding_window=None)
     if family == "olmoe":  # 6 experts of width 24, top-2 unnormalised; projection q/k norms
         return OlmoeConfig(**dict(kw, intermediate_size=24), num_experts=6, num_experts_per_tok=2)
+    if family == "qwen2_moe":  # 6 experts of width 24, top-2; a shared expert of width 32;
+        # q/k/v biases; layer 1 dense (80)
+        return Qwen2MoeConfig(**kw, num_experts=6, num_experts_per_tok=2, moe_intermediate_size=24,
+                              shared_expert_intermediate_size=32, mlp_only_layers=[1])
+    if family == "gpt_oss":  # 6 experts of width 24, top-2; sinks; biases; sliding layers 0 and
+        # 2 with a window shorter than the test sequences; a SwiGLU limit the activations reach
+        return GptOssConfig(**dict(kw, intermediate_size=24), head_dim=16, num_local_experts=6,
+                            num_experts_per_tok=2, sliding_window=6, swiglu_limit=0.1,
+                            rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0,
+                                             "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                             "truncate": False,
+                                             "original_max_position_embeddings": 64})
     raise KeyError(family)
 
 
@@ -66,6 +80,8 @@ FAMILIES = ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "phi3", "nemotro
             "gemma3", "olmo2"]
 #: Mixture-of-experts families (their own tests: tests/test_moe*.py).
 MOE_FAMILIES = ["qwen3_moe", "mixtral", "olmoe"]
+#: MoE families with a shared expert or biased, clamped experts (tests/test_moe_families.py).
+MOE_EXTRA_FAMILIES = ["qwen2_moe", "gpt_oss"]
 
 
 def tiny_model(family: str, seed: int = 0, **overrides):

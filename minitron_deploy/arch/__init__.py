@@ -10,6 +10,7 @@ from .base import AttentionWeights, DecoderAdapter, MLPWeights
 from .features import FAST_PATH, FEATURES, describe
 from .gemma2 import Gemma2Adapter
 from .gemma3 import Gemma3Adapter
+from .gpt_oss import GptOssAdapter
 from .llama import LlamaAdapter
 from .mistral import MistralAdapter
 from .mixtral import MixtralAdapter
@@ -19,6 +20,7 @@ from .olmo2 import Olmo2Adapter
 from .olmoe import OlmoeAdapter
 from .phi3 import Phi3Adapter
 from .qwen2 import Qwen2Adapter
+from .qwen2_moe import Qwen2MoeAdapter
 from .qwen3 import Qwen3Adapter
 from .qwen3_moe import Qwen3MoeAdapter
 
@@ -26,7 +28,7 @@ _ADAPTERS: dict[str, type[DecoderAdapter]] = {
     model_type: cls
     for cls in (LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter, Phi3Adapter,
                 NemotronAdapter, Gemma2Adapter, Gemma3Adapter, Olmo2Adapter, Qwen3MoeAdapter,
-                MixtralAdapter, OlmoeAdapter)
+                MixtralAdapter, OlmoeAdapter, Qwen2MoeAdapter, GptOssAdapter)
     for model_type in cls.model_types
 }
 

@@ -33,6 +33,8 @@ class AttentionWeights:
     #: Norm weights over the whole q / k projection (OLMo 2), row-aligned with ``q`` / ``k``.
     q_norm: torch.Tensor | None = None
     k_norm: torch.Tensor | None = None
+    #: One value per query head (gpt-oss attention sinks), sliced with the heads.
+    sinks: torch.Tensor | None = None
 
 
 @dataclass

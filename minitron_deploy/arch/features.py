@@ -24,6 +24,8 @@ FEATURES: dict[str, str] = {
     "logit_softcap": "logit soft-capping",
     "local_rope": "separate rope bases for sliding and full layers",
     "moe": "mixture-of-experts MLPs",
+    "attention_sinks": "attention sinks",
+    "clamped_swiglu": "a clamped SwiGLU with biased experts",
 }
 
 #: What the torch fast path (``bench/engine.py``) implements.

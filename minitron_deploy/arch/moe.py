@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .base import DecoderAdapter
+from .base import DecoderAdapter, MLPWeights
 
 
 @dataclass
@@ -24,13 +24,21 @@ class ExpertWeights:
     """One sparse layer's router and experts, the expert tensors fused as transformers stores them.
 
     ``router`` is ``[E, H]``; ``gate_up`` ``[E, 2I, H]`` (gate rows, then up rows); ``down``
-    ``[E, H, I]``; ``top_k`` the experts each token is routed to."""
+    ``[E, H, I]``; ``top_k`` the experts each token is routed to. Families that store other
+    layouts (gpt-oss: transposed, gate and up interleaved) convert on read and write. Optional:
+    expert biases ``gate_up_bias [E, 2I]`` (same row order) and ``down_bias [E, H]``; a shared
+    expert every token goes through (Qwen2-MoE: ``shared``, its neurons its own width axis) and
+    its sigmoid gate ``shared_gate [1, H]``."""
 
     router: torch.Tensor
     gate_up: torch.Tensor
     down: torch.Tensor
     top_k: int
     router_bias: torch.Tensor | None = None
+    gate_up_bias: torch.Tensor | None = None
+    down_bias: torch.Tensor | None = None
+    shared: MLPWeights | None = None
+    shared_gate: torch.Tensor | None = None
 
     @property
     def num_experts(self) -> int:
@@ -43,15 +51,19 @@ class ExpertWeights:
 
 @dataclass(frozen=True)
 class ExpertShape:
-    """The experts of every sparse layer: how many, their (uniform) width, and top-k."""
+    """The experts of every sparse layer: how many, their (uniform) width, and top-k; and the
+    width of a shared expert (None: the family has none)."""
 
     num_experts: int
     ffn: int
     top_k: int
+    shared_ffn: int | None = None
 
     def as_dict(self) -> dict[str, int]:
+        shared = {} if self.shared_ffn is None \
+            else {"shared_expert_ffn_hidden_size": self.shared_ffn}
         return {"num_experts": self.num_experts, "moe_ffn_hidden_size": self.ffn,
-                "num_experts_per_tok": self.top_k}
+                "num_experts_per_tok": self.top_k, **shared}
 
 
 class MoEAdapter(DecoderAdapter):

@@ -34,7 +34,8 @@ class KeepPlan:
 
     ``mlp`` serves dense MLP layers (an entry for a sparse layer is not used). Sparse layers
     keep the experts ``experts[i]`` and, of each kept expert, the neurons in the matching row of
-    ``expert_mlp[i]`` (``[kept experts, width]``); a sparse layer without entries keeps all."""
+    ``expert_mlp[i]`` (``[kept experts, width]``), and of a shared expert (Qwen2-MoE) the
+    neurons ``shared_mlp[i]``; a sparse layer without entries keeps all."""
 
     layers: list[int]
     hidden: torch.Tensor
@@ -43,6 +44,7 @@ class KeepPlan:
     kv_heads: dict[int, torch.Tensor]
     experts: dict[int, torch.Tensor] = field(default_factory=dict)
     expert_mlp: dict[int, torch.Tensor] = field(default_factory=dict)
+    shared_mlp: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         def per_layer(d: dict[int, torch.Tensor]) -> dict[str, list]:
@@ -51,7 +53,8 @@ class KeepPlan:
         return {"layers": list(self.layers), "hidden": self.hidden.tolist(),
                 "mlp": per_layer(self.mlp), "heads": per_layer(self.heads),
                 "kv_heads": per_layer(self.kv_heads), "experts": per_layer(self.experts),
-                "expert_mlp": per_layer(self.expert_mlp)}
+                "expert_mlp": per_layer(self.expert_mlp),
+                "shared_mlp": per_layer(self.shared_mlp)}
 
     @classmethod
     def from_json(cls, data: dict) -> "KeepPlan":
@@ -62,7 +65,8 @@ class KeepPlan:
                    mlp=per_layer(data["mlp"]), heads=per_layer(data["heads"]),
                    kv_heads=per_layer(data["kv_heads"]),
                    experts=per_layer(data.get("experts", {})),
-                   expert_mlp=per_layer(data.get("expert_mlp", {})))
+                   expert_mlp=per_layer(data.get("expert_mlp", {})),
+                   shared_mlp=per_layer(data.get("shared_mlp", {})))
 
     @classmethod
     def keep_all(cls, shape: ModelShape) -> "KeepPlan":
@@ -97,9 +101,15 @@ class KeepPlan:
             raise MinitronError("every sparse layer must keep as many experts, of one width; "
                                 f"the plan keeps {sorted(sizes)} (experts, width)")
         experts, ffn = sizes.pop() if sizes else (source.num_experts, source.ffn)
-        if not experts or not ffn:
+        shared = {len(self.shared_mlp[i]) for i in self.layers if i in self.shared_mlp}
+        if len(shared) > 1:
+            raise MinitronError(f"every shared expert must keep one width; the plan keeps "
+                                f"{sorted(shared)}")
+        shared_ffn = shared.pop() if shared else source.shared_ffn
+        if not experts or not ffn or shared_ffn == 0:
             raise MinitronError("the plan keeps no expert or no expert neuron")
-        return ExpertShape(num_experts=experts, ffn=ffn, top_k=min(source.top_k, experts))
+        return ExpertShape(num_experts=experts, ffn=ffn, top_k=min(source.top_k, experts),
+                           shared_ffn=shared_ffn)
 
     def validate(self, source: ModelShape) -> None:
         """Refuse non-uniform or GQA-breaking plans before touching any weight."""
@@ -146,23 +156,28 @@ def _trim_attention(adapter: DecoderAdapter, layer: nn.Module, plan: KeepPlan, i
         q_bias=_rows(w.q_bias, q_rows), k_bias=_rows(w.k_bias, kv_rows),
         v_bias=_rows(w.v_bias, kv_rows), o_bias=_rows(w.o_bias, h),
         q_norm=_rows(w.q_norm, q_rows), k_norm=_rows(w.k_norm, kv_rows),
+        sinks=_rows(w.sinks, plan.heads[i]),
     ), num_heads=len(plan.heads[i]), num_kv_heads=len(plan.kv_heads[i]))
 
 
-def _trim_mlp(adapter: DecoderAdapter, layer: nn.Module, plan: KeepPlan, i: int) -> None:
-    w = adapter.get_mlp(layer)
-    n, h = plan.mlp[i], plan.hidden
-    adapter.set_mlp(layer, MLPWeights(
+def _slice_mlp(w: MLPWeights, n: torch.Tensor, h: torch.Tensor) -> MLPWeights:
+    """``w`` on neurons ``n`` and hidden channels ``h``."""
+    return MLPWeights(
         gate=None if w.gate is None else _cols(_rows(w.gate, n), h), up=_cols(_rows(w.up, n), h),
         down=_rows(_cols(w.down, n), h), gate_bias=_rows(w.gate_bias, n),
         up_bias=_rows(w.up_bias, n), down_bias=_rows(w.down_bias, h),
-    ))
+    )
+
+
+def _trim_mlp(adapter: DecoderAdapter, layer: nn.Module, plan: KeepPlan, i: int) -> None:
+    adapter.set_mlp(layer, _slice_mlp(adapter.get_mlp(layer), plan.mlp[i], plan.hidden))
 
 
 def _trim_experts(adapter: MoEAdapter, layer: nn.Module, plan: KeepPlan, i: int,
                   top_k: int) -> None:
     """Keep experts ``plan.experts[i]``, each with its row of ``plan.expert_mlp[i]``, on the
-    kept hidden channels (router rows and columns, gate/up rows and columns, down rows/columns)."""
+    kept hidden channels (router rows and columns, gate/up rows and columns, down rows/columns,
+    expert biases alike; a shared expert on its neurons ``plan.shared_mlp[i]``)."""
     w = adapter.get_experts(layer)
     kept = plan.experts.get(i, torch.arange(w.num_experts)).to(w.gate_up.device)
     neurons = plan.expert_mlp.get(i, torch.arange(w.ffn).expand(len(kept), -1)).to(kept.device)
@@ -172,9 +187,15 @@ def _trim_experts(adapter: MoEAdapter, layer: nn.Module, plan: KeepPlan, i: int,
     gate_up = gate_up.gather(1, rows[:, :, None].expand(-1, -1, len(h)))
     down = w.down.index_select(0, kept).index_select(1, h)
     down = down.gather(2, neurons[:, None, :].expand(-1, len(h), -1))
+    shared = None if w.shared is None else _slice_mlp(
+        w.shared, plan.shared_mlp.get(i, torch.arange(w.shared.up.shape[0])), h)
     adapter.set_experts(layer, ExpertWeights(
         router=_cols(_rows(w.router, kept), h), gate_up=gate_up, down=down, top_k=top_k,
-        router_bias=_rows(w.router_bias, kept)))
+        router_bias=_rows(w.router_bias, kept),
+        gate_up_bias=None if w.gate_up_bias is None
+        else _rows(w.gate_up_bias, kept).gather(1, rows),
+        down_bias=None if w.down_bias is None else _cols(_rows(w.down_bias, kept), h),
+        shared=shared, shared_gate=None if w.shared_gate is None else _cols(w.shared_gate, h)))
 
 
 def _trim_norm(adapter: DecoderAdapter, norm: nn.Module, hidden: torch.Tensor,
