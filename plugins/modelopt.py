@@ -59,7 +59,9 @@ _STATE_ATTR = "_minitron_pruning"
 #: export_config keys accepted, mapped to PruneSettings fields (Megatron's names are accepted too).
 _EXPORT_KEYS = {"hidden_size": "hidden_size", "ffn_hidden_size": "ffn_hidden_size",
                 "num_attention_heads": "num_heads", "num_key_value_heads": "num_kv_heads",
-                "num_query_groups": "num_kv_heads", "num_layers": "num_layers"}
+                "num_query_groups": "num_kv_heads", "num_layers": "num_layers",
+                "num_experts": "num_experts", "num_moe_experts": "num_experts",
+                "moe_ffn_hidden_size": "moe_ffn_hidden_size"}
 
 
 def modelopt_settings() -> dict[str, Any]:

@@ -8,7 +8,7 @@ import torch
 from moe_masking import mask_experts
 from torch import nn
 
-from minitron_deploy.arch import MoEAdapter, get_adapter
+from minitron_deploy.arch import get_adapter
 from minitron_deploy.pruning.trim import KeepPlan, _expand_heads
 
 
@@ -46,7 +46,7 @@ def masked_reference(model: nn.Module, plan: KeepPlan, norms_over_kept: bool = T
     dropped_h = ~hidden_mask
     with torch.no_grad():
         for i, layer in enumerate(adapter.layers(ref)):
-            if isinstance(adapter, MoEAdapter) and adapter.is_sparse(layer):
+            if adapter.is_sparse(layer):
                 mask_experts(adapter, layer, plan, i, dropped_h)
                 down = None
             else:

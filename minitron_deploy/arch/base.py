@@ -147,6 +147,10 @@ class DecoderAdapter:
             return layer.self_attn.q_norm, layer.self_attn.k_norm
         return None
 
+    def is_sparse(self, layer: nn.Module) -> bool:
+        """Whether the layer's MLP is a mixture of experts (``moe.MoEAdapter``)."""
+        return False
+
     def attention_output_proj(self, layer: nn.Module) -> nn.Linear:
         """The projection whose input is the concatenated per-head attention output."""
         return layer.self_attn.o_proj

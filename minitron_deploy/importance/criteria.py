@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..arch import get_adapter
 from ..core.errors import MinitronError
 from .depth import first_samples
 from .loss_delta import loss_deltas
@@ -62,6 +63,17 @@ def check_settings(settings: ScoringSettings) -> None:
     type(settings).make(settings)
 
 
+#: The width criteria that score mixture-of-experts models (the others gate dense MLPs).
+MOE_CRITERIA = ("activation", "magnitude", "random")
+
+
+def check_criterion_supports(config, criterion: str) -> None:
+    """Refuse a criterion that does not score the experts of a mixture-of-experts model."""
+    if "moe" in get_adapter(config).features(config) and criterion not in MOE_CRITERIA:
+        raise MinitronError(f"criterion {criterion!r} does not score mixture-of-experts models "
+                            f"({config.model_type}); use {', '.join(MOE_CRITERIA)}")
+
+
 def criterion_meta(settings: ScoringSettings) -> dict:
     """The criterion's name and the settings it used, for the artifact's metadata."""
     return {"criterion": settings.criterion,
@@ -71,6 +83,7 @@ def criterion_meta(settings: ScoringSettings) -> dict:
 def criterion_scores(inputs: CriterionInputs) -> dict[str, torch.Tensor]:
     """Width scores of ``inputs.settings.criterion``."""
     check_settings(inputs.settings)
+    check_criterion_supports(inputs.model.config, inputs.settings.criterion)
     criterion = CRITERIA[inputs.settings.criterion]
     if criterion.needs_tokens and not inputs.batches:
         raise MinitronError(f"criterion {inputs.settings.criterion!r} needs the token ids of "

@@ -94,6 +94,10 @@ class ImportanceScores:
                     and self.meta[knob] != getattr(settings, knob):
                 raise MinitronError(f"{knob}: the scores were computed with "
                                     f"{self.meta[knob]!r}, not {getattr(settings, knob)!r}")
+        held = self.meta.get("expert_criterion")
+        if held is not None and held != settings.expert_criterion:
+            raise MinitronError(f"expert_criterion: the scores rank experts by {held!r}, not "
+                                f"{settings.expert_criterion!r}")
         if depth_block and self.depth(settings.depth_metric, depth_block) is None:
             raise MinitronError(f"depth_metric: the scores hold no {settings.depth_metric!r} "
                                 f"depth scores for blocks of {depth_block} layers")

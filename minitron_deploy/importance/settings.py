@@ -12,6 +12,8 @@ from .depth import DEPTH_METRICS
 
 #: The width criteria by name (``criteria.CRITERIA`` implements each).
 WIDTH_CRITERIA = ("activation", "magnitude", "random", "mini-llm", "loss-delta")
+#: How experts of a mixture-of-experts model are ranked (``experts.ExpertCollector``).
+EXPERT_CRITERIA = ("reap", "frequency", "random")
 #: Where the calibration passes run: the whole model on the device, or layer by layer.
 OFFLOAD_MODES = ("none", "layer", "auto")
 _LOOP = "the ModelOpt mode calibrates with the caller's forward loop"
@@ -27,6 +29,10 @@ class ScoringSettings(TextSettings):
         "activation", "width importance: activation (the paper's), magnitude, random, mini-llm "
         "(|W| x |a| x forward-only gradient), loss-delta (exact loss change per removed unit)",
         choices=WIDTH_CRITERIA)
+    expert_criterion: str = setting(
+        "reap", "mixture-of-experts models: how experts are ranked: reap (router weight x "
+        "output norm, averaged over the tokens routed to each), frequency (share of routed "
+        "tokens) or random", choices=EXPERT_CRITERIA)
     seq_agg: str = setting("mean", "activation importance: aggregation of |activation| over a "
                            "sequence", choices=SEQ_AGGREGATIONS)
     batch_agg: str = setting("l2", "activation importance: aggregation of the per-sequence "

@@ -1,7 +1,8 @@
 """Width importance from one calibration pass: MLP neurons, attention heads, KV groups and
 embedding channels, all collected by forward hooks at once (activation-based, forward only).
 
-- MLP neurons: the input of ``down_proj`` (the intermediate activation).
+- MLP neurons: the input of ``down_proj`` (the intermediate activation), in dense layers
+  (sparse MoE layers are scored by ``experts.ExpertCollector``).
 - Attention heads: the L2 norm over ``head_dim`` of each head's output, i.e. the input of
   ``o_proj`` split per head. A KV group scores the L2 norm of its query heads' scores.
 - Embedding channels: the output of every residual-stream norm, aggregated per norm and summed
@@ -33,7 +34,8 @@ class WidthCollector:
         self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.num_heads
         layers = self.adapter.layers(model)
-        self.mlp = [BatchAccumulator(batch_agg) for _ in layers]
+        self.mlp = {i: BatchAccumulator(batch_agg) for i, layer in enumerate(layers)
+                    if not self.adapter.is_sparse(layer)}
         self.heads = [BatchAccumulator(batch_agg) for _ in layers]
         self.norms = [BatchAccumulator(batch_agg) for _ in self.adapter.residual_norms(model)]
         self._handles: list = []
@@ -62,9 +64,10 @@ class WidthCollector:
         """Register every hook for the duration of the block."""
         adapter = self.adapter
         try:
-            for layer, mlp_acc, head_acc in zip(adapter.layers(self.model), self.mlp, self.heads):
-                self._handles.append(adapter.mlp_output_proj(layer).register_forward_hook(
-                    self._input_hook(mlp_acc, per_head=False)))
+            for i, (layer, head_acc) in enumerate(zip(adapter.layers(self.model), self.heads)):
+                if i in self.mlp:
+                    self._handles.append(adapter.mlp_output_proj(layer).register_forward_hook(
+                        self._input_hook(self.mlp[i], per_head=False)))
                 self._handles.append(adapter.attention_output_proj(layer).register_forward_hook(
                     self._input_hook(head_acc, per_head=True)))
             for norm, acc in zip(adapter.residual_norms(self.model), self.norms):
@@ -76,12 +79,14 @@ class WidthCollector:
             self._handles.clear()
 
     def scores(self) -> dict[str, torch.Tensor]:
-        """``mlp.{i}``, ``heads.{i}``, ``kv_heads.{i}`` per layer and ``hidden``, on CPU."""
+        """``mlp.{i}`` per dense layer, ``heads.{i}``, ``kv_heads.{i}`` per layer and ``hidden``,
+        on CPU."""
         try:
             out: dict[str, torch.Tensor] = {}
             group = self.num_heads // self.num_kv_heads
-            for i, (mlp, heads) in enumerate(zip(self.mlp, self.heads)):
+            for i, mlp in self.mlp.items():
                 out[f"mlp.{i}"] = mlp.result().cpu()
+            for i, heads in enumerate(self.heads):
                 head_scores = heads.result().cpu()
                 out[f"heads.{i}"] = head_scores
                 out[f"kv_heads.{i}"] = head_scores.view(self.num_kv_heads, group).norm(dim=1)

@@ -11,6 +11,7 @@ from pathlib import Path
 from torch import nn
 
 from .._version import __version__
+from ..arch import ExpertShape, MoEAdapter, get_adapter
 from ..arch.modeling import (
     DTYPES,
     check_not_inside,
@@ -27,6 +28,8 @@ from ..core.schema import Schema
 from ..core.shape import ModelShape, count_params
 from ..data.text import calibration_batches, check_texts
 from ..eval.tasks import load_task
+from ..importance.depth import first_samples
+from ..importance.experts import expert_loads
 from ..importance.layerwise import check_streamable, resolve_offload
 from ..importance.scores import ImportanceScores
 from .scoring import ScoringSettings, score_model
@@ -55,6 +58,10 @@ class PruneReport:
     target: ResolvedTarget
     dropped_layers: list[int]
     seconds: dict[str, float] = field(default_factory=dict)
+    #: Mixture-of-experts models: the source's experts, and each sparse layer's expert shares
+    #: of the routed calibration tokens before and (when calibrated) after pruning.
+    source_experts: ExpertShape | None = None
+    utilisation: dict[str, dict[int, list[float]]] = field(default_factory=dict)
 
 
 def prune(model_dir: str | Path, out_dir: str | Path, settings: Schema | None = None, *,
@@ -105,19 +112,24 @@ def prune(model_dir: str | Path, out_dir: str | Path, settings: Schema | None = 
     model, tokenizer = load_model(model_dir, dtype=dtype,
                                   device="cpu" if offload == "layer" else device)
     times["load"] = time.perf_counter() - start
+    batches: list = []
     if scores is not None:
         scores.check_weights(model)
     else:
         t0 = time.perf_counter()
-        scores = _calibrate(model, tokenizer, model_dir, calib, settings, sorted({1, max(block, 1)}),
-                            items, depth_block_sizes=[block] if needs_depth_scores else [],
-                            offload=offload, device=device)
+        scores, batches = _calibrate(model, tokenizer, model_dir, calib, settings,
+                                     sorted({1, max(block, 1)}), items,
+                                     depth_block_sizes=[block] if needs_depth_scores else [],
+                                     offload=offload, device=device)
         times["score"] = time.perf_counter() - t0
+    adapter = get_adapter(config)
+    source_experts = adapter.expert_shape(config) if isinstance(adapter, MoEAdapter) else None
 
     t0 = time.perf_counter()
     plan = prune_model(model, scores, target, settings.depth_metric, rescale_norms)
     times["trim"] = time.perf_counter() - t0
     dropped = [i for i in range(source.num_layers) if i not in set(plan.layers)]
+    utilisation = _utilisation(model, scores, batches, settings) if source_experts else {}
     record = {
         "minitron_deploy_version": __version__,
         "source": str(Path(model_dir).resolve()),
@@ -136,18 +148,37 @@ def prune(model_dir: str | Path, out_dir: str | Path, settings: Schema | None = 
         "rescale_norms": rescale_norms,
         "kept": plan.to_json(),
     }
+    if source_experts is not None:
+        record["experts"] = {"source": source_experts.as_dict(),
+                             "target": target.experts.as_dict(),
+                             "expert_criterion": scores.meta.get("expert_criterion"),
+                             "utilisation": {k: {str(i): v for i, v in d.items()}
+                                             for k, d in utilisation.items()}}
     t0 = time.perf_counter()
     save_checkpoint_atomic(model, out, source_dir=model_dir, extra_json={PRUNING_RECORD: record},
                            write_artifacts=lambda folder: scores.save(folder / SCORES))
     times["save"] = time.perf_counter() - t0
     times["total"] = time.perf_counter() - start
     return PruneReport(out_dir=out, source_shape=source, target=target, dropped_layers=dropped,
-                       seconds=times)
+                       seconds=times, source_experts=source_experts, utilisation=utilisation)
+
+
+def _utilisation(model, scores: ImportanceScores, batches: list,
+                 settings: PruneSettings) -> dict[str, dict[int, list[float]]]:
+    """Expert shares of the routed tokens per sparse layer: ``before`` from the scores (source
+    layer indices), ``after`` on the pruned ``model`` over the calibration batches (up to
+    ``depth_samples`` samples; new layer indices), when there are batches."""
+    out = {"before": {int(k.split(".")[1]): t.tolist() for k, t in scores.tensors.items()
+                      if k.startswith("expert_load.")}}
+    if batches:
+        loads = expert_loads(model, first_samples(batches, settings.depth_samples))
+        out["after"] = {i: t.tolist() for i, t in loads.items()}
+    return out
 
 
 def _calibrate(model, tokenizer, model_dir, calib, settings: ScoringSettings, block_sizes,
                items, depth_block_sizes=None, offload: str = "none",
-               device: str = "cpu") -> ImportanceScores:
+               device: str = "cpu") -> tuple[ImportanceScores, list]:
     if tokenizer is None:
         raise MinitronError(f"{model_dir} has no tokenizer to tokenize the calibration data")
     batches = calibration_batches(calib, tokenizer, settings.calib_samples, settings.seq_len,
@@ -157,7 +188,7 @@ def _calibrate(model, tokenizer, model_dir, calib, settings: ScoringSettings, bl
                          task_items=items, depth_block_sizes=depth_block_sizes,
                          offload=offload, device=device)
     scores.meta.update(source=str(Path(model_dir).resolve()), calib=str(calib))
-    return scores
+    return scores, batches
 
 
 def score_checkpoint(model_dir: str | Path, out_path: str | Path,
@@ -182,8 +213,8 @@ def score_checkpoint(model_dir: str | Path, out_path: str | Path,
         if settings.depth_metric == "accuracy" else None
     model, tokenizer = load_model(model_dir, dtype=dtype,
                                   device="cpu" if offload == "layer" else device)
-    scores = _calibrate(model, tokenizer, model_dir, calib, settings, block_sizes, items,
-                        offload=offload, device=device)
+    scores, _ = _calibrate(model, tokenizer, model_dir, calib, settings, block_sizes, items,
+                           offload=offload, device=device)
     return scores.save(out_path)
 
 

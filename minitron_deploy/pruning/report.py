@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from ..importance.experts import describe_loads
 from .api import PruneReport
 
 
@@ -20,8 +21,14 @@ def print_prune_summary(report: PruneReport, console: Console | None = None) -> 
     table.add_row("parameters", f"{before:,}", f"{after:,} ({after / before:.1%})")
     for key in src:
         table.add_row(key, str(src[key]), str(dst[key]))
+    if report.source_experts is not None:
+        before, after = report.source_experts.as_dict(), report.target.experts.as_dict()
+        for key in before:
+            table.add_row(key, str(before[key]), str(after[key]))
     console.print(table)
     console.print(f"shape: {report.target.reason}")
+    for when, loads in report.utilisation.items():
+        console.print(f"expert utilisation {when} pruning: {describe_loads(loads)}")
     if report.dropped_layers:
         console.print(f"dropped layers: {report.dropped_layers}")
     console.print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items()))

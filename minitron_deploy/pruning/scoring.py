@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..arch import MoEAdapter, get_adapter
 from ..core.errors import MinitronError
 from ..core.shape import ModelShape
 from ..eval.multiple_choice import MCItem, accuracy
@@ -24,6 +25,7 @@ from ..importance.depth import (
     first_samples,
     loss_scores,
 )
+from ..importance.experts import ExpertCollector
 from ..importance.layerwise import (
     LayerStreamer,
     check_streamable,
@@ -92,15 +94,23 @@ def _hooked_scores(model: nn.Module, run: Callable[[BlockImportanceCollector], N
     weights = weights_fingerprint(model)
     width = WidthCollector(model, settings.seq_agg, settings.batch_agg)
     blocks = BlockImportanceCollector(model, block_sizes)
+    adapter = get_adapter(model.config)
+    experts = ExpertCollector(model) if isinstance(adapter, MoEAdapter) else None
     batches: list[torch.Tensor] = []
-    with width.attached(), blocks.attached(), recording_inputs(model, batches), torch.no_grad():
+    with width.attached(), blocks.attached(), recording_inputs(model, batches), torch.no_grad(), \
+            experts.attached() if experts else nullcontext():
         run(blocks)
-    tensors = criterion_scores(CriterionInputs(model, batches, width.scores(), settings))
+    activation = width.scores() | (experts.activation_scores() if experts else {})
+    tensors = criterion_scores(CriterionInputs(model, batches, activation, settings))
     tensors.update({f"depth.bi.block{k}": s for k, s in blocks.scores().items()})
     meta = {"model_type": model.config.model_type,
             "shape": ModelShape.from_config(model.config).as_dict(), "weights": weights,
             **criterion_meta(settings), "seq_agg": settings.seq_agg,
             "batch_agg": settings.batch_agg}
+    if experts:
+        tensors.update(experts.expert_scores(settings.expert_criterion, settings.seed))
+        meta.update(experts=adapter.expert_shape(model.config).as_dict(),
+                    expert_criterion=settings.expert_criterion)
     return ImportanceScores(tensors, meta), batches
 
 

@@ -41,21 +41,44 @@ def build_plan(scores: ImportanceScores, source: ModelShape, target: ResolvedTar
     layers = [i for i in range(source.num_layers) if i not in set(dropped)]
     needs_width = (shape.hidden_size, shape.ffn_hidden_size, shape.num_heads, shape.num_kv_heads) \
         != (source.hidden_size, source.ffn_hidden_size, source.num_heads, source.num_kv_heads)
-    if needs_width and not scores.has_width():
+    experts, expert_mlp = _expert_plan(scores, layers, target)
+    if (needs_width or experts) and not scores.has_width():
         raise MinitronError("width pruning needs width scores; the scores file has none")
     if not needs_width:
         return KeepPlan(layers=layers, hidden=torch.arange(source.hidden_size),
                         mlp={i: torch.arange(source.ffn_hidden_size) for i in layers},
                         heads={i: torch.arange(source.num_heads) for i in layers},
-                        kv_heads={i: torch.arange(source.num_kv_heads) for i in layers})
+                        kv_heads={i: torch.arange(source.num_kv_heads) for i in layers},
+                        experts=experts, expert_mlp=expert_mlp)
 
     group = source.num_heads // source.num_kv_heads
     per_group = shape.num_heads // shape.num_kv_heads
     mlp, heads, kv_heads = {}, {}, {}
     for i in layers:
-        mlp[i] = top_k(scores.tensors[f"mlp.{i}"], shape.ffn_hidden_size)
+        if f"mlp.{i}" in scores.tensors:  # dense layers
+            mlp[i] = top_k(scores.tensors[f"mlp.{i}"], shape.ffn_hidden_size)
         kv_heads[i] = top_k(scores.tensors[f"kv_heads.{i}"], shape.num_kv_heads)
         head_scores = scores.tensors[f"heads.{i}"].view(source.num_kv_heads, group)
         heads[i] = torch.cat([g * group + top_k(head_scores[g], per_group) for g in kv_heads[i]])
     return KeepPlan(layers=layers, hidden=top_k(scores.tensors["hidden"], shape.hidden_size),
-                    mlp=mlp, heads=heads, kv_heads=kv_heads)
+                    mlp=mlp, heads=heads, kv_heads=kv_heads, experts=experts,
+                    expert_mlp=expert_mlp)
+
+
+def _expert_plan(scores: ImportanceScores, layers: list[int], target: ResolvedTarget
+                 ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """Kept experts (top ``experts.{i}``) of every kept sparse layer and, of each, its top
+    neurons (its row of ``expert_mlp.{i}``); empty when the target keeps every expert whole."""
+    wanted = target.experts
+    sparse = [i for i in layers if f"expert_mlp.{i}" in scores.tensors]
+    if wanted is None or not sparse or tuple(scores.tensors[f"expert_mlp.{sparse[0]}"].shape) \
+            == (wanted.num_experts, wanted.ffn):
+        return {}, {}
+    experts, expert_mlp = {}, {}
+    for i in sparse:
+        neurons = scores.tensors[f"expert_mlp.{i}"]
+        if f"experts.{i}" not in scores.tensors:
+            raise MinitronError("expert pruning needs expert scores; the scores file has none")
+        experts[i] = top_k(scores.tensors[f"experts.{i}"], wanted.num_experts)
+        expert_mlp[i] = torch.stack([top_k(neurons[e], wanted.ffn) for e in experts[i]])
+    return experts, expert_mlp

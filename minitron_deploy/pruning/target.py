@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..arch import ExpertShape, MoEAdapter, get_adapter
 from ..core.align import KERNEL_NOTE, Alignment
 from ..core.errors import MinitronError
 from ..core.schema import Schema, fields_of, positive, setting
@@ -27,7 +28,9 @@ _STEPS = 240
 #: The rule's coarsest steps (ModelOpt's Minitron search steps hidden by 256, FFN by 512).
 _HIDDEN_STEP_CAP, _FFN_STEP_CAP = 256, 512
 _SHAPE_FIELDS = ("hidden_size", "ffn_hidden_size", "num_heads", "num_kv_heads", "num_layers",
-                 "drop_layers", "target_params")
+                 "drop_layers", "target_params", "num_experts", "moe_ffn_hidden_size")
+#: transformers' grouped expert kernels need 16-byte strides: sizes in multiples of 8 (bf16).
+_EXPERT_ALIGN = 8
 
 
 _KEEP = "the source's, or what target_params picks"
@@ -83,6 +86,13 @@ class TargetSpec(Schema):
         None, "layers to remove, e.g. 16-31 or 3,5,10-12", unset="none", convert=parse_layers,
         show=lambda layers: ",".join(map(str, layers)),
         modelopt="explicit layers are not a ModelOpt constraint; give num_layers")
+    num_experts: int | None = setting(
+        None, "mixture-of-experts models: experts kept in every sparse layer, ranked by "
+        "expert_criterion (experts per token are lowered to it if fewer remain)",
+        unset="all kept", check=positive, modelopt=_CONSTRAINT)
+    moe_ffn_hidden_size: int | None = setting(
+        None, "mixture-of-experts models: width of every expert's MLP", unset="the source's",
+        check=positive, modelopt=_CONSTRAINT)
     target_params: float | None = setting(
         None, "parameter budget: absolute (4.5e9) or a fraction of the source (0.5)",
         unset="the explicit sizes only", check=positive, modelopt=_CONSTRAINT)
@@ -113,6 +123,8 @@ class ResolvedTarget:
     params_before: int = 0
     params_after: int = 0
     align: Alignment = field(default_factory=Alignment)
+    #: The experts of a mixture-of-experts model (None for dense models).
+    experts: ExpertShape | None = None
 
 
 def parse_layer_ranges(text: str) -> list[int]:
@@ -288,17 +300,64 @@ def _warn_unaligned(shape: ModelShape, align: Alignment) -> None:
                       f"{KERNEL_NOTE}", stacklevel=3)
 
 
+def _expert_target(config, spec: TargetSpec) -> tuple[ExpertShape | None, str]:
+    """The experts to keep (None for dense models) and what the reason adds about them."""
+    adapter = get_adapter(config)
+    if not isinstance(adapter, MoEAdapter):
+        if spec.num_experts is not None or spec.moe_ffn_hidden_size is not None:
+            raise MinitronError(f"num_experts and moe_ffn_hidden_size apply to mixture-of-experts "
+                                f"models; {config.model_type} has no experts")
+        return None, ""
+    if spec.target_params is not None:
+        raise MinitronError("a parameter budget (target_params) is not supported for "
+                            "mixture-of-experts models yet; give the sizes to keep")
+    if adapter.experts_are_ffn and spec.ffn_hidden_size is not None:
+        raise MinitronError(f"every MLP of {config.model_type} is a mixture of experts: give "
+                            "moe_ffn_hidden_size, not ffn_hidden_size")
+    src = adapter.expert_shape(config)
+    for name, value, full in (("num_experts", spec.num_experts, src.num_experts),
+                              ("moe_ffn_hidden_size", spec.moe_ffn_hidden_size, src.ffn)):
+        if value is not None and value > full:
+            raise MinitronError(f"target {name}={value} is larger than the source ({full}); "
+                                "pruning only shrinks")
+    num = spec.num_experts or src.num_experts
+    target = dataclasses.replace(src, num_experts=num, ffn=spec.moe_ffn_hidden_size or src.ffn,
+                                 top_k=min(src.top_k, num))
+    notes = [f"{label} {before} -> {after}" for label, before, after in (
+        ("experts", src.num_experts, target.num_experts),
+        ("expert width", src.ffn, target.ffn),
+        ("experts per token (fewer experts remain)", src.top_k, target.top_k)) if after < before]
+    return target, "; " + ", ".join(notes) if notes else ""
+
+
+def _check_expert_kernels(shape: ModelShape, experts: ExpertShape) -> None:
+    bad = {name: value for name, value in (("hidden_size", shape.hidden_size),
+                                           ("moe_ffn_hidden_size", experts.ffn))
+           if value % _EXPERT_ALIGN}
+    if bad:
+        raise MinitronError(f"transformers' grouped expert kernels need hidden_size and "
+                            f"moe_ffn_hidden_size in multiples of {_EXPERT_ALIGN}; got "
+                            + ", ".join(f"{k}={v}" for k, v in bad.items()))
+
+
 def resolve_target(config, spec: TargetSpec) -> ResolvedTarget:
     """Validate ``spec`` against ``config`` and return the uniform target shape."""
     if spec.is_empty():
         raise MinitronError("no target given: set a shape (hidden_size, ffn_hidden_size, "
-                            "num_heads, num_kv_heads, num_layers, drop_layers) or "
-                            "target_params")
+                            "num_heads, num_kv_heads, num_layers, drop_layers, num_experts, "
+                            "moe_ffn_hidden_size) or target_params")
     src = ModelShape.from_config(config)
     _check_explicit(src, spec)
+    experts, expert_note = _expert_target(config, spec)
     align = spec.align.for_source(src)
     params_before = count_params(config)
     base = _explicit_shape(src, spec)
+    if experts is not None:
+        adapter = get_adapter(config)
+        if adapter.experts_are_ffn:
+            base = dataclasses.replace(base, ffn_hidden_size=experts.ffn)
+        _check_expert_kernels(base, experts)
+        config = adapter.with_expert_shape(config, experts)  # params_before is the source's
     if spec.target_params is None:
         shape, reason = base, f"explicit target shape: {pruned_axes(src, base)}"
     else:
@@ -308,13 +367,15 @@ def resolve_target(config, spec: TargetSpec) -> ResolvedTarget:
             raise MinitronError(f"target of {budget:,} parameters is not smaller than the source "
                                 f"({params_before:,})")
         shape, reason = _budget_shape(config, base, spec, align, budget)
-    problem = loadability_error(config, shape)
+    problem = loadability_error(config, shape) or get_adapter(config).shape_error(config, shape)
     if problem:
         raise MinitronError(f"transformers would refuse the target shape {shape.as_dict()}: "
                             f"{problem}")
-    if shape == src and spec.drop_layers is None:
+    if shape == src and spec.drop_layers is None and not expert_note:
         raise MinitronError("the target equals the source shape: nothing to prune")
+    if experts is not None:
+        reason = (reason if shape != src else "explicit target shape") + expert_note
     _warn_unaligned(shape, align)
     return ResolvedTarget(shape=shape, drop_layers=spec.drop_layers, reason=reason,
                           params_before=params_before, params_after=count_params(config, shape),
-                          align=align)
+                          align=align, experts=experts)

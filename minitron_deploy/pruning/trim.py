@@ -253,7 +253,7 @@ def trim_model(model: nn.Module, plan: KeepPlan, rescale_norms: bool | None = No
         for new_idx, i in enumerate(plan.layers):
             layer = layers[i]
             _trim_attention(adapter, layer, plan, i, source.head_dim)
-            if moe and adapter.is_sparse(layer):
+            if adapter.is_sparse(layer):
                 _trim_experts(adapter, layer, plan, i, experts.top_k)
             else:
                 _trim_mlp(adapter, layer, plan, i)
