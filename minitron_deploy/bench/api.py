@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
 from ..arch.modeling import DTYPES
 from ..core.errors import MinitronError
 from ..core.precision import resolve_precision
+from ..quantize.api import weight_bytes
 from .hardware import free_memory, machine_info, measure_limits, resolve_device
 from .limits import ModelCost, memory_needed
 from .metrics import median_metrics
@@ -81,6 +83,7 @@ def benchmark(settings: BenchSettings, progress=print) -> dict:
     settings.validate()
     device = resolve_device(settings.device)
     configs = {spec.name: model_config(spec) for spec in settings.models}
+    _check_quantized(settings, device)
     if "trtllm" in settings.backends:
         from .trtllm import check_available
 
@@ -101,6 +104,24 @@ def benchmark(settings: BenchSettings, progress=print) -> dict:
             "limits": {"copy_bandwidth_bytes_s": limits.bandwidth,
                        "matmul_flops_s": limits.peak_flops},
             "runs": runs}
+
+
+def _check_quantized(settings: BenchSettings, device: torch.device) -> None:
+    """Refuse, before anything runs, a quantized checkpoint on a backend that would not run
+    its kernels (the fast path and trtllm take 16-bit weights) or that vLLM has no kernel
+    for on this device."""
+    from ..serve.quant_support import detect_hardware, vllm_kernel
+
+    for spec in settings.models:
+        quant = spec.quantization
+        if quant is None:
+            continue
+        fixed = [b for b in settings.backends if b in ("torch", "trtllm")]
+        if fixed:
+            raise MinitronError(f"the {fixed[0]} backend times 16-bit weights; {spec.label} is "
+                                f"{quant.label}: time it with --backend vllm")
+        if "vllm" in settings.backends:
+            vllm_kernel(quant, detect_hardware(device.type))
 
 
 def _check_vllm(settings: BenchSettings) -> None:
@@ -163,13 +184,18 @@ def _finish_record(record: dict, spec: ModelSpec, name: str, cost: ModelCost, dt
     """Add the model, backend and roofline fractions to a timed record; report its speed."""
     metrics = record["metrics"]
     itl = metrics["itl_ms"]
+    quant = spec.quantization
     record.update(model=spec.label, backend=name, params=cost.params,
-                  weight_bytes=cost.params * dtype_bytes,
-                  limits=limits.report(cost, record["batch"], settings.isl, settings.osl,
-                                       dtype_bytes, itl and itl / 1e3, metrics["ttft_ms"] / 1e3,
-                                       metrics["e2e_s"]))
-    progress(f"  {metrics['output_tok_s']:.1f} tok/s, "
-             f"decode at {100 * (record['limits']['decode_fraction'] or 0):.0f}% of limit")
+                  scheme=quant.label if quant else settings.dtype,
+                  weight_bytes=weight_bytes(Path(spec.name)) if quant
+                  else cost.params * dtype_bytes)
+    # the limits assume 16-bit weights: none for a quantized checkpoint
+    record["limits"] = {} if quant else limits.report(
+        cost, record["batch"], settings.isl, settings.osl, dtype_bytes, itl and itl / 1e3,
+        metrics["ttft_ms"] / 1e3, metrics["e2e_s"])
+    fraction = record["limits"].get("decode_fraction")
+    progress(f"  {metrics['output_tok_s']:.1f} tok/s"
+             + (f", decode at {100 * fraction:.0f}% of limit" if fraction else ""))
     return record
 
 
@@ -183,7 +209,8 @@ def _bench_vllm(settings: BenchSettings, spec: ModelSpec, config, cost: ModelCos
              f"warm-up and {settings.reps} runs each")
     prompts = {b: _prompts(b, settings, config.vocab_size) for b in batches}
     timed, engine = run_vllm_batches(spec.name, config, settings.dtype, prompts, settings.osl,
-                                     settings.warmup, settings.reps)
+                                     settings.warmup, settings.reps,
+                                     eager=resolve_device(settings.device).type != "cuda")
     runs = []
     for batch in batches:
         record = _timed_record(batch, settings, timed[batch], peak=None)

@@ -105,18 +105,18 @@ class HFBackend:
 
 
 def run_vllm_batches(model_dir: str, config, dtype: str, prompts: dict[int, torch.Tensor],
-                     osl: int, warmup: int, reps: int) -> tuple[dict[int, list[Timing]], dict]:
+                     osl: int, warmup: int, reps: int, eager: bool = True
+                     ) -> tuple[dict[int, list[Timing]], dict]:
     """vLLM: one engine for every batch size of a model, started once in the vLLM environment
-    (``ttft_s`` when every request has its first token). Returns the timings per batch size
-    and the engine's version and device."""
+    (``ttft_s`` when every request has its first token; a quantized folder's ``quantization``
+    passed on; ``eager`` False compiles and captures CUDA graphs for the batch sizes). Returns
+    the timings per batch size and the engine's version and device."""
     from ..core.errors import MinitronError
-    from ..serve.vllm_env import VLLM_DTYPES, kv_cache_bytes, run_vllm, vllm_overrides
+    from ..serve.parity import vllm_job
+    from ..serve.vllm_env import run_vllm
 
     isl = next(iter(prompts.values())).shape[1]
-    dtype_bytes = torch.finfo(getattr(torch, VLLM_DTYPES[dtype])).bits // 8
-    job = {"model": str(model_dir), "dtype": VLLM_DTYPES[dtype], "max_model_len": isl + osl,
-           "kv_cache_bytes": kv_cache_bytes(config, max(prompts), isl + osl, dtype_bytes),
-           "hf_overrides": vllm_overrides(config),
+    job = {**vllm_job(model_dir, config, dtype, max(prompts), isl + osl), "enforce_eager": eager,
            "throughput": {"batches": {str(b): p.tolist() for b, p in prompts.items()},
                           "osl": osl, "warmup": warmup, "reps": reps}}
     result = run_vllm([job])

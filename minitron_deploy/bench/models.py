@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from ..core.errors import MinitronError
+from ..core.quantized import Quantization, read_quantization
 from ..core.shape import ModelShape, reshaped_config
 
 _LLAMA31_8B = dict(
@@ -62,6 +63,11 @@ class ModelSpec:
     @property
     def random_weights(self) -> bool:
         return self.is_named or self.is_config_only
+
+    @property
+    def quantization(self) -> Quantization | None:
+        """The checkpoint's quantization (None: 16/32-bit weights, or random ones)."""
+        return None if self.random_weights else read_quantization(self.name)
 
     @property
     def label(self) -> str:

@@ -1,5 +1,9 @@
 """Benchmark report files: ``bench.json`` (everything), ``bench.md`` (table), PNG plots.
 
+Each run names its weights' scheme (the dtype, or a quantized checkpoint's scheme and format)
+and their bytes (parameters x dtype bytes, or the quantized checkpoint's weight files), so one
+report shows a 16-bit teacher beside its FP8 student.
+
 Speedups compare each model with the first one given: at matched batch sizes, and (with
 ``max_throughput``) each model's best throughput over its batch sizes against the first's.
 """
@@ -30,6 +34,7 @@ def add_speedups(report: dict) -> None:
     for (model, backend), r in best.items():
         ref = best.get((first, backend))
         summary.append({"model": model, "backend": backend, "batch": r["batch"],
+                        "scheme": r.get("scheme"), "weight_bytes": r.get("weight_bytes"),
                         "output_tok_s": r["metrics"]["output_tok_s"],
                         "speedup_vs_first": r["metrics"]["output_tok_s"]
                         / ref["metrics"]["output_tok_s"] if ref else None})
@@ -64,26 +69,32 @@ def markdown(report: dict) -> str:
               f"{si_rate(report['limits']['copy_bandwidth_bytes_s'], 'B/s')}, matmul "
               f"{si_rate(report['limits']['matmul_flops_s'], 'FLOP/s')} ({s['dtype']}); "
               f"median of {s['reps']} runs after {s['warmup']} warm-up", "",
-              "| model | backend | batch | out tok/s | req/s | TTFT ms | ITL ms | tok/s/user "
-              "| peak GiB | decode % of limit | run % of limit | speedup vs first |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| model | backend | batch | scheme | weights GB | out tok/s | req/s | TTFT ms "
+              "| ITL ms | tok/s/user | peak GiB | decode % of limit | run % of limit "
+              "| speedup vs first |",
+              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["runs"]:
         mt, lim = r["metrics"], r.get("limits", {})
         peak = r.get("peak_memory_bytes")
         dec, run = lim.get("decode_fraction"), lim.get("run_fraction")
         lines.append(
-            f"| {r['model']} | {r['backend']} | {r['batch']} | {mt['output_tok_s']:.1f} "
+            f"| {r['model']} | {r['backend']} | {r['batch']} | {r.get('scheme', '-')} "
+            f"| {_fmt(r.get('weight_bytes') and r['weight_bytes'] / 1e9, '.2f')} "
+            f"| {mt['output_tok_s']:.1f} "
             f"| {_fmt(mt['requests_s'], '.2f')} | {_fmt(mt['ttft_ms'], '.1f')} "
             f"| {_fmt(mt['itl_ms'], '.2f')} | {_fmt(mt['per_user_tok_s'], '.1f')} "
             f"| {_fmt(peak and peak / 2**30, '.1f')} | {_fmt(dec and 100 * dec, '.0f')} "
             f"| {_fmt(run and 100 * run, '.0f')} | {_fmt(r.get('speedup_vs_first'), '.2f')} |")
     if s.get("max_throughput") and report.get("max_throughput"):
         lines += ["", "Max throughput (each model at its best batch size):", "",
-                  "| model | backend | batch | out tok/s | speedup vs first |",
-                  "|---|---|---:|---:|---:|"]
+                  "| model | backend | batch | out tok/s | speedup vs first | scheme "
+                  "| weights GB |",
+                  "|---|---|---:|---:|---:|---|---:|"]
         for b in report["max_throughput"]:
             lines.append(f"| {b['model']} | {b['backend']} | {b['batch']} "
-                         f"| {b['output_tok_s']:.1f} | {_fmt(b['speedup_vs_first'], '.2f')} |")
+                         f"| {b['output_tok_s']:.1f} | {_fmt(b['speedup_vs_first'], '.2f')} "
+                         f"| {b.get('scheme', '-')} "
+                         f"| {_fmt(b.get('weight_bytes') and b['weight_bytes'] / 1e9, '.2f')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -11,6 +11,7 @@ from ..arch.modeling import DTYPES, check_output_dir, load_config, load_model
 from ..core.errors import MinitronError
 from ..core.hub import resolve_model
 from ..core.precision import resolve_device
+from ..core.quantized import Quantization, read_quantization
 from ..core.shape import ModelShape
 from ..data.text import check_texts
 from .output import atomic_dir, write_manifest
@@ -97,6 +98,9 @@ def export(model_dir: str | Path, out_dir: str | Path, format: str = "hf",
     model_dir = resolve_model(model_dir)
     calib = calib or CalibrationSettings()
     check_output_dir(out_dir, model_dir)
+    quant = read_quantization(model_dir)
+    if quant is not None:
+        return _export_quantized(model_dir, out_dir, quant, format, dtype, tp)
     config = load_config(model_dir)
     shape = ModelShape.from_config(config)
     if format == "trtllm":
@@ -147,3 +151,35 @@ def export(model_dir: str | Path, out_dir: str | Path, format: str = "hf",
                                     "seq_len": int(batches[0].shape[1])}
         manifest = write_manifest(tmp, model_dir, format, dtype, shape.as_dict(), extra)
     return ExportResult(Path(out_dir).resolve(), format, dtype, manifest)
+
+
+def _export_quantized(model_dir: Path, out_dir: str | Path, quant: Quantization, fmt: str,
+                      dtype: str, tp: int) -> ExportResult:
+    """A quantized checkpoint as a TensorRT-LLM FP8 checkpoint, its FP8 weights and scales
+    unchanged (see ``quantized.py``); ``dtype`` is that of the tensors left unquantized
+    (``fp8``: bf16). The manifest's dtype is ``fp8``."""
+    from transformers import AutoTokenizer
+
+    from .quantized import check_quantized, load_fp8_student
+    from .shard import check_tp
+    from .trtllm import trtllm_config, write_trtllm
+
+    check_quantized(quant, fmt)
+    config = load_config(model_dir)
+    shape = ModelShape.from_config(config)
+    trtllm_config(config, "bfloat16", tp, False)
+    check_tp({"num_attention_heads": shape.num_heads, "num_key_value_heads": shape.num_kv_heads,
+              "intermediate_size": shape.ffn_hidden_size}, tp)
+    check_fp8_shape(shape, tp)
+    model, scales = load_fp8_student(model_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError):
+        tokenizer = None
+    with atomic_dir(out_dir, model_dir) as tmp:
+        write_trtllm(model, tmp, _TRTLLM_DTYPES[dtype], tp, row_scales=scales)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        manifest = write_manifest(tmp, model_dir, fmt, "fp8", shape.as_dict(),
+                                  {"tp": tp, "quantized_source": quant.label})
+    return ExportResult(Path(out_dir).resolve(), fmt, "fp8", manifest)

@@ -3,8 +3,9 @@
 TensorRT-LLM's layout: ``attention.qkv`` is split per head within q, k and v and re-joined as
 [q_r; k_r; v_r]; column-parallel linears (``mlp.fc``, ``mlp.gate``, ``lm_head``) split their
 output rows (Phi-3's fused [up; gate] per half; ``lm_head`` padded to a multiple of tp);
-row-parallel ones (``attention.dense``, ``mlp.proj``) split their input columns; norms,
-embeddings, biases of row-parallel linears and FP8 scales are replicated.
+row-parallel ones (``attention.dense``, ``mlp.proj``) split their input columns; per-row FP8
+scales (``per_channel_scale``) split as their rows do; norms, embeddings, biases of
+row-parallel linears and per-tensor FP8 scales are replicated.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ def _rule(name: str) -> str:
         return "vocab"
     if ".attention.qkv." in name and not name.endswith("scaling_factor"):
         return "qkv"
-    if name.endswith(("mlp.fc.weight", "mlp.fc.bias", "mlp.gate.weight", "mlp.gate.bias")):
+    if name.endswith(("mlp.fc.weight", "mlp.fc.bias", "mlp.gate.weight", "mlp.gate.bias",
+                      "mlp.fc.per_channel_scale", "mlp.gate.per_channel_scale")):
         return "rows"
     if name.endswith(("attention.dense.weight", "mlp.proj.weight")):
         return "cols"

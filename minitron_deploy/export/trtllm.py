@@ -27,6 +27,10 @@ from .shard import split_tensors
 from .trtllm_families import get_family, rotary_scaling
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: Scales, kept in float32 whatever the checkpoint's dtype.
+_FP32_SUFFIXES = ("scaling_factor", "per_channel_scale")
+#: TensorRT-LLM's quantization mode for FP8 weights per channel, activations per token.
+ROWWISE_ALGO = "FP8_PER_CHANNEL_PER_TOKEN"
 
 
 def _norm_eps(config) -> float:
@@ -36,8 +40,9 @@ def _norm_eps(config) -> float:
     raise MinitronError(f"{config.model_type} config has no norm epsilon")
 
 
-def trtllm_config(config, dtype: str, tp: int, fp8: bool) -> dict:
-    """The config.json TensorRT-LLM's ``PretrainedConfig.from_dict`` reads."""
+def trtllm_config(config, dtype: str, tp: int, fp8: bool, quant_algo: str = "FP8") -> dict:
+    """The config.json TensorRT-LLM's ``PretrainedConfig.from_dict`` reads (``quant_algo``
+    when ``fp8``)."""
     family = get_family(config)
     shape = ModelShape.from_config(config)
     rope = family.rope(config)
@@ -66,7 +71,7 @@ def trtllm_config(config, dtype: str, tp: int, fp8: bool) -> dict:
         "use_parallel_embedding": False,
         "embedding_sharding_dim": 0,
         "mapping": {"world_size": tp, "tp_size": tp, "pp_size": 1},
-        "quantization": {"quant_algo": "FP8" if fp8 else None, "kv_cache_quant_algo": None,
+        "quantization": {"quant_algo": quant_algo if fp8 else None, "kv_cache_quant_algo": None,
                          "exclude_modules": ["lm_head"] if fp8 else []},
         **family.config_fields(config),
         **family.window_fields(config),
@@ -99,7 +104,8 @@ def _biases(weights: Parts, biases: BiasParts, expected: set[str], prefix: str
 
 
 def _layer_tensors(family: TrtllmLayout, layer: nn.Module, prefix: str, fp8: bool,
-                   shapes: dict[str, tuple[int, int]], index: int, config: dict
+                   shapes: dict[str, tuple[int, int]], index: int, config: dict,
+                   row_scales: dict[nn.Module, torch.Tensor] | None = None
                    ) -> dict[str, torch.Tensor]:
     """One layer's tensors; ``shapes`` holds layer 0's linear shapes (non-uniform is refused)."""
     out = {f"{prefix}.{name}.{k}": v for name, norm in family.layer_norms(layer).items()
@@ -112,7 +118,9 @@ def _layer_tensors(family: TrtllmLayout, layer: nn.Module, prefix: str, fp8: boo
     out.update(_biases(weights, biases, _biased_linears(family, config, weights), prefix))
     for name, parts in weights.items():
         out[f"{prefix}.{name}.weight"] = torch.cat(parts)
-    if fp8:
+    if row_scales is not None:
+        out.update(_rowwise_layer(layer, prefix, weights, out, row_scales))
+    elif fp8:
         out.update(_fp8_layer(family, layer, prefix, weights, out))
     out.update({f"{prefix}.{k}": v for k, v in family.extra_layer_tensors(layer).items()})
     return out
@@ -135,38 +143,68 @@ def _fp8_layer(family: TrtllmLayout, layer: nn.Module, prefix: str,
     return fp8
 
 
+def _rowwise_layer(layer: nn.Module, prefix: str, weights: dict[str, list[torch.Tensor]],
+                   out: dict, row_scales: dict[nn.Module, torch.Tensor]
+                   ) -> dict[str, torch.Tensor]:
+    """FP8 weights already quantized per output row (their values held exactly in 16 bits)
+    and their scales, concatenated as the rows are."""
+    rows = {}
+    for name, parts in weights.items():
+        scales = [_row_scale(layer, part, row_scales) for part in parts]
+        rows[f"{prefix}.{name}.weight"] = out[f"{prefix}.{name}.weight"].to(torch.float8_e4m3fn)
+        rows[f"{prefix}.{name}.per_channel_scale"] = torch.cat(scales)
+    return rows
+
+
+def _row_scale(scope: nn.Module, weight: torch.Tensor,
+               row_scales: dict[nn.Module, torch.Tensor]) -> torch.Tensor:
+    """The per-row scales of the quantized linear in ``scope`` whose weight is ``weight``."""
+    ptr = weight.untyped_storage().data_ptr()
+    for module in scope.modules():
+        if module in row_scales and module.weight.untyped_storage().data_ptr() == ptr:
+            return row_scales[module]
+    raise MinitronError("a linear layer of the quantized checkpoint has no FP8 scales")
+
+
 def convert(model: nn.Module, dtype: str = "bfloat16", fp8: bool = False,
-            tp: int = 1) -> tuple[dict, dict]:
+            tp: int = 1, row_scales: dict[nn.Module, torch.Tensor] | None = None
+            ) -> tuple[dict, dict]:
     """``(config, tensors)``: the config for ``tp`` ranks and the unsharded tensors. With ``fp8``
-    the model must already be calibrated (``fp8.calibrate_fp8``); its linears become FP8."""
+    the model must already be calibrated (``fp8.calibrate_fp8``); its linears become FP8.
+    With ``row_scales`` (linear -> its per-row scales) the linears already hold FP8 values
+    (``quantized.load_fp8_student``): they are written as ``FP8_PER_CHANNEL_PER_TOKEN``."""
     if dtype not in TORCH_DTYPES:
         raise MinitronError(f"unknown TensorRT-LLM dtype {dtype!r}")
     config = model.config
     family = get_family(config)
     adapter = family.adapter
-    trt_config = trtllm_config(config, dtype, tp, fp8)
+    fp8 = fp8 or row_scales is not None
+    trt_config = trtllm_config(config, dtype, tp, fp8,
+                               "FP8" if row_scales is None else ROWWISE_ALGO)
     tensors = {"transformer.vocab_embedding.weight": adapter.embed_tokens(model).weight.data}
     shapes: dict[str, tuple[int, int]] = {}
     for i, layer in enumerate(adapter.layers(model)):
         tensors.update(_layer_tensors(family, layer, f"transformer.layers.{i}", fp8, shapes, i,
-                                      trt_config))
+                                      trt_config, row_scales))
     tensors.update({f"transformer.ln_f.{k}": v
                     for k, v in family.norm(adapter.final_norm(model)).items()})
     tensors["lm_head.weight"] = adapter.lm_head(model).weight.data
-    cast = {k: v if v.dtype == torch.float8_e4m3fn or k.endswith("scaling_factor")
+    cast = {k: v if v.dtype == torch.float8_e4m3fn or k.endswith(_FP32_SUFFIXES)
             else v.to(TORCH_DTYPES[dtype]) for k, v in tensors.items()}
     cast = {k: v.detach().cpu().contiguous().clone() for k, v in cast.items()}
     return trt_config, cast
 
 
 def write_trtllm(model: nn.Module, directory: Path, dtype: str = "bfloat16", tp: int = 1,
-                 fp8_batches: Sequence[torch.Tensor] | None = None) -> dict:
-    """Convert (calibrating FP8 first when ``fp8_batches`` is given), shard for ``tp`` ranks and
-    write ``config.json`` + ``rank{i}.safetensors`` into ``directory``. Returns the config."""
+                 fp8_batches: Sequence[torch.Tensor] | None = None,
+                 row_scales: dict[nn.Module, torch.Tensor] | None = None) -> dict:
+    """Convert (calibrating FP8 first when ``fp8_batches`` is given; an FP8 model with its
+    ``row_scales`` as :func:`convert` takes it), shard for ``tp`` ranks and write
+    ``config.json`` + ``rank{i}.safetensors`` into ``directory``. Returns the config."""
     fp8 = fp8_batches is not None
     if fp8:
         fp8_lib.calibrate_fp8(model, fp8_batches)
-    config, tensors = convert(model, dtype, fp8, tp)
+    config, tensors = convert(model, dtype, fp8, tp, row_scales)
     for rank, shard in enumerate(split_tensors(tensors, config, tp)):
         save_file(shard, str(directory / f"rank{rank}.safetensors"), metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")

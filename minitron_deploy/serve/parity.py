@@ -1,14 +1,18 @@
 """Greedy parity of vLLM with transformers: the same checkpoints and prompts through both, and
-how far they agree (first differing position, logprob gaps) where they do not."""
+how far they agree (first differing position, logprob gaps) where they do not; and vLLM's
+perplexity of given token sequences (its prompt logprobs)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 from transformers import GenerationConfig
 
 from ..arch.modeling import DTYPES, load_config, load_model
+from ..core.errors import MinitronError
+from ..core.quantized import read_quantization
 from .vllm_env import VLLM_DTYPES, kv_cache_bytes, run_vllm, vllm_overrides
 
 #: Top logprobs vLLM returns per step (enough to hold transformers' token near a tie).
@@ -73,6 +77,28 @@ def compare(model: str, prompt: int, hf_tokens: list[int], hf_logprobs: torch.Te
     return Parity(model, prompt, hf_tokens, tokens, first, gap, hf_margin, vllm_margin)
 
 
+def vllm_job(model_dir: str, config, dtype: str, sequences: int, max_len: int) -> dict:
+    """The runner's job for one model (``quantization`` from the folder) with a KV cache for
+    ``sequences`` of ``max_len`` tokens; add ``generate``, ``score`` or ``throughput``."""
+    quant = read_quantization(model_dir)
+    return {"model": str(model_dir), "dtype": VLLM_DTYPES[dtype], "max_model_len": max_len,
+            "kv_cache_bytes": kv_cache_bytes(config, sequences, max_len, DTYPES[dtype].itemsize),
+            "hf_overrides": vllm_overrides(config),
+            "quantization": quant.vllm_method if quant else None}
+
+
+def vllm_perplexity(model_dir: str, sequences: list[list[int]], dtype: str = "fp32",
+                    threads: int | None = None) -> float:
+    """Perplexity of ``sequences`` (every token after each one's first) under vLLM's prompt
+    logprobs, as :func:`..eval.perplexity` computes it with transformers."""
+    job = vllm_job(model_dir, load_config(model_dir), dtype, len(sequences), max(map(len, sequences)))
+    out = run_vllm([{**job, "score": {"prompts": sequences}}], threads=threads)["models"][0]
+    if "error" in out:
+        raise MinitronError(f"vLLM cannot run {model_dir}: {out['error']}")
+    logprobs = [lp for seq in out["score"] for lp in seq]
+    return math.exp(-sum(logprobs) / len(logprobs))
+
+
 def greedy_parity(model_dirs: list[str], prompts: list[list[int]], new_tokens: int = 16,
                   dtype: str = "fp32", threads: int | None = None
                   ) -> tuple[list[Parity], dict[str, str], dict]:
@@ -83,13 +109,9 @@ def greedy_parity(model_dirs: list[str], prompts: list[list[int]], new_tokens: i
     engine (vLLM version and device).
     """
     max_len = max(map(len, prompts)) + new_tokens
-    dtype_bytes = DTYPES[dtype].itemsize
-    configs = [load_config(d) for d in model_dirs]
-    jobs = [{"model": str(d), "dtype": VLLM_DTYPES[dtype], "max_model_len": max_len,
-             "kv_cache_bytes": kv_cache_bytes(config, len(prompts), max_len, dtype_bytes),
-             "hf_overrides": vllm_overrides(config),
+    jobs = [{**vllm_job(d, load_config(d), dtype, len(prompts), max_len),
              "generate": {"prompts": prompts, "max_tokens": new_tokens,
-                          "logprobs": TOP_LOGPROBS}} for d, config in zip(model_dirs, configs)]
+                          "logprobs": TOP_LOGPROBS}} for d in model_dirs]
     result = run_vllm(jobs, threads=threads)
     parities, failed = [], {}
     for model_dir, out in zip(model_dirs, result["models"]):

@@ -13,6 +13,8 @@ from ..arch.modeling import load_config
 from ..core.errors import MinitronError
 from ..core.hub import resolve_model
 from ..core.precision import resolve_device, resolve_precision
+from ..core.quantized import Quantization, read_quantization
+from .quant_support import detect_hardware, vllm_kernel
 from .vllm_env import VLLM_DTYPES, vllm_overrides, vllm_python
 
 _CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
@@ -50,8 +52,9 @@ class ServeSettings:
 
 
 def check_settings(settings: ServeSettings):
-    """Refuse, in one line, a folder that is not a model, bad limits or a port in use;
-    returns the model's config."""
+    """Refuse, in one line, a folder that is not a model, a quantized one vLLM has no kernel
+    for on this hardware, bad limits or a port in use; returns the model's config."""
+    vllm_kernel(read_quantization(settings.path), detect_hardware())
     config = load_config(settings.path)
     if not any(settings.path.glob("*.safetensors")):
         raise MinitronError(f"{settings.model} has no *.safetensors weights")
@@ -88,9 +91,10 @@ def has_chat_template(model_dir: str | Path) -> bool:
         config.is_file() and '"chat_template"' in config.read_text())
 
 
-def server_command(settings: ServeSettings, python: str,
-                   overrides: dict | None = None) -> list[str]:
-    """The vLLM server's command line (the model's own chat template, no remote code)."""
+def server_command(settings: ServeSettings, python: str, overrides: dict | None = None,
+                   quant: Quantization | None = None) -> list[str]:
+    """The vLLM server's command line (the model's own chat template, no remote code;
+    ``--quantization`` from the folder's ``quant``)."""
     cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(settings.path),
            "--served-model-name", settings.name, "--host", settings.host,
            "--port", str(settings.port), "--dtype", VLLM_DTYPES[settings.dtype]]
@@ -98,6 +102,8 @@ def server_command(settings: ServeSettings, python: str,
         cmd += ["--max-model-len", str(settings.max_model_len)]
     if overrides:
         cmd += ["--hf-overrides", json.dumps(overrides)]
+    if quant is not None and quant.vllm_method:
+        cmd += ["--quantization", quant.vllm_method]
     return cmd
 
 
@@ -105,7 +111,10 @@ def usage_lines(settings: ServeSettings) -> list[str]:
     """The URL, a curl example and what the server can answer."""
     body = ('{"model": "%s", "messages": [{"role": "user", "content": "Hello"}], '
             '"max_tokens": 32}' % settings.name)
-    lines = [f"serving {settings.model} as {settings.name!r} in {settings.dtype} at "
+    quant = read_quantization(settings.path)
+    kernel = vllm_kernel(quant, detect_hardware())
+    weights = f"{quant.label} weights ({kernel.kernel}), " if quant and kernel else ""
+    lines = [f"serving {settings.model} as {settings.name!r}, {weights}in {settings.dtype} at "
              f"{settings.url} (Ctrl-C stops)",
              f"  curl {settings.url}/chat/completions -H 'Content-Type: application/json' "
              f"-d {shlex.quote(body)}"]
@@ -125,5 +134,5 @@ def serve(settings: ServeSettings) -> None:
         print(line, flush=True)
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gib))
-    cmd = server_command(settings, python, overrides)
+    cmd = server_command(settings, python, overrides, read_quantization(settings.path))
     os.execve(python, cmd, env)

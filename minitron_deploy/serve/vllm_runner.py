@@ -5,11 +5,15 @@ environment does not have). Models run one after another in this process (the en
 process, so vLLM is imported once), each as given in the job::
 
     {"models": [{"model": DIR, "dtype": "float32", "max_model_len": N, "kv_cache_bytes": B,
-                 "hf_overrides": {...} or null,
+                 "hf_overrides": {...} or null, "quantization": "compressed-tensors" or null,
+                 "enforce_eager": true (default) or false (compiled, with CUDA graphs captured
+                 for the throughput batch sizes),
                  "generate": {"prompts": [[ids]], "max_tokens": N, "logprobs": K},
+                 "score": {"prompts": [[ids]]},
                  "throughput": {"batches": {"B": [[ids]] * B}, "osl": N, "warmup": W, "reps": R}}]}
 
-``generate``: greedy token ids (EOS ignored) and each step's top-K logprobs. ``throughput``:
+``generate``: greedy token ids (EOS ignored) and each step's top-K logprobs. ``score``: per
+prompt, the logprob of each of its tokens after the first given those before. ``throughput``:
 per batch size, ``reps`` timed runs after ``warmup`` untimed ones, each a :class:`Timing`-shaped
 dict (``ttft_s`` when every request has its first token, ``e2e_s`` when all are done). A model
 that fails gets ``{"error": "one line"}`` and the next one still runs.
@@ -28,9 +32,14 @@ os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # no API frontend to
 def _engine(job: dict):
     from vllm import LLM
 
+    eager = job.get("enforce_eager", True)
+    batches = (job.get("throughput") or {}).get("batches", {})
+    graphs = {} if eager or not batches else {
+        "compilation_config": {"cudagraph_capture_sizes": sorted(map(int, batches))}}
     return LLM(model=job["model"], dtype=job["dtype"], max_model_len=job["max_model_len"],
                kv_cache_memory_bytes=job["kv_cache_bytes"], hf_overrides=job.get("hf_overrides"),
-               enforce_eager=True, skip_tokenizer_init=True, seed=0, trust_remote_code=False)
+               quantization=job.get("quantization"), enforce_eager=eager,
+               skip_tokenizer_init=True, seed=0, trust_remote_code=False, **graphs)
 
 
 def _greedy(llm, spec: dict) -> list[dict]:
@@ -48,6 +57,18 @@ def _greedy(llm, spec: dict) -> list[dict]:
                  for step in completion.logprobs or []]
         results.append({"token_ids": list(completion.token_ids), "logprobs": steps})
     return results
+
+
+def _score(llm, spec: dict) -> list[list[float]]:
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in spec["prompts"]], params,
+                           use_tqdm=False)
+    return [[step[tok].logprob for tok, step in zip(out.prompt_token_ids[1:],
+                                                    out.prompt_logprobs[1:])]
+            for out in outputs]
 
 
 def _timed_run(engine, prompts: list[list[int]], osl: int, tag: str) -> dict:
@@ -93,6 +114,8 @@ def _run_model(job: dict, index: int) -> dict:
         out: dict = {}
         if job.get("generate"):
             out["generate"] = _greedy(llm, job["generate"])
+        if job.get("score"):
+            out["score"] = _score(llm, job["score"])
         if job.get("throughput"):
             out["throughput"] = _throughput(llm, job["throughput"], f"m{index}")
         return out
