@@ -5,19 +5,28 @@ the source with those units masked (tests/moe_masking.py), a trimmed checkpoint 
 same logits, and the family-specific tensors are read as transformers computes them."""
 
 import copy
+import json
 
 import pytest
 import torch
 from masking import masked_reference
 from test_moe_trim import moe_plan
-from tiny_models import MOE_EXTRA_FAMILIES, logits, tiny_batch, tiny_model
+from tiny_models import (
+    CALIB_TEXT,
+    MOE_EXTRA_FAMILIES,
+    logits,
+    save_tiny_checkpoint,
+    tiny_batch,
+    tiny_model,
+)
 from transformers import AutoModelForCausalLM
 
 from minitron_deploy.arch import get_adapter
-from minitron_deploy.arch.gpt_oss import load_options
 from minitron_deploy.bench.engine import EngineWeights
+from minitron_deploy.cli import main
 from minitron_deploy.core.errors import MinitronError
 from minitron_deploy.core.shape import ModelShape
+from minitron_deploy.importance.experts import routed
 from minitron_deploy.pruning.trim import KeepPlan, trim_model
 
 
@@ -176,7 +185,52 @@ def test_mxfp4_checkpoints_load_dequantized(quantization, dequantized):
     from transformers import GptOssConfig
 
     config = GptOssConfig(quantization_config=quantization) if quantization else GptOssConfig()
-    options = load_options(config)
+    options = get_adapter(config).load_options(config)
     assert bool(options) == dequantized
     if dequantized:
         assert options["quantization_config"].dequantize is True
+
+
+@pytest.mark.parametrize("family", MOE_EXTRA_FAMILIES)
+def test_importance_recomputes_each_experts_output(family):
+    """The expert-importance hooks recompute each routed expert's output (gpt-oss: biases,
+    interleaved gate/up, clamped SwiGLU) and the weighted sum is the module's output."""
+    model = tiny_model(family)
+    adapter, calls = get_adapter(model.config), []
+    experts = adapter.experts(model.model.layers[0])
+    handle = experts.register_forward_hook(lambda m, args, out: calls.append((args, out)))
+    logits(model, tiny_batch())
+    handle.remove()
+    (hidden, index, weights), out = calls[0]
+    rebuilt = torch.zeros_like(hidden)
+    for part in routed(experts, hidden, index, weights):
+        rebuilt.index_add_(0, part.rows, part.output * part.weights[:, None])
+    torch.testing.assert_close(rebuilt, out, atol=1e-6, rtol=1e-5)
+
+
+def test_vllm_refuses_a_qwen2_moe_whose_head_dim_is_not_hidden_over_heads():
+    from minitron_deploy.serve.vllm_env import vllm_overrides
+
+    model = tiny_model("qwen2_moe", head_dim=8)  # 6 x 8 = 48: as vLLM derives it
+    assert vllm_overrides(model.config) is None
+    pruned = trim_model(model, family_plan(model, hidden=40))
+    with pytest.raises(MinitronError, match=r"^vLLM's Qwen2-MoE derives head_dim .* \(40 / 6\)"):
+        vllm_overrides(pruned.config)
+
+
+@pytest.mark.parametrize("family", MOE_EXTRA_FAMILIES)
+def test_prune_cli_writes_a_stock_checkpoint_equal_to_the_in_memory_trim(family, tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    model = save_tiny_checkpoint(family, src)
+    (tmp_path / "calib.txt").write_text(CALIB_TEXT)
+    rc = main(["prune", "--model", str(src), "--calib", str(tmp_path / "calib.txt"),
+               "--out", str(out), "--num-experts", "4", "--moe-ffn-hidden-size", "16",
+               "--hidden-size", "32", "--num-heads", "4", "--num-layers", "3",
+               "--calib-samples", "8", "--seq-len", "32", "--batch-size", "4"])
+    assert rc == 0
+    record = json.loads((out / "minitron" / "minitron.json").read_text())
+    reloaded = AutoModelForCausalLM.from_pretrained(str(out), attn_implementation="eager").eval()
+    in_memory = trim_model(copy.deepcopy(model.eval()), KeepPlan.from_json(record["kept"]))
+    x = tiny_batch(seq=20)
+    assert torch.equal(logits(reloaded, x), logits(in_memory, x))
+    assert (reloaded.config.num_experts, reloaded.config.num_attention_heads) == (4, 4)

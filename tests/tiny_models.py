@@ -67,12 +67,12 @@ def tiny_config(family: str, **overrides):
                               shared_expert_intermediate_size=32, mlp_only_layers=[1])
     if family == "gpt_oss":  # 6 experts of width 24, top-2; sinks; biases; sliding layers 0 and
         # 2 with a window shorter than the test sequences; a SwiGLU limit the activations reach
-        return GptOssConfig(**dict(kw, intermediate_size=24), head_dim=16, num_local_experts=6,
-                            num_experts_per_tok=2, sliding_window=6, swiglu_limit=0.1,
-                            rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0,
-                                             "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0,
-                                             "truncate": False,
-                                             "original_max_position_embeddings": 64})
+        rope = {"rope_type": "yarn", "rope_theta": 150000.0, "factor": 4.0, "beta_fast": 32.0,
+                "beta_slow": 1.0, "truncate": False, "original_max_position_embeddings": 64}
+        return GptOssConfig(**{**_COMMON, "intermediate_size": 24, "head_dim": 16,
+                               "num_local_experts": 6, "num_experts_per_tok": 2,
+                               "sliding_window": 6, "swiglu_limit": 0.1,
+                               "rope_parameters": rope, **overrides})
     raise KeyError(family)
 
 

@@ -202,6 +202,11 @@ class DecoderAdapter:
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = w.up.shape[0]
 
+    def load_options(self, config) -> dict:
+        """Extra ``from_pretrained`` arguments the model ``config`` describes needs (gpt-oss:
+        MXFP4 experts dequantized)."""
+        return {}
+
     def vllm_overrides(self, config) -> dict | None:
         """Config overrides vLLM needs to load this checkpoint as transformers does, or None."""
         return None

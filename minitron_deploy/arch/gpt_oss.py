@@ -13,7 +13,7 @@
 - sliding and full layers by ``layer_types`` (sliced with the kept layers).
 
 The released checkpoints store the experts in MXFP4 (``quant_method: mxfp4``): they load
-dequantized (:func:`load_options`), which is exact, as every MXFP4 value is a bfloat16.
+dequantized (``load_options``), which is exact, as every MXFP4 value is a bfloat16.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .moe import ExpertWeights, MoEAdapter
 MXFP4 = "mxfp4"
 
 
-def load_options(config) -> dict:
+def mxfp4_dequantized(config) -> dict:
     """``from_pretrained`` arguments that load an MXFP4 checkpoint dequantized (an empty dict
     for any other): transformers would otherwise keep MXFP4 experts on a GPU with its kernels,
     which no trimming or scoring code reads."""
@@ -56,7 +56,9 @@ class GptOssAdapter(MoEAdapter):
     model_types = ("gpt_oss",)
     static_features = frozenset({"moe", "attention_sinks", "clamped_swiglu"})
     expert_ffn_field = "intermediate_size"
-    vllm = False  # vLLM's CPU backend has no attention sinks; not checked on GPU here
+
+    def load_options(self, config) -> dict:
+        return mxfp4_dequantized(config)
 
     def get_attention(self, layer: nn.Module) -> AttentionWeights:
         w = super().get_attention(layer)
@@ -70,6 +72,11 @@ class GptOssAdapter(MoEAdapter):
 
     def router(self, layer: nn.Module) -> nn.Module:
         return layer.mlp.router
+
+    def expert_forward(self, experts: nn.Module, e: int,
+                       x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        act = experts._apply_gate(x @ experts.gate_up_proj[e] + experts.gate_up_proj_bias[e])
+        return act, act @ experts.down_proj[e] + experts.down_proj_bias[e]
 
     def get_experts(self, layer: nn.Module) -> ExpertWeights:
         router, experts = self.router(layer), self.experts(layer)

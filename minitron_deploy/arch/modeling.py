@@ -60,12 +60,13 @@ def load_model(model_dir: str | Path, dtype: str = "fp32", device: str = "cpu"):
     """Model (eval mode) and tokenizer (or None) from a local dir or Hub id, without remote
     code."""
     model_dir = resolve_model(model_dir)
-    load_config(model_dir)
+    config = load_config(model_dir)
     if dtype not in DTYPES:
         raise MinitronError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=DTYPES[dtype],
-                                                     trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=DTYPES[dtype], trust_remote_code=False,
+            **get_adapter(config).load_options(config))
     except Exception as exc:  # safetensors/torch raise many types for corrupt or missing weights
         first = (str(exc).strip().splitlines() or [""])[0]
         raise MinitronError(f"cannot load weights from {model_dir}: {type(exc).__name__}: {first}")

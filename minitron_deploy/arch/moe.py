@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .base import DecoderAdapter, MLPWeights
 
@@ -114,6 +115,15 @@ class MoEAdapter(DecoderAdapter):
 
     def experts(self, layer: nn.Module) -> nn.Module:
         return layer.mlp.experts
+
+    def expert_forward(self, experts: nn.Module, e: int,
+                       x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expert ``e`` of an experts module on tokens ``x [n, H]``, as its eager forward
+        computes it: the intermediate activation ``[n, I]`` (neurons in ``ExpertWeights``
+        order) and the output ``[n, H]``."""
+        gate, up = F.linear(x, experts.gate_up_proj[e]).chunk(2, dim=-1)
+        act = experts.act_fn(gate) * up
+        return act, F.linear(act, experts.down_proj[e])
 
     def get_experts(self, layer: nn.Module) -> ExpertWeights:
         router, experts = self.router(layer), self.experts(layer)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..core.errors import MinitronError
+from ..core.shape import ModelShape
 from .base import new_linear
 from .moe import ExpertShape, ExpertWeights, MoEAdapter
 
@@ -49,6 +51,17 @@ class Qwen2MoeAdapter(MoEAdapter):
         super().set_experts(layer, w)
         self.set_mlp(_Shared(layer.mlp.shared_expert), w.shared)
         layer.mlp.shared_expert_gate = new_linear(w.shared_gate, None)
+
+    def vllm_overrides(self, config) -> dict | None:
+        """None; vLLM's Qwen2-MoE derives head_dim from hidden_size / heads (no other
+        architecture reads its weights), so checkpoints whose head_dim differs are refused."""
+        shape = ModelShape.from_config(config)
+        if shape.head_dim * shape.num_heads != shape.hidden_size:
+            raise MinitronError(f"vLLM's Qwen2-MoE derives head_dim from hidden_size / heads "
+                                f"({shape.hidden_size} / {shape.num_heads}), and this checkpoint's "
+                                f"is {shape.head_dim}: prune hidden and heads together to "
+                                "heads x head_dim = hidden_size, or serve it with transformers")
+        return None
 
     def update_config(self, config, kept_layers: list[int]) -> None:
         super().update_config(config, kept_layers)

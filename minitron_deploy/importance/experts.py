@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..arch import get_adapter
 from ..core.errors import MinitronError
@@ -40,14 +39,14 @@ class Routed:
 
 def routed(experts: nn.Module, hidden: torch.Tensor, index: torch.Tensor,
            weights: torch.Tensor) -> Iterator[Routed]:
-    """Each expert's share of one call of a transformers experts module (``gate_up_proj``
-    ``[E, 2I, H]``, gate rows first; ``down_proj`` ``[E, H, I]``), recomputed as its eager
-    forward does; ``hidden`` is ``[tokens, H]``, ``index`` / ``weights`` ``[tokens, top_k]``."""
+    """Each expert's share of one call of a transformers experts module, recomputed as its
+    eager forward does (the family's ``MoEAdapter.expert_forward``); ``hidden`` is
+    ``[tokens, H]``, ``index`` / ``weights`` ``[tokens, top_k]``."""
+    forward = get_adapter(experts.config).expert_forward
     for e in torch.unique(index).tolist():
         rows, pos = torch.where(index == e)
-        gate, up = F.linear(hidden[rows], experts.gate_up_proj[e]).chunk(2, dim=-1)
-        act = experts.act_fn(gate) * up
-        yield Routed(e, rows, weights[rows, pos], act, F.linear(act, experts.down_proj[e]))
+        act, out = forward(experts, e, hidden[rows])
+        yield Routed(e, rows, weights[rows, pos], act, out)
 
 
 _ARGS = ("hidden_states", "top_k_index", "top_k_weights")
