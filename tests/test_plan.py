@@ -245,3 +245,32 @@ def test_cpu_memory_comes_from_proc_meminfo_where_it_exists(tmp_path):
     meminfo.write_text("MemTotal:       16384 kB\nMemFree:  1 kB\nMemAvailable:    8192 kB\n")
     assert _meminfo(meminfo) == (16384 * 1024, 8192 * 1024)
     assert _meminfo(tmp_path / "absent") is None
+
+
+@pytest.mark.parametrize("scheme", ["fp8", "w4a16", "gguf-q4_0"])
+def test_quantize_stage_plans_the_students_bytes_in_its_scheme(width_recipe_args, scheme,
+                                                                capsys):
+    """The dry run's quantize line gives the final student's weight bytes as ``scheme``
+    stores them (the byte model that ``tests/test_weight_bytes.py`` checks against files)."""
+    from minitron_deploy.pipeline.plan import plan_recipe
+    from minitron_deploy.pipeline.recipe import load_recipe
+    from minitron_deploy.quantize.schemes import weight_bytes
+
+    assert main([*width_recipe_args, "--set", f"quantize.scheme={scheme}", "--gpus", "8",
+                 "--device-memory-gb", "80"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("quantize"))
+    from transformers import LlamaConfig
+
+    from minitron_deploy.pruning.target import resolve_target
+
+    teacher = LlamaConfig(**LLAMA31_8B)
+    recipe = load_recipe(packaged_recipe("llama31-8b-to-4b-width"),
+                         {"teacher": width_recipe_args[-1].removeprefix("teacher="),
+                          "quantize.scheme": scheme})
+    plan = plan_recipe(recipe, width_recipe_args[width_recipe_args.index("--work-dir") + 1])
+    quantized = next(p for p in plan if p.name == "quantize")
+    student = reshaped_config(teacher, resolve_target(teacher, recipe.prune).shape)
+    expected = weight_bytes(student, scheme)
+    assert quantized.disk_bytes == expected and f"{expected / GIB:.2f} GiB of weights" in line
+    # 16-bit embeddings and lm_head (w4a16) weigh 1.6 GB of the 4-bit student
+    assert expected < (0.6 if scheme == "fp8" else 0.4) * 2 * quantized.params

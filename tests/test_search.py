@@ -376,3 +376,132 @@ def test_rank_by_task_accuracy_after_short_kd(workspace, tmp_path):
     assert len(ranked) == 2 and all(r["loss_kd"] is not None for r in ranked)
     best = max(ranked, key=lambda r: (r["task"], -r["loss_kd"]))  # ties: lower loss
     assert result.chosen == best["key"]
+
+
+# --- structure x precision ------------------------------------------------------------------
+
+DEPLOY = {"gpu": "h200", "at_batch": 1, "isl": 64, "osl": 16}
+
+
+def test_each_shape_is_expanded_per_scheme_and_its_bytes_decide_memory_feasibility():
+    from minitron_deploy.quantize.schemes import weight_bytes
+
+    config = tiny_config("llama")
+    predictor = Predictor(config, Deployment("h200", 1, 64, 16))
+    src = ModelShape.from_config(config)
+    limit = predictor.memory_gib(src, "fp8")  # the source itself in FP8
+    plan = plan_search(config, settings(target_params=None, target_memory_gb=limit,
+                                        tolerance=0.3, schemes="bf16,fp8", **DEPLOY))
+    low, high = plan.goal.window()
+    assert {c.scheme for c in plan.candidates} == {"bf16", "fp8"}
+    kv = 4 * src.num_layers * src.num_kv_heads * src.head_dim * (64 + 16)  # 16-bit K and V
+    for c in plan.candidates:
+        kv_c = kv * c.shape.num_layers // src.num_layers
+        assert c.prediction.weight_bytes == weight_bytes(config, c.scheme, shape=c.shape)
+        assert c.prediction.memory_gib == pytest.approx(
+            (c.prediction.weight_bytes + kv_c) / 2**30, rel=1e-12)
+        assert low <= c.prediction.memory_gib <= high
+        assert c.key == c.shape_key + ("-fp8" if c.scheme == "fp8" else "")
+    # shapes that fit in FP8 only: their 16-bit pair is over the limit, so it is not listed
+    fp8_only = [c for c in plan.candidates if c.scheme == "fp8"
+                and predictor.memory_gib(c.shape) > high]
+    assert fp8_only
+    assert not any(c.scheme == "bf16" and c.shape == fp8_only[0].shape for c in plan.candidates)
+
+
+def test_default_scheme_predicts_what_the_16_bit_roofline_does():
+    from minitron_deploy.bench.hardware import gpu_limits
+    from minitron_deploy.bench.limits import ModelCost
+    from minitron_deploy.core.shape import reshaped_config
+
+    config = tiny_config("llama")
+    assert SearchSettings(target_params=0.5).scheme_list == ("bf16",)
+    predictor = Predictor(config, Deployment("h100", 8, 64, 16))
+    limits = gpu_limits("h100")
+
+    def run_s(shape):
+        return limits.run_s(ModelCost.of(reshaped_config(config, shape)), 8, 64, 16, 2)
+
+    src = ModelShape.from_config(config)
+    shape = ModelShape(32, 64, 6, 2, 3, src.head_dim)
+    got = predictor.predict(shape)
+    assert got.speedup == pytest.approx(run_s(src) / run_s(shape), rel=1e-12)
+    assert got.weight_bytes == 2 * count_params(config, shape) and got.scheme == "bf16"
+
+
+def test_fewer_weight_bytes_decode_faster_at_batch_one():
+    predictor = Predictor(tiny_config("llama", vocab_size=32000),
+                          Deployment("h100", 1, 64, 128))
+    shape = predictor.source
+    speedups = [predictor.predict(shape, s).speedup for s in ("bf16", "fp8", "w4a16")]
+    assert speedups[0] == pytest.approx(1.0) and speedups == sorted(speedups)
+    assert len(set(speedups)) == 3
+
+
+def test_search_with_schemes_shares_losses_within_a_shape(workspace, tmp_path):
+    config = tiny_config("llama")
+    limit = Predictor(config, Deployment("h200", 1, 64, 16)).memory_gib(
+        ModelShape.from_config(config), "fp8")
+    out = tmp_path / "schemes"
+    result = search_student(workspace / "teacher", out,
+                            settings(target_params=None, target_memory_gb=limit, tolerance=0.3,
+                                     schemes="bf16,fp8", rank_by="loss", max_candidates=4,
+                                     **DEPLOY),
+                            calib=workspace / "calib.txt", dtype="fp32")
+    rows = result.report["candidates"]
+    by_shape = {}
+    for r in rows:
+        by_shape.setdefault(r["shape_key"], set()).add(r["loss_pruned"])
+    assert len(by_shape) <= 4 and all(len(losses) == 1 for losses in by_shape.values())
+    chosen = next(r for r in rows if r["chosen"])
+    best = min(rows, key=lambda r: r["loss_pruned"])
+    assert chosen["shape_key"] == best["shape_key"]
+    same_shape = [r for r in rows if r["shape_key"] == chosen["shape_key"]]
+    assert chosen["weight_bytes"] == max(r["weight_bytes"] for r in same_shape)
+    assert result.report["chosen_scheme"] == chosen["scheme"]
+    assert chosen["key"] not in result.report["tied_with_chosen"]
+    markdown = (out / "minitron" / "search.md").read_text()
+    assert "| scheme |" in markdown and "quantization error is not measured" in markdown
+
+
+def test_schemes_setting_is_a_checked_comma_list(capsys):
+    assert SearchSettings(target_params=0.5, schemes=["fp8", " bf16", "fp8"]).schemes == "fp8,bf16"
+    with pytest.raises(MinitronError, match=r"^schemes: int3: choose from bf16, fp8"):
+        SearchSettings(target_params=0.5, schemes="bf16,int3")
+    assert main(["search", "--model", "m", "--out", "o", "--target-params", "0.5",
+                 "--schemes", "int3"]) != 0
+    assert "schemes: int3" in capsys.readouterr().err
+
+
+def test_a_quantizing_recipe_searches_in_its_scheme(workspace, tmp_path):
+    from minitron_deploy.pipeline.plan import plan_recipe
+    from minitron_deploy.pipeline.recipe import load_recipe
+    from minitron_deploy.quantize.schemes import weight_bytes
+
+    config = tiny_config("llama")
+    limit = Predictor(config, Deployment("h200", 1, 64, 16)).memory_gib(
+        ModelShape.from_config(config), "fp8")
+    recipe_file = tmp_path / "q.yaml"
+    recipe_file.write_text(f"""
+name: quantized
+teacher: {workspace / 'teacher'}
+data: {workspace / 'calib.txt'}
+heldout: {workspace / 'calib.txt'}
+prune: {{search: {{target_memory_gb: {limit}, tolerance: 0.3, max_depth_prune: 0.5,
+                  gpu: h200, at_batch: 1, isl: 64, osl: 16}}}}
+quantize: {{scheme: fp8}}
+""")
+    recipe = load_recipe(recipe_file)
+    assert recipe.prune.search.scheme_list == ("fp8",)
+    plans = plan_recipe(recipe, work_dir=tmp_path / "plan")
+    student_bytes = next(p for p in plans if p.name == "quantize").disk_bytes
+    # the student's weights in FP8 plus its KV cache meet the target; in bf16 they would not
+    kv = plan_search(config, recipe.prune.search).candidates[0].prediction.memory_gib * 2**30 \
+        - student_bytes
+    assert 0.7 * limit <= (student_bytes + kv) / 2**30 <= limit
+    assert (2 * plans[0].params + kv) / 2**30 > limit
+    assert student_bytes == weight_bytes(config, "fp8", shape=plan_search(
+        config, recipe.prune.search).candidates[0].shape)
+    with pytest.raises(MinitronError, match="schemes: the recipe quantizes with fp8"):
+        load_recipe(recipe_file, {"prune": {"search": {
+            "target_memory_gb": limit, "schemes": "bf16,w4a16"}}})

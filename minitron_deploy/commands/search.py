@@ -17,6 +17,9 @@ _EXAMPLE = """examples:
   # the shapes Llama-3.1-8B would get for 2x predicted speed at batch 64 on an H100 (config only)
   minitron search --model meta-llama/Llama-3.1-8B --target-speedup 2.0 --at-batch 64 \\
       --gpu h100 --dry-run --out out/search-2x
+  # shapes x precisions whose weights (bf16, FP8 or INT4 bytes) plus KV cache fit 6 GiB
+  minitron search --model meta-llama/Llama-3.1-8B --target-memory-gb 6 \\
+      --schemes bf16,fp8,w4a16 --dry-run --out out/search-6gib
   # half the parameters: 3 candidates distilled for 8k tokens each, the best one pruned
   minitron search --model out/smollm2-135m --calib calib.txt --target-params 0.5 \\
       --candidates 3 --rank-tokens 8192 --out out/smollm2-half"""

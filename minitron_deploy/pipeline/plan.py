@@ -1,6 +1,7 @@
 """``minitron compress --dry-run``'s plan of a whole recipe: each stage's shapes and per-rank
-memory (calibration here; distillation from ``distill/memory.py``), and the refusal of a
-plan that cannot fit.
+memory (calibration here; distillation from ``distill/memory.py``), the quantized student's
+predicted weight bytes on disk (``quantize/schemes.py``), and the refusal of a plan that cannot
+fit.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..distill.memory import GIB, Choice, ModelSizes, options, pick
 from ..importance.layerwise import STREAMABLE_CRITERIA
 from ..pruning.settings import PruneSettings
 from ..pruning.target import resolve_target
+from ..quantize.schemes import weight_bytes
 from .recipe import Recipe
 
 
@@ -55,13 +57,15 @@ def calibration_memory(model: ModelSizes, prune: PruneSettings,
 
 @dataclass
 class StagePlan:
-    """One stage of a recipe: what it makes, its per-rank memory, and for prune and distill
-    every way of running it that was considered."""
+    """One stage of a recipe: what it makes, its per-rank memory, the weight bytes it writes
+    where predicted (quantize), and for prune and distill every way of running it that was
+    considered."""
 
     name: str
     detail: str
     params: int
     memory_bytes: int
+    disk_bytes: int | None = None
     choices: list[Choice] | None = None
     chosen: Choice | None = None
     calibration: dict[str, CalibrationMemory] | None = None
@@ -155,8 +159,10 @@ def plan_recipe(recipe: Recipe, work_dir: str | Path, world: int = 1,
                                final * 4))
     if recipe.quantize is not None:  # the fp32 student loaded, as export loads it
         q = recipe.quantize
-        plans.append(StagePlan("quantize", f"{q.scheme} ({q.resolved_format()})", final,
-                               final * 4))
+        disk = weight_bytes(config, q.scheme, q.resolved_format())
+        plans.append(StagePlan("quantize", f"{q.scheme} ({q.resolved_format()}): "
+                               f"{disk / GIB:.2f} GiB of weights on disk (predicted)", final,
+                               final * 4, disk_bytes=disk))
     plans.append(StagePlan("eval", ", ".join(recipe.eval.tasks), final, teacher_params * 4))
     for plan in plans:
         if plan.refusal is None and available is not None and plan.memory_bytes > available:

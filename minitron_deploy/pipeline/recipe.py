@@ -13,7 +13,9 @@ Unknown keys and wrong types are refused with the key's full path; sections map 
 Python API's own settings: ``prune`` is :class:`~minitron_deploy.pruning.settings.PruneSettings`
 (every ``minitron prune`` setting, checked by its schema), ``distill`` is ``DistillConfig``.
 ``prune.search`` chooses the shape by a student search instead (``minitron search``'s own
-settings, the target among them, e.g. ``search: {target_params: 0.5, candidates: 3}``).
+settings, the target among them, e.g. ``search: {target_params: 0.5, candidates: 3}``); in a
+recipe that quantizes, the last round's search plans the student in that scheme, so a memory or
+speedup target is the quantized student's.
 ``quantize`` is :class:`~minitron_deploy.quantize.settings.QuantizeSettings` (every ``minitron
 quantize`` setting; schemes that calibrate read ``data``).
 """
@@ -164,6 +166,9 @@ class Recipe:
                                 "'.', '_' and '-', starting with a letter or digit; it names "
                                 "the work dir out/<name>)")
         self.device = resolve_device(self.device)
+        last = self.rounds()[-1].prune
+        if self.quantize is not None and last.search is not None:  # targets: the deployed size
+            last.search = last.search.for_scheme(self.quantize.scheme)
 
     def rounds(self) -> list[Iteration]:
         """The prune + distill rounds in order (one unless ``iterations`` is set)."""

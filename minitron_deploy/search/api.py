@@ -1,9 +1,11 @@
 """``search_student()``: choose the pruned student by search instead of by a rule.
 
-Candidates (``candidates.py``) are the aligned shapes within the pruning bounds that meet the
-goal; all are pruned from one importance artifact, ranked by held-out loss right after
-pruning, and the best ``candidates`` again after a short distillation (or by a task's
-accuracy).
+Candidates (``candidates.py``) are the aligned shapes within the pruning bounds, each in every
+precision of ``schemes``, that meet the goal; every shape is pruned from one importance
+artifact, ranked by held-out loss right after pruning, and the best ``candidates`` shapes again
+after a short distillation (or by a task's accuracy). Losses are the 16-bit student's: a
+shape's precisions share them (quantization error is not measured), and the chosen shape is
+deployed in the least compressed of its precisions that meets the goal.
 The work (scores, per-candidate results, distillation checkpoints) lives in ``.<out>.partial``
 beside the output, so a re-run with the same settings resumes; the output folder appears only
 at the end: the chosen shape pruned by :func:`~minitron_deploy.pruning.api.prune` from those scores
@@ -44,7 +46,7 @@ from ..pruning.api import prune
 from ..pruning.scoring import score_model
 from ..pruning.settings import PruneSettings
 from ..pruning.target import TargetSpec, resolve_target
-from .candidates import Candidate, find_candidates
+from .candidates import Candidate, find_candidates, shape_representatives
 from .goal import Goal
 from .predict import Predictor
 from .rank import (
@@ -94,7 +96,7 @@ def plan_search(config, settings: SearchSettings) -> SearchPlan:
         raise MinitronError(f"target of {goal.value:,.0f} parameters is not smaller than the "
                             f"source ({source_params:,})")
     candidates = find_candidates(config, goal, predictor, settings.bounds(), settings.align,
-                                 settings.max_candidates)
+                                 settings.max_candidates, settings.scheme_list)
     return SearchPlan(predictor.source, source_params, goal, candidates,
                       _rule(config, goal, settings.align, predictor))
 
@@ -176,22 +178,25 @@ def _search(model_dir: Path, out: Path, work: Path, plan: SearchPlan, settings: 
         "heldout": held.tolist(), "depth_metric": settings.depth_metric, "kd": asdict(kd),
         "task": settings.rank_task, "task_limit": settings.rank_task_limit})
     teacher_scores = ImportanceScores.load(scores_path)
-    order, _ = rank_after_pruning(teacher, teacher_scores, plan.candidates,
+    order, _ = rank_after_pruning(teacher, teacher_scores, shape_representatives(plan.candidates),
                                   settings.depth_metric,
                                   lambda m: heldout_losses(m, held, settings.batch_size), cache)
-    results = {c.key: cache.get(c.key) for c in plan.candidates}
+    results = {c.shape_key: cache.get(c.shape_key) for c in order}
     if settings.rank_by != "loss":
         for c in tqdm(order[:settings.candidates], desc="short distillation", unit="candidate"):
-            if "loss_kd" not in results[c.key] or (metric and "task" not in results[c.key]):
+            key = c.shape_key
+            if "loss_kd" not in results[key] or (metric and "task" not in results[key]):
                 student = short_kd(model_dir, pruned_copy(teacher, teacher_scores, c,
                                                           settings.depth_metric),
-                                   train_text, work / "kd" / c.key, kd)
+                                   train_text, work / "kd" / key, kd)
                 per_seq = heldout_losses(student, held, settings.batch_size)
                 values = {"loss_kd": fmean(per_seq), "loss_kd_seqs": per_seq}
                 if metric is not None:
                     values["task"] = metric(student)
-                results[c.key] = cache.update(c.key, **values)
-    chosen = _best(order, results, settings)
+                results[key] = cache.update(key, **values)
+    best = _best(order, results, settings)
+    chosen = max((c for c in plan.candidates if c.shape == best.shape),
+                 key=lambda c: c.prediction.weight_bytes)
     return _finish(model_dir, out, work, plan, settings, results, chosen, scores_path, device,
                    dtype)
 
@@ -244,25 +249,33 @@ def _scores(teacher, tokenizer, model_dir: Path, train_text: Path, plan: SearchP
 
 def _best(order: list[Candidate], results: dict[str, dict], settings: SearchSettings
           ) -> Candidate:
+    """The best shape: lowest loss (after KD unless ranked by loss), or best task accuracy."""
     if settings.rank_by == "loss":
         return order[0]
     ranked = order[:settings.candidates]
     if settings.rank_task:
-        return max(ranked, key=lambda c: (results[c.key]["task"], -results[c.key]["loss_kd"]))
-    return min(ranked, key=lambda c: results[c.key]["loss_kd"])
+        return max(ranked, key=lambda c: (results[c.shape_key]["task"],
+                                          -results[c.shape_key]["loss_kd"]))
+    return min(ranked, key=lambda c: results[c.shape_key]["loss_kd"])
 
 
-def _rows(plan: SearchPlan, results: dict[str, dict] | None, chosen: str | None) -> list[dict]:
+def _rows(plan: SearchPlan, results: dict[str, dict] | None,
+          chosen: Candidate | None) -> list[dict]:
+    """One row per shape-precision pair; the chosen shape's other precisions get no gap (they
+    share its losses)."""
     results = results or {}
-    reference = results.get(chosen, {})
+    reference = results.get(chosen.shape_key, {}) if chosen else {}
     rows = []
     for c in plan.candidates:
-        got = results.get(c.key, {})
-        rows.append({"key": c.key, "axes": c.axes, "shape": c.shape.as_dict(),
-                     **asdict(c.prediction), "loss_pruned": got.get("loss_pruned"),
-                     "loss_kd": got.get("loss_kd"), "task": got.get("task"),
-                     **_gap(got, reference, "pruned"), **_gap(got, reference, "kd"),
-                     "chosen": c.key == chosen})
+        got = results.get(c.shape_key, {})
+        same = chosen is not None and c.shape == chosen.shape and c.key != chosen.key
+        rows.append({"key": c.key, "shape_key": c.shape_key, "axes": c.axes,
+                     "shape": c.shape.as_dict(), **asdict(c.prediction),
+                     "loss_pruned": got.get("loss_pruned"), "loss_kd": got.get("loss_kd"),
+                     "task": got.get("task"),
+                     **_gap(got, {} if same else reference, "pruned"),
+                     **_gap(got, {} if same else reference, "kd"),
+                     "chosen": chosen is not None and c.key == chosen.key})
     return rows
 
 
@@ -285,7 +298,7 @@ def _tied(rows: list[dict], settings: SearchSettings) -> list[str]:
 
 
 def _report(plan: SearchPlan, settings: SearchSettings, model_dir: Path,
-            results: dict[str, dict] | None, chosen: str | None) -> dict:
+            results: dict[str, dict] | None, chosen: Candidate | None) -> dict:
     from ..bench.hardware import GPU_LIMITS_SOURCE
 
     rows = _rows(plan, results, chosen)
@@ -296,7 +309,9 @@ def _report(plan: SearchPlan, settings: SearchSettings, model_dir: Path,
             "gpu_numbers": GPU_LIMITS_SOURCE[settings.gpu], "settings": settings.record(),
             "bounds": asdict(settings.bounds()), "align": settings.align.as_dict(),
             "rank_by": settings.rank_by, "top_k": settings.candidates,
-            "rank_tokens": settings.rank_tokens, "rule": plan.rule, "chosen": chosen,
+            "rank_tokens": settings.rank_tokens, "rule": plan.rule,
+            "schemes": list(settings.scheme_list),
+            "chosen": chosen and chosen.key, "chosen_scheme": chosen and chosen.scheme,
             "candidates": rows, "tied_with_chosen": _tied(rows, settings)}
 
 
@@ -308,8 +323,8 @@ def _dry_run(config, plan: SearchPlan, settings: SearchSettings, model_dir: Path
     report = _report(plan, settings, model_dir, None, None)
     with atomic_dir(out) as tmp:
         write_report(report, tmp)
-        for c in plan.candidates:
-            reshaped_config(config, c.shape).save_pretrained(str(tmp / "configs" / c.key))
+        for c in shape_representatives(plan.candidates):
+            reshaped_config(config, c.shape).save_pretrained(str(tmp / "configs" / c.shape_key))
     return SearchResult(out, report, None)
 
 
@@ -318,7 +333,7 @@ def _finish(model_dir: Path, out: Path, work: Path, plan: SearchPlan, settings: 
             dtype: str) -> SearchResult:
     """Prune the chosen shape from the scores into the work dir, add the report and the
     per-candidate results, then move it to ``out`` and drop the work dir."""
-    report = _report(plan, settings, model_dir, results, chosen.key)
+    report = _report(plan, settings, model_dir, results, chosen)
     final = work / "chosen"
     shutil.rmtree(final, ignore_errors=True)
     prune(model_dir, final, PruneSettings.make(shape_spec(chosen, settings.align),

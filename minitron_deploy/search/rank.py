@@ -55,17 +55,17 @@ def rank_after_pruning(teacher: nn.Module, scores: ImportanceScores,
     """Every candidate pruned from ``teacher`` with the same ``scores`` and measured by
     ``losses_of`` (per-sample losses, lower is better, ranked by their mean; results in
     ``cache`` are reused, new ones added): the candidates best first, and the mean loss per
-    candidate key."""
+    shape key."""
     losses = {}
     for c in tqdm(candidates, desc="loss after pruning", unit="candidate"):
-        cached = cache.get(c.key) if cache is not None else {}
+        cached = cache.get(c.shape_key) if cache is not None else {}
         if cached.get("loss_pruned") is None:
             per_sample = losses_of(pruned_copy(teacher, scores, c, depth_metric))
             cached = {"loss_pruned": fmean(per_sample), "loss_pruned_seqs": per_sample}
             if cache is not None:
-                cache.update(c.key, **cached)
-        losses[c.key] = cached["loss_pruned"]
-    return sorted(candidates, key=lambda c: losses[c.key]), losses
+                cache.update(c.shape_key, **cached)
+        losses[c.shape_key] = cached["loss_pruned"]
+    return sorted(candidates, key=lambda c: losses[c.shape_key]), losses
 
 
 def heldout_losses(model: nn.Module, sequences: torch.Tensor, batch_size: int) -> list[float]:

@@ -41,7 +41,8 @@ def markdown(report: dict) -> str:
              f"(tolerance {goal['tolerance']:.0%}); source {report['source_params']:,} "
              "parameters",
              f"- predictions: {d['gpu']} ({report['gpu_numbers']}), batch {d['batch']}, "
-             f"isl {d['isl']}, osl {d['osl']}, {d['dtype_bytes']} bytes per weight",
+             f"isl {d['isl']}, osl {d['osl']}; weights as each scheme stores them, "
+             f"{d['dtype_bytes']}-byte KV cache",
              f"- bounds: width <= {report['bounds']['max_width']:.0%}, depth <= "
              f"{report['bounds']['max_depth']:.0%}; alignment {report['align']}",
              f"- ranked by {report['rank_by']} (top {report['top_k']} distilled for "
@@ -53,21 +54,29 @@ def markdown(report: dict) -> str:
         lines.append(f"- the --target-params rule picks hidden {s['hidden_size']}, FFN "
                      f"{s['ffn_hidden_size']}, heads {s['num_heads']}, layers {s['num_layers']}"
                      f" ({rule['params']:,} parameters, speedup {rule['speedup']:.2f}x)")
+    schemes = report["schemes"]
+    if schemes != ["bf16"]:
+        lines.append(f"- precisions: {', '.join(schemes)}; a shape's precisions share its losses "
+                     "(those of the 16-bit student: quantization error is not measured) and the "
+                     "chosen shape gets the least compressed precision that meets the goal; "
+                     "speedups scale decode by weight bytes at the bf16 compute rate (a model, "
+                     "not a measurement)")
     if report.get("chosen"):
-        lines.append(f"- chosen: **{report['chosen']}**")
+        lines.append(f"- chosen: **{report['chosen']}** ({report['chosen_scheme']})")
     if report.get("tied_with_chosen"):
         lines.append(f"- within two standard errors of the chosen (paired over the held-out "
                      f"sequences): {', '.join(report['tied_with_chosen'])}; the ranking does "
                      "not separate them (more --rank-tokens or --heldout-seqs would)")
     stage = ranked_stage(report["rank_by"])
     has_task = any(r.get("task") is not None for r in report["candidates"])
-    lines += ["", "| candidate | axes | params | memory GiB | speedup | loss pruned | loss KD | "
-              f"loss {'KD' if stage == 'kd' else 'pruned'} - chosen |"
+    lines += ["", "| candidate | axes | scheme | params | weights GiB | memory GiB | speedup | "
+              f"loss pruned | loss KD | loss {'KD' if stage == 'kd' else 'pruned'} - chosen |"
               + (" task |" if has_task else ""),
-              "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_task else "")]
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_task else "")]
     for r in report["candidates"]:
         name = f"**{r['key']}**" if r.get("chosen") else r["key"]
-        lines.append(f"| {name} | {r['axes']} | {r['params']:,} | {r['memory_gib']:.2f} | "
+        lines.append(f"| {name} | {r['axes']} | {r['scheme']} | {r['params']:,} | "
+                     f"{r['weight_bytes'] / 2**30:.3f} | {r['memory_gib']:.2f} | "
                      f"{r['speedup']:.2f} | {_number(r['loss_pruned'], '.4f')} | "
                      f"{_number(r['loss_kd'], '.4f')} | {_gap(r, stage)} |"
                      + (f" {_number(r['task'], '.3f')} |" if has_task else ""))

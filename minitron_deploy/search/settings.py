@@ -15,11 +15,14 @@ from ..distill.api import DistillConfig
 from ..eval.tasks import TASKS
 from ..importance.settings import ScoringSettings
 from ..pruning.target import parse_alignment
+from ..quantize.schemes import SCHEMES, UNQUANTIZED
 from .goal import Goal
 from .predict import Deployment
 from .space import Bounds
 
 TARGETS = ("target_params", "target_memory_gb", "target_speedup")
+#: Precisions a candidate can be deployed in: the 16-bit checkpoint and every scheme.
+PRECISIONS = (UNQUANTIZED, *SCHEMES)
 _OTHER = "another target"
 _RANK_BY = "loss, kd or task:NAME"
 
@@ -53,6 +56,20 @@ def _steps(value: object) -> tuple[int, int, int]:
     return steps
 
 
+def _schemes(value: object) -> str:
+    """``"bf16,fp8"`` text or a list of precision names: a comma list naming each once, in
+    the order given."""
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise MinitronError(f"{value!r} is not a comma list of precisions")
+    names = tuple(dict.fromkeys(n.strip() for n in names if n.strip()))
+    unknown = [n for n in names if n not in PRECISIONS]
+    if unknown or not names:
+        raise MinitronError(f"{', '.join(unknown) or 'none given'}: choose from "
+                            f"{', '.join(PRECISIONS)}")
+    return ",".join(names)
+
+
 @dataclass
 class SearchSettings(ScoringSettings):
     """A search's settings (model, data and device are its inputs): :class:`ScoringSettings`'
@@ -62,8 +79,8 @@ class SearchSettings(ScoringSettings):
         None, "parameter budget: absolute (4.5e9) or a fraction of the source (0.5)",
         unset=_OTHER, check=positive)
     target_memory_gb: float | None = setting(
-        None, "GiB of weights plus the KV cache of at_batch sequences of isl + osl tokens",
-        unset=_OTHER, check=positive)
+        None, "GiB of weights (as each of schemes stores them) plus the 16-bit KV cache of "
+        "at_batch sequences of isl + osl tokens", unset=_OTHER, check=positive)
     target_speedup: float | None = setting(
         None, "predicted speedup over the source at at_batch on gpu (needs at_batch)",
         unset=_OTHER, check=_above_one)
@@ -71,6 +88,11 @@ class SearchSettings(ScoringSettings):
                                    unset="1; required with target_speedup", check=at_least(1))
     isl: int = setting(512, "prompt length of the predictions", check=at_least(1))
     osl: int = setting(128, "output length of the predictions", check=at_least(2))
+    schemes: str = setting(
+        UNQUANTIZED, "precisions each candidate shape is deployed in, e.g. bf16,fp8,w4a16: "
+        "every shape-precision pair is predicted (weight bytes by the scheme's storage in its "
+        "default format) and meets the target or not; losses are the 16-bit student's",
+        convert=_schemes)
     gpu: str = setting("h100", "GPU whose recorded copy bandwidth and bf16 matmul rate the "
                        "speedup prediction uses", choices=tuple(GPU_LIMITS))
     tolerance: float = setting(0.05, "candidates lie within this fraction below the params or "
@@ -117,6 +139,19 @@ class SearchSettings(ScoringSettings):
     def rank_task(self) -> str | None:
         """The task of ``rank_by task:NAME``."""
         return self.rank_by.removeprefix("task:") if self.rank_by.startswith("task:") else None
+
+    def for_scheme(self, scheme: str) -> SearchSettings:
+        """These settings searching the student deployed in ``scheme`` alone (a recipe that
+        quantizes: its targets are the quantized student's); refuses other schemes given."""
+        if self.schemes not in (UNQUANTIZED, scheme):
+            raise MinitronError(f"schemes: the recipe quantizes with {scheme}, so the search "
+                                f"plans in {scheme}; leave schemes out")
+        return SearchSettings.make(self, schemes=scheme)
+
+    @property
+    def scheme_list(self) -> tuple[str, ...]:
+        """``schemes`` as names."""
+        return tuple(self.schemes.split(","))
 
     def scoring(self) -> ScoringSettings:
         """The scoring part alone (what ``minitron prune`` takes with the chosen shape)."""
