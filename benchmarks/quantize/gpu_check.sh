@@ -8,14 +8,16 @@
 # Needs a vLLM environment for CUDA ($MINITRON_VLLM_PYTHON or .venv-vllm); stops in one line,
 # before building anything, where there is none.
 # Usage (repository root): bash benchmarks/quantize/gpu_check.sh [OUT_DIR] [WORK_DIR]
-# MINITRON_TINY=1: tiny shapes on whatever device (a CPU check of the script's logic).
+# MINITRON_TINY=1: tiny shapes on whatever device (a CPU check of the script's logic);
+# PYTHON: the python with this package's dependencies (default python3).
 set -euo pipefail
 out=${1:-benchmarks/quantize/results}
 work=${2:-/tmp/minitron-quantize-gpu}
 tiny=${MINITRON_TINY:-0}
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-minitron() { python -m minitron_deploy.cli "$@"; }
-python -c "from minitron_deploy.serve.vllm_env import vllm_python; vllm_python()" 2>/dev/null || {
+py=${PYTHON:-python3}
+minitron() { "$py" -m minitron_deploy.cli "$@"; }
+"$py" -c "from minitron_deploy.serve.vllm_env import vllm_python; vllm_python()" 2>/dev/null || {
   echo "no vLLM environment here: set MINITRON_VLLM_PYTHON to a python with vLLM for CUDA" >&2
   exit 3; }
 mkdir -p "$out"
@@ -28,7 +30,7 @@ else
   build=(); proto=(--isl 512 --osl 128 --reps 2 --warmup 1 --dtype bf16); big=32; small=64
 fi
 echo "=== build $(date -u +%FT%TZ)"
-python benchmarks/quantize/gpu_models.py build "$work" "${build[@]}"
+"$py" benchmarks/quantize/gpu_models.py build "$work" "${build[@]}"
 for model in teacher width depth; do
   echo "=== quantize $model $(date -u +%FT%TZ)"
   minitron quantize --model "$work/$model-bf16" --out "$work/$model-fp8" --scheme fp8
@@ -39,5 +41,5 @@ echo "=== bench $(date -u +%FT%TZ)"
 minitron bench --models "$work/teacher-bf16@$big" "$work/teacher-fp8@$big" \
   "$work/width-fp8@$small" "$work/depth-fp8@$small" --backend vllm --max-throughput \
   "${proto[@]}" --no-plots --out "$out/bench" 2>&1 | tee "$out/bench-log.txt"
-python benchmarks/quantize/gpu_models.py ratios "$out/bench/bench.json" "$out/ratios.json"
+"$py" benchmarks/quantize/gpu_models.py ratios "$out/bench/bench.json" "$out/ratios.json"
 echo "=== done $(date -u +%FT%TZ)"
