@@ -22,7 +22,8 @@ FLOORS = (
     ("data",),  # text, token files, shipped assets
     ("eval", "importance"),  # scoring models: tasks and perplexity; unit importance
     ("pruning",),  # the prune stage: target, selection, trimming
-    ("distill", "export", "serve", "quantize"),  # the other stages
+    ("quantize",),  # quantized checkpoints (distillation trains through their fake quantizers)
+    ("distill", "export", "serve"),  # the other stages
     ("bench",),  # throughput (serving engines among its backends)
     ("search",),  # student search: prunes, distills, evaluates and predicts speed
     ("pipeline",),  # recipes, resumable stages, the plan, the demo, the report

@@ -9,7 +9,9 @@ from .common import add_settings_args, settings_from_args
 
 _EXAMPLE = """example (2M tokens of forward-KL from the teacher into a pruned student):
   minitron distill --teacher meta-llama/Llama-3.1-8B --student out/llama-4.5b \\
-      --data train.jsonl --tokens 2e6 --seq-len 1024 --out out/llama-4.5b-kd"""
+      --data train.jsonl --tokens 2e6 --seq-len 1024 --out out/llama-4.5b-kd
+quantization-aware (the output is the int8-w8a8 checkpoint, as minitron quantize writes it):
+  minitron distill ... --quantize int8-w8a8 --out out/llama-4.5b-int8"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     from ..distill.api import distill
 
-    report = distill(args.teacher, args.student, args.data, args.out,
-                     settings_from_args(DistillConfig, args), resume=args.resume)
+    config = settings_from_args(DistillConfig, args)
+    report = distill(args.teacher, args.student, args.data, args.out, config, resume=args.resume)
+    what = f" ({config.quantize}, trained through its fake quantizers)" if config.quantize else ""
     print(f"distilled {report.steps} steps ({report.tokens:,} tokens) in {report.seconds:.0f} s: "
-          f"loss {report.first_loss:.4f} -> {report.last_loss:.4f}; wrote {report.out}")
+          f"loss {report.first_loss:.4f} -> {report.last_loss:.4f}; wrote {report.out}{what}")

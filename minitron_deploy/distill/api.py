@@ -2,7 +2,8 @@
 
 Checkpoints and the running log live in a work dir beside the output (``.<out>.partial``);
 the output directory appears only when training completed, as a stock Hugging Face
-checkpoint plus ``train_log.jsonl``, ``loss_curve.png`` and ``distill.json`` in its ``minitron/``
+checkpoint (with ``quantize``: the quantized checkpoint of that scheme, as ``minitron quantize``
+writes it, the student having trained through its fake quantizers) plus ``train_log.jsonl``, ``loss_curve.png`` and ``distill.json`` in its ``minitron/``
 subfolder.
 """
 
@@ -14,6 +15,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -77,7 +79,8 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
 
     ``on_step(record)`` receives every step's log record (progress reporting in pipelines);
     ``on_checkpoint(step, student)`` runs after every training checkpoint (evaluation during
-    training; it may switch the student to eval mode, training resumes in train mode).
+    training; it may switch the student to eval mode, training resumes in train mode; with
+    ``config.quantize`` the student computes through its fake quantizers).
     """
     config = replace(config, device=resolve_device(config.device))
     teacher_dir, student_dir = resolve_model(teacher_dir), resolve_model(student_dir)
@@ -86,6 +89,7 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
     out = check_output_dir(out_dir, student_dir)
     check_not_inside(out, teacher_dir)
     check_texts(data, config.text_column, config.split)
+    qad = _qad(config.quantize) if config.quantize else None
     teacher_cfg, student_cfg = load_config(teacher_dir), load_config(student_dir)
     if teacher_cfg.vocab_size != student_cfg.vocab_size:
         raise MinitronError(f"teacher vocabulary ({teacher_cfg.vocab_size}) and student "
@@ -111,6 +115,8 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
                                     else str(device))
     if tokenizer is None:
         raise MinitronError(f"{student_dir} has no tokenizer to tokenize the data")
+    if qad is not None:
+        qad.fake_quantize_student(student, config.quantize)
     needed = train_cfg.steps * train_cfg.batch_size * train_cfg.grad_accum * env.world
     started = time.perf_counter()
     with _discard_if_unresumable(work, env):
@@ -157,8 +163,10 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
         plot_loss_curve(records, folder / LOSS_CURVE,
                         f"{Path(student_dir).name}: distillation loss")
 
-    save_model(student, out, env, source_dir=student_dir, extra_json={DISTILL_SUMMARY: summary},
-               write_artifacts=write_logs)
+    write = save_checkpoint_atomic if qad is None else partial(
+        qad.save_quantized_student, scheme=config.quantize, tokenizer=tokenizer)
+    save_model(student, out, env, write, source_dir=student_dir,
+               extra_json={DISTILL_SUMMARY: summary}, write_artifacts=write_logs)
     on_main_rank(lambda: shutil.rmtree(work, ignore_errors=True))
     return report
 
@@ -191,14 +199,26 @@ def resolve_layout(config: DistillConfig, env: DistEnv, teacher_cfg, student_cfg
     return Layout(choice.strategy, choice.teacher_sharded, choice.activation_checkpointing)
 
 
-def save_model(model: nn.Module, out: Path, env: DistEnv, **kwargs) -> None:
-    """``save_checkpoint_atomic`` of a possibly sharded model: gathered onto rank 0 (a stock,
-    unsharded checkpoint; collective), then written by rank 0 while the others wait
-    (``core.dist.on_main_rank``)."""
+def save_model(model: nn.Module, out: Path, env: DistEnv,
+               write: Callable[..., object] = save_checkpoint_atomic, **kwargs) -> None:
+    """``write(model, out, **kwargs)`` (``save_checkpoint_atomic``, or the quantized writer)
+    of a possibly sharded model: gathered onto rank 0 (a stock, unsharded checkpoint;
+    collective), then written by rank 0 while the others wait (``core.dist.on_main_rank``)."""
     if is_sharded(model):
         state = full_state_dict(model)
         model = plain_copy(model, state) if env.is_main else model
-    on_main_rank(lambda: save_checkpoint_atomic(model, out, **kwargs))
+    on_main_rank(lambda: write(model, out, **kwargs))
+
+
+def _qad(scheme: str):
+    """The quantization-aware distillation module (``quantize/qad.py``), or a one-line refusal
+    where compressed-tensors, which it trains through and writes with, is missing."""
+    try:
+        from ..quantize import qad
+    except ImportError as exc:
+        raise MinitronError(f"quantize {scheme} needs compressed-tensors (pip install "
+                            f"'minitron-deploy[quantize]'): {exc}") from None
+    return qad
 
 
 @contextlib.contextmanager
@@ -242,7 +262,7 @@ def _correct_teacher(teacher_dir, config: DistillConfig, train_cfg: TrainConfig,
     tc = replace(train_cfg, steps=config.teacher_correction_steps,
                  lr=config.teacher_correction_lr, seed=config.seed + 1, warmup_steps=None,
                  min_lr_ratio=TrainConfig.min_lr_ratio, weight_decay=TrainConfig.weight_decay,
-                 max_grad_norm=TrainConfig.max_grad_norm)
+                 max_grad_norm=TrainConfig.max_grad_norm, quantize=None)
     train(LMObjective(teacher, config.chunk_tokens), sequences, tc,
           work / "teacher-correction", resume=resume, desc="teacher-correction", device=device)
     save_model(teacher, work / "teacher-corrected", env, source_dir=teacher_dir)

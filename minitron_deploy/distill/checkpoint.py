@@ -56,7 +56,8 @@ def data_sha256(sequences) -> str:
 def run_settings(cfg: TrainConfig, sequences, world: int, device: torch.device) -> dict:
     """What shapes a run of ``cfg`` on ``sequences`` over ``world`` ranks: the learning-rate
     schedule (warmup resolved as ``lr_at`` does), the optimizer, seed, precision (resolved on
-    ``device``), sequence length and global batch, and the data's sha256."""
+    ``device``), sequence length and global batch, the data's sha256 and the quantization
+    scheme trained through (QAD)."""
     seq_len = sequences.shape[1]
     return {"steps": cfg.steps, "lr": cfg.lr, "min_lr_ratio": cfg.min_lr_ratio,
             "warmup_steps": cfg.resolved_warmup_steps, "weight_decay": cfg.weight_decay,
@@ -64,7 +65,7 @@ def run_settings(cfg: TrainConfig, sequences, world: int, device: torch.device) 
             "precision": resolve_precision(device, cfg.precision), "seq_len": seq_len,
             "tokens_per_step": cfg.batch_size * cfg.grad_accum * world * seq_len,
             "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "world": world,
-            "data_sha256": data_sha256(sequences)}
+            "data_sha256": data_sha256(sequences), "quantize": cfg.quantize}
 
 
 def _describe(key: str, settings: dict) -> str:

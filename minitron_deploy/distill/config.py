@@ -17,6 +17,7 @@ from ..core.schema import (
     setting,
 )
 from ..data.text import TextSettings
+from ..quantize.schemes import QAD_SCHEMES
 from .objectives import PRECISIONS
 from .parallel import STRATEGIES
 from .schedule import TrainConfig
@@ -76,6 +77,11 @@ class DistillConfig(TextSettings):
     activation_checkpointing: bool = setting(False, "recompute each decoder layer in the "
                                                     "backward pass: less activation memory "
                                                     "for about 30% more compute")
+    quantize: str | None = setting(
+        None, "quantization-aware distillation: train the student through this scheme's fake "
+              "quantizers (the numerics of its checkpoint) and write it as that quantized "
+              "compressed-tensors checkpoint, as minitron quantize does (other schemes: distill, "
+              "then minitron quantize)", unset="a full-precision student", choices=QAD_SCHEMES)
     val_fraction: float = setting(0.0, "hold out this share of documents; distill.json "
                                        "reports their loss before and after training",
                                   check=below_one)

@@ -27,6 +27,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 where faster (precision.py); or "bf16" / "fp32"
     strategy: str = "single"  # single, ddp or fsdp (resolved; see parallel.py)
     activation_checkpointing: bool = False
+    quantize: str | None = None  # the scheme the student trains through (QAD), or None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

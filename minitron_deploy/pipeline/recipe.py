@@ -8,6 +8,7 @@
     distill: {tokens: 80000, seq_len: 256, lr: 1.0e-3}
     eval: {tasks: [ppl, arc_easy], limit: 100}
     quantize: {scheme: int8-w8a8}        # optional: the distilled student, quantized
+                                         # (qad: true: distilled through its fake quantizers)
 
 Unknown keys and wrong types are refused with the key's full path; sections map onto the
 Python API's own settings: ``prune`` is :class:`~minitron_deploy.pruning.settings.PruneSettings`
@@ -17,7 +18,7 @@ settings, the target among them, e.g. ``search: {target_params: 0.5, candidates:
 recipe that quantizes, the last round's search plans the student in that scheme, so a memory or
 speedup target is the quantized student's.
 ``quantize`` is :class:`~minitron_deploy.quantize.settings.QuantizeSettings` (every ``minitron
-quantize`` setting; schemes that calibrate read ``data``).
+quantize`` setting; schemes that calibrate read ``data``), and ``qad`` (:class:`QuantizeStage`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ..eval.api import parse_tasks
 from ..export.api import DEFAULT_DTYPES
 from ..importance.settings import ScoringSettings
 from ..pruning.settings import PruneSettings
+from ..quantize.schemes import COMPRESSED, QAD_SCHEMES
 from ..quantize.settings import QuantizeSettings
 from ..search.settings import SearchSettings
 
@@ -82,6 +84,26 @@ class PruneStage(PruneSettings):
     def prune_settings(self) -> PruneSettings:
         """The section without its search (what ``prune`` takes)."""
         return PruneSettings(**{f.name: getattr(self, f.name) for f in fields_of(PruneSettings)})
+
+
+@dataclass
+class QuantizeStage(QuantizeSettings):
+    """The ``quantize`` section: :class:`QuantizeSettings`, and ``qad`` (recipes only)."""
+
+    qad: bool = setting(False, "quantization-aware distillation: the last distill stage trains "
+                               "through the scheme's fake quantizers and writes the quantized "
+                               "student itself (no quantize stage after it)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.qad and (self.scheme not in QAD_SCHEMES or self.resolved_format() != COMPRESSED):
+            raise MinitronError(f"qad: trains through {', '.join(QAD_SCHEMES)} written as "
+                                f"{COMPRESSED}, not {self.scheme} as {self.resolved_format()}")
+
+    def quantize_settings(self) -> QuantizeSettings:
+        """The section without ``qad`` (what ``quantize`` takes)."""
+        return QuantizeSettings(**{f.name: getattr(self, f.name)
+                                   for f in fields_of(QuantizeSettings)})
 
 
 @dataclass
@@ -158,7 +180,7 @@ class Recipe:
     eval: EvalStage = field(default_factory=EvalStage)
     export: list[ExportStage] = field(default_factory=list)
     bench: BenchStage | None = None
-    quantize: QuantizeSettings | None = None  # the final student quantized, and evaluated
+    quantize: QuantizeStage | None = None  # the final student quantized, and evaluated
 
     def __post_init__(self) -> None:
         if not _SAFE_NAME.fullmatch(self.name):

@@ -88,7 +88,7 @@ def _export_stage(spec: ExportStage, model: Path, data: Path, device: str, out: 
 
 def _quantize_settings(recipe: Recipe) -> QuantizeSettings:
     """The recipe's quantize section, on the recipe's device unless it names its own."""
-    q = recipe.quantize
+    q = recipe.quantize.quantize_settings()
     return q if q.device != "auto" else replace(q, device=recipe.device)
 
 
@@ -140,6 +140,8 @@ def build_stages(recipe: Recipe, work: Path, teacher: Path, data: Path,
         tag = "" if len(rounds) == 1 else f"round{i + 1}-"
         pruned, distilled = work / f"{tag}pruned", work / f"{tag}distilled"
         cfg = replace(rnd.distill, device=recipe.device)
+        if i == len(rounds) - 1 and recipe.quantize is not None and recipe.quantize.qad:
+            cfg = replace(cfg, quantize=recipe.quantize.scheme)  # writes the quantized student
         inputs = {"teacher": current, "data": data}
         if rnd.prune.scores:
             inputs["scores"] = Path(rnd.prune.scores)
@@ -163,7 +165,7 @@ def build_stages(recipe: Recipe, work: Path, teacher: Path, data: Path,
                             lambda out, s=spec, m=current: _export_stage(s, m, data,
                                                                          recipe.device, out, text)))
     models = {"teacher": teacher, "pruned": last_pruned, "distilled": current}
-    if recipe.quantize is not None:
+    if recipe.quantize is not None and not recipe.quantize.qad:
         stages.append(_quantize_stage(recipe, current, data, work))
         if quantized_eval_note(recipe) is None:
             models[QUANTIZED] = stages[-1].output
@@ -216,6 +218,8 @@ def _finish(recipe: Recipe, stages: list[Stage], seconds: dict[str, float],
                             evaluation.inputs["distilled"], evaluation.output, results, seconds)
     if "quantize" in by_name:
         result.quantized = by_name["quantize"].output
+    elif recipe.quantize is not None:  # qad: the distilled student is the quantized one
+        result.quantized = result.distilled
     bench = by_name.get("bench")
     result.report = write_final_report(recipe, result, bench.output if bench else None, work)
     return result

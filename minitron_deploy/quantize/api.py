@@ -127,11 +127,21 @@ def quantize(model_dir: str | Path, out_dir: str | Path, settings: QuantizeSetti
     t0 = time.perf_counter()
     with atomic_dir(out_dir, model_dir) as tmp:
         write(model, tokenizer, tmp, batches, _kept_dtype(config))
-        report = QuantizeReport(
-            Path(out_dir).resolve(), settings.scheme, fmt, model_dir, weight_bytes(model_dir),
-            weight_bytes(tmp), sum(len(b) for b in batches), seconds)
         seconds["quantize"] = time.perf_counter() - t0
-        write_json_atomic(artifact_path(tmp, QUANTIZE_RECORD), _record(report, settings, calib))
+        report = write_record(tmp, out_dir, settings, model_dir, seconds, calib,
+                              sum(len(b) for b in batches))
+    return report
+
+
+def write_record(tmp: Path, out_dir: str | Path, settings: QuantizeSettings, source: Path,
+                 seconds: dict[str, float], calib: str | Path | None = None,
+                 samples: int = 0) -> QuantizeReport:
+    """Write ``minitron/quantize.json`` beside the checkpoint just quantized from ``source``
+    into ``tmp`` (the temp folder that becomes ``out_dir``) and return its report."""
+    report = QuantizeReport(Path(out_dir).resolve(), settings.scheme,
+                            settings.resolved_format(), source, weight_bytes(source),
+                            weight_bytes(tmp), samples, seconds)
+    write_json_atomic(artifact_path(tmp, QUANTIZE_RECORD), _record(report, settings, calib))
     return report
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from compressed_tensors.compressors import ModelCompressor
+from compressed_tensors.offload import as_single_threaded
 from compressed_tensors.quantization import (
     QuantizationConfig,
     QuantizationStatus,
@@ -58,7 +59,7 @@ def write_compressed(model, tokenizer, out: Path, scheme: str, calib: list[torch
     if scheme not in PRESETS:
         raise MinitronError(f"compressed-tensors has no scheme {scheme!r}; choose from "
                             f"{', '.join(PRESETS)}")
-    _check_shapes(model, scheme)
+    check_shapes(model, scheme)
     if scheme == "w4a16":
         _gptq(model, tokenizer, calib)
     else:
@@ -66,18 +67,18 @@ def write_compressed(model, tokenizer, out: Path, scheme: str, calib: list[torch
     _save(model, tokenizer, Path(out))
 
 
-def _quantized_linears(model):
+def quantized_linears(model):
     """(name, module) of every linear the schemes quantize."""
     return [(name, module) for name, module in model.named_modules()
             if isinstance(module, torch.nn.Linear) and name.split(".")[-1] not in IGNORE]
 
 
-def _check_shapes(model, scheme: str) -> None:
+def check_shapes(model, scheme: str) -> None:
     """Refuse a model with a quantized linear whose input features the scheme cannot split."""
     multiple = _COLUMN_MULTIPLE.get(scheme)
     if multiple is None:
         return
-    for name, module in _quantized_linears(model):
+    for name, module in quantized_linears(model):
         if module.in_features % multiple:
             raise MinitronError(f"scheme {scheme} needs input features divisible by {multiple}; "
                                 f"{name} has {module.in_features}")
@@ -98,6 +99,12 @@ def _weight_min_max(weight: torch.Tensor, args) -> tuple[torch.Tensor, torch.Ten
     raise MinitronError(f"no weight scales for quantization strategy {args.strategy}")
 
 
+def weight_qparams(weight: torch.Tensor, args) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of ``weight`` by ``args`` (a scheme's weight arguments): its own
+    min-max, as llm-compressor's weight observer computes them."""
+    return calculate_qparams(*_weight_min_max(weight, args), args)
+
+
 def _quantize_weights(model, preset: str) -> None:
     """Attach the preset to every targeted linear and set its weight scales from the weights'
     own min-max (what llm-compressor's weight observer computes); activations are dynamic."""
@@ -109,8 +116,7 @@ def _quantize_weights(model, preset: str) -> None:
             scheme = getattr(module, "quantization_scheme", None)
             if scheme is None:
                 continue
-            scale, zero_point = calculate_qparams(*_weight_min_max(module.weight, scheme.weights),
-                                                  scheme.weights)
+            scale, zero_point = weight_qparams(module.weight, scheme.weights)
             module.weight_scale.copy_(scale)
             if hasattr(module, "weight_zero_point"):
                 module.weight_zero_point.copy_(zero_point)
@@ -148,7 +154,8 @@ def _save(model, tokenizer, out: Path) -> None:
     """Compress the frozen quantized model and write it, its config's ``quantization_config``,
     generation config and tokenizer into ``out``."""
     compressor = ModelCompressor.from_pretrained_model(model)
-    compressor.compress_model(model, skip_compressed=True)
+    with as_single_threaded():  # this process alone, also where a process group is up
+        compressor.compress_model(model, skip_compressed=True)
     # The class's own save_pretrained: llm-compressor's oneshot wraps the instance's with one
     # that compresses again and writes its recipe beside the weights.
     type(model).save_pretrained(model, str(out))
