@@ -229,3 +229,58 @@ def test_a_bf16_checkpoint_keeps_its_unquantized_weights_in_bf16(source, tmp_pat
     weights = load_file(tmp_path / "out" / "model.safetensors")
     assert weights["model.embed_tokens.weight"].dtype == torch.bfloat16
     assert weights["model.layers.0.mlp.up_proj.weight"].dtype == torch.float8_e4m3fn
+
+
+# --- ModelOpt checkpoints as inputs ----------------------------------------------------------
+
+
+def test_load_model_reads_modelopt_fp8_as_the_written_file_computes(fp8_modelopt, capsys):
+    _, out = fp8_modelopt
+    model, tokenizer = load_model(out)
+    said = capsys.readouterr().out.strip().splitlines()
+    assert said == [(f"{out}: ModelOpt FP8 dequantized on load (weight x weight_scale, "
+                     "inputs rounded to FP8 by input_scale)")]
+    ids = tiny_batch(2, 16)
+    # the hand-built reference above (FP8 weights times scales, FP8-rounded inputs), which
+    # matches ModelOpt's own fake quantization within 1.5e-7
+    torch.testing.assert_close(logits(model, ids), logits(_dequantized_model(out), ids),
+                               rtol=0, atol=1e-6)
+    assert tokenizer is not None and not hasattr(model.config, "quantization_config")
+
+
+def test_a_modelopt_nvfp4_folder_is_refused_on_load_in_one_line(fp8_modelopt, tmp_path):
+    import shutil
+
+    folder = tmp_path / "nvfp4"
+    shutil.copytree(fp8_modelopt[1], folder)
+    record = folder / "minitron" / "quantize.json"
+    record.write_text(record.read_text().replace('"scheme": "fp8"', '"scheme": "nvfp4"'))
+    with pytest.raises(MinitronError, match=r"is nvfp4 \(modelopt\); of ModelOpt checkpoints "
+                                            "only FP8 ones load here") as err:
+        load_model(folder)
+    assert "\n" not in str(err.value)
+
+
+def test_a_quantized_checkpoint_is_not_quantized_again(fp8_modelopt, source):
+    out = source / "twice"
+    with pytest.raises(MinitronError, match=r"the model .* is already quantized \(fp8 "
+                                            r"\(modelopt\)\): quantize needs the 16-bit "
+                                            "checkpoint it was made from"):
+        quantize(fp8_modelopt[1], out, scheme="int8-w8a8", **CALIB)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text, samples, problem", [
+    (CALIB_TEXT, 1000, (r"calib.txt holds \d+ sequences of 32 tokens, fewer than "
+                        "calib_samples 1000: give more text, or lower calib_samples")),
+    ("too short", 8, "the data has 10 tokens, fewer than one sequence of 32"),
+])
+def test_calibration_text_too_short_for_the_scheme_is_refused(source, tmp_path, text, samples,
+                                                               problem):
+    (tmp_path / "calib.txt").write_text(text)
+    out = tmp_path / "out"
+    with pytest.raises(MinitronError, match=problem) as err:
+        quantize(source / "model", out, scheme="fp8", format="modelopt",
+                 calib=tmp_path / "calib.txt", **{**CALIB, "calib_samples": samples})
+    assert "\n" not in str(err.value)
+    assert not out.exists() and list(tmp_path.iterdir()) == [tmp_path / "calib.txt"]

@@ -17,6 +17,7 @@ from ..core.artifacts import ARTIFACTS_DIR
 from ..core.errors import MinitronError
 from ..core.hub import hub_cache, resolve_model
 from . import get_adapter
+from .quantized import gguf_file, is_modelopt, load_gguf, load_modelopt
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: Non-weight files copied from the source checkpoint (tokenizer, generation config, templates).
@@ -30,13 +31,17 @@ def load_config(model_dir: str | Path):
     path = resolve_model(model_dir)
     if not path.is_dir():
         raise MinitronError(f"model directory {path} does not exist")
-    if not (path / "config.json").is_file():
-        raise MinitronError(f"{path} is not a Hugging Face checkpoint (no config.json)")
-    _refuse_remote_code(path)
+    gguf = gguf_file(path)
+    if gguf is None and not (path / "config.json").is_file():
+        raise MinitronError(f"{path} is not a Hugging Face checkpoint (no config.json) nor a "
+                            "GGUF folder (no .gguf file)")
+    if gguf is None:
+        _refuse_remote_code(path)
+    source = path / (gguf or "config.json")
     try:
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        config = AutoConfig.from_pretrained(str(path), gguf_file=gguf, trust_remote_code=False)
     except (ValueError, OSError, json.JSONDecodeError) as exc:
-        raise MinitronError(f"cannot read {path / 'config.json'}: {str(exc).splitlines()[0]}")
+        raise MinitronError(f"cannot read {source}: {(str(exc).splitlines() or [''])[0]}")
     get_adapter(config)
     return config
 
@@ -58,22 +63,32 @@ def _refuse_remote_code(path: Path) -> None:
 
 def load_model(model_dir: str | Path, dtype: str = "fp32", device: str = "cpu"):
     """Model (eval mode) and tokenizer (or None) from a local dir or Hub id, without remote
-    code."""
+    code. Besides Hugging Face checkpoints (compressed-tensors ones too), GGUF folders and
+    ModelOpt FP8 checkpoints load, dequantized (``quantized.py``), saying so in one line."""
     model_dir = resolve_model(model_dir)
     config = load_config(model_dir)
     if dtype not in DTYPES:
         raise MinitronError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    gguf, tokenizer = gguf_file(model_dir), None
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=DTYPES[dtype], trust_remote_code=False,
-            **get_adapter(config).load_options(config))
+        if gguf is not None:
+            model, tokenizer = load_gguf(model_dir, gguf, DTYPES[dtype])
+        elif is_modelopt(model_dir):
+            model = load_modelopt(model_dir, DTYPES[dtype])
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(model_dir), dtype=DTYPES[dtype], trust_remote_code=False,
+                **get_adapter(config).load_options(config))
+    except MinitronError:
+        raise
     except Exception as exc:  # safetensors/torch raise many types for corrupt or missing weights
         first = (str(exc).strip().splitlines() or [""])[0]
         raise MinitronError(f"cannot load weights from {model_dir}: {type(exc).__name__}: {first}")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    except (OSError, ValueError, TypeError):
-        tokenizer = None
+    if tokenizer is None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        except (OSError, ValueError, TypeError):
+            tokenizer = None
     return model.to(device).eval(), tokenizer
 
 

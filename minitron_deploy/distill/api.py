@@ -28,6 +28,7 @@ from ..arch.modeling import (
     load_model,
     save_checkpoint_atomic,
 )
+from ..arch.quantized import refuse_quantized
 from ..core.artifacts import DISTILL_SUMMARY, LOSS_CURVE, TRAIN_LOG
 from ..core.devices import device_memory
 from ..core.dist import DistEnv, barrier, distributed_env, on_main_rank
@@ -84,6 +85,7 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
     """
     config = replace(config, device=resolve_device(config.device))
     teacher_dir, student_dir = resolve_model(teacher_dir), resolve_model(student_dir)
+    refuse_quantized("distill", teacher=teacher_dir, student=student_dir)
     if Path(out_dir).resolve() == teacher_dir.resolve():
         raise MinitronError("the output directory is the teacher; refusing to overwrite it")
     out = check_output_dir(out_dir, student_dir)

@@ -10,13 +10,13 @@ export, evaluation, benchmarking and the report run on rank 0 while the other ra
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..arch.modeling import atomic_dir, load_config
+from ..arch.quantized import load_problem
 from ..bench.models import NAMED_SHAPES
 from ..core.artifacts import artifact_path
 from ..core.dist import on_main_rank
@@ -30,7 +30,7 @@ from ..eval.retention import Retention, chance_accuracy, retention, retention_li
 from ..pruning.api import prune
 from ..pruning.report import print_prune_summary
 from ..quantize.api import QUANTIZE_RECORD, quantize
-from ..quantize.schemes import COMPRESSED, get_scheme
+from ..quantize.schemes import get_scheme
 from ..quantize.settings import QuantizeSettings
 from .recipe import BenchStage, ExportStage, Iteration, Recipe
 from .report_plot import plot_comparison
@@ -93,18 +93,14 @@ def _quantize_settings(recipe: Recipe) -> QuantizeSettings:
 
 
 def quantized_eval_note(recipe: Recipe) -> str | None:
-    """Why the quantized student is left out of evaluation (a format ``evaluate`` cannot
-    load: it loads Hugging Face checkpoints, compressed-tensors ones with that package), or
-    None when it is evaluated or there is none."""
+    """Why the quantized student is left out of evaluation (a checkpoint ``evaluate`` cannot
+    load, see ``arch/quantized.py``), or None when it is evaluated or there is none."""
     if recipe.quantize is None:
         return None
     fmt = recipe.quantize.resolved_format()
-    if fmt == COMPRESSED and importlib.util.find_spec("compressed_tensors") is not None:
-        return None
-    why = ("compressed-tensors is not installed" if fmt == COMPRESSED
-           else f"transformers does not load {fmt} checkpoints here")
-    return (f"the {QUANTIZED} student ({recipe.quantize.scheme}, {fmt}) is not evaluated: "
-            f"{why}")
+    why = load_problem(recipe.quantize.scheme, fmt)
+    return None if why is None else \
+        f"the {QUANTIZED} student ({recipe.quantize.scheme}, {fmt}) is not evaluated: {why}"
 
 
 def _quantize_stage(recipe: Recipe, model: Path, data: Path, work: Path) -> Stage:

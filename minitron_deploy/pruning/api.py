@@ -20,6 +20,7 @@ from ..arch.modeling import (
     load_model,
     save_checkpoint_atomic,
 )
+from ..arch.quantized import refuse_quantized
 from ..core.artifacts import PRUNING_RECORD, SCORES
 from ..core.errors import MinitronError
 from ..core.hub import resolve_model
@@ -85,6 +86,7 @@ def prune(model_dir: str | Path, out_dir: str | Path, settings: Schema | None = 
     start = time.perf_counter()
     device = resolve_device(device)
     model_dir = resolve_model(model_dir)
+    refuse_quantized("prune", model=model_dir)
     dtype = resolve_precision(device, dtype)
     config = load_config(model_dir)
     source = ModelShape.from_config(config)

@@ -12,6 +12,7 @@ import torch
 
 from .._version import __version__
 from ..arch.modeling import atomic_dir, check_output_dir, load_config, load_model
+from ..arch.quantized import refuse_quantized
 from ..core.artifacts import artifact_path
 from ..core.errors import MinitronError
 from ..core.files import write_json_atomic
@@ -88,6 +89,25 @@ def _check_request(settings: QuantizeSettings, fmt: str, device: str, config,
     return _writer(fmt, settings.scheme)
 
 
+def _calibration(settings: QuantizeSettings, calib: str | Path, tokenizer,
+                 model_dir: Path) -> list[torch.Tensor]:
+    """The calibration batches: ``calib_samples`` whole sequences of ``seq_len`` tokens, or a
+    refusal naming how many the text holds (a scheme never calibrates on less than asked)."""
+    if tokenizer is None:
+        raise MinitronError(f"scheme {settings.scheme} calibrates on text and needs the model's "
+                            f"tokenizer; {model_dir} has none")
+    batches = calibration_batches(calib, tokenizer, settings.calib_samples, settings.seq_len,
+                                  settings.batch_size, settings.seed, settings.text_column,
+                                  settings.split)
+    found = sum(len(b) for b in batches)
+    if found < settings.calib_samples:
+        raise MinitronError(f"calibration text {calib} holds {found} sequences of "
+                            f"{settings.seq_len} tokens, fewer than calib_samples "
+                            f"{settings.calib_samples}: give more text, or lower calib_samples "
+                            "(--calib-samples) or seq_len (--seq-len)")
+    return batches
+
+
 def _kept_dtype(config) -> torch.dtype:
     """The checkpoint's dtype, which weights left unquantized keep (bf16 if it has none)."""
     dtype = getattr(config, "dtype", None)
@@ -110,6 +130,7 @@ def quantize(model_dir: str | Path, out_dir: str | Path, settings: QuantizeSetti
     start = time.perf_counter()
     device = resolve_device(settings.device)
     model_dir = resolve_model(model_dir)
+    refuse_quantized("quantize", model=model_dir)
     config = load_config(model_dir)
     check_output_dir(out_dir, model_dir)
     write = _check_request(settings, fmt, device, config, calib)
@@ -117,12 +138,7 @@ def quantize(model_dir: str | Path, out_dir: str | Path, settings: QuantizeSetti
 
     model, tokenizer = load_model(model_dir, dtype=resolve_precision(device, settings.dtype),
                                   device=device)
-    if calibrated and tokenizer is None:
-        raise MinitronError(f"scheme {settings.scheme} calibrates on text and needs the model's "
-                            f"tokenizer; {model_dir} has none")
-    batches = calibration_batches(calib, tokenizer, settings.calib_samples, settings.seq_len,
-                                  settings.batch_size, settings.seed, settings.text_column,
-                                  settings.split) if calibrated else []
+    batches = _calibration(settings, calib, tokenizer, model_dir) if calibrated else []
     seconds = {"load": time.perf_counter() - start}
     t0 = time.perf_counter()
     with atomic_dir(out_dir, model_dir) as tmp:
