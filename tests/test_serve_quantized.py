@@ -161,12 +161,12 @@ def test_serve_passes_the_quantization_on(folders, monkeypatch):
 
 
 def test_bench_fast_path_refuses_a_quantized_folder(folders, tmp_path, capsys):
-    rc = main(["bench", "--models", str(folders["fp8"]), "--backend", "torch", "--device", "cpu",
-               "--out", str(tmp_path / "out")])
+    rc = main(["bench", "--models", str(folders["int8-w8a8"]), "--backend", "torch", "--device",
+               "cpu", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1
-    assert "the torch backend times 16-bit weights; fp8 is fp8 (compressed-tensors): time it " \
-           "with --backend vllm" in err
+    assert "the torch backend runs 16-bit and fp8 (compressed-tensors) checkpoints; int8-w8a8 " \
+           "is int8-w8a8 (compressed-tensors): time it with --backend vllm" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -12,6 +12,7 @@ from ..arch.modeling import DTYPES
 from ..core.errors import MinitronError
 from ..core.precision import resolve_precision
 from ..quantize.api import weight_bytes
+from .fp8 import check_fp8_device, check_fp8_folder, load_fp8_checkpoint, quantize_fp8
 from .hardware import free_memory, machine_info, measure_limits, resolve_device
 from .limits import ModelCost, memory_needed
 from .metrics import median_metrics
@@ -37,6 +38,9 @@ class BenchSettings:
     hf_cache: str = "static"
     max_throughput: bool = False
     seed: int = 0
+    #: ``fp8``: the torch backend times 16-bit models (named shapes included) with their linears
+    #: rounded to FP8 in memory, as ``minitron quantize --scheme fp8`` would write them.
+    quantize: str | None = None
 
     def validate(self) -> None:
         if not self.models:
@@ -52,6 +56,12 @@ class BenchSettings:
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise MinitronError(f"unknown dtype {self.dtype!r}; choose from auto, "
                                 f"{', '.join(DTYPES)}")
+        if self.quantize not in (None, "fp8"):
+            raise MinitronError(f"in-memory quantization is fp8 only, not {self.quantize!r}; "
+                                "write other schemes with minitron quantize")
+        if self.quantize and self.backends != ["torch"]:
+            raise MinitronError("in-memory fp8 runs on the torch backend alone; time fp8 "
+                                "checkpoints (minitron quantize) on the others")
 
     def batches_for(self, spec: ModelSpec) -> tuple[int, ...]:
         return spec.batch_sizes or self.batch_sizes
@@ -108,17 +118,24 @@ def benchmark(settings: BenchSettings, progress=print) -> dict:
 
 def _check_quantized(settings: BenchSettings, device: torch.device) -> None:
     """Refuse, before anything runs, a quantized checkpoint on a backend that would not run
-    its kernels (the fast path and trtllm take 16-bit weights) or that vLLM has no kernel
-    for on this device."""
+    its kernels (trtllm takes 16-bit weights, the fast path those and fp8 compressed-tensors
+    ones, whose FP8 GEMM this device must have) or that vLLM has no kernel for on this
+    device."""
     from ..serve.quant_support import detect_hardware, vllm_kernel
 
     for spec in settings.models:
         quant = spec.quantization
+        if quant is not None and settings.quantize:
+            raise MinitronError(f"{spec.label} is already quantized ({quant.label}); in-memory "
+                                "fp8 takes 16-bit models")
+        if "torch" in settings.backends and quant:
+            check_fp8_folder(spec.name)
+        if "torch" in settings.backends and (quant or settings.quantize):
+            check_fp8_device(device, spec.label)
         if quant is None:
             continue
-        fixed = [b for b in settings.backends if b in ("torch", "trtllm")]
-        if fixed:
-            raise MinitronError(f"the {fixed[0]} backend times 16-bit weights; {spec.label} is "
+        if "trtllm" in settings.backends:
+            raise MinitronError(f"the trtllm backend times 16-bit weights; {spec.label} is "
                                 f"{quant.label}: time it with --backend vllm")
         if "vllm" in settings.backends:
             vllm_kernel(quant, detect_hardware(device.type))
@@ -141,7 +158,7 @@ def _settings_dict(settings: BenchSettings) -> dict:
             "batch_sizes": {s.label: list(settings.batches_for(s)) for s in settings.models},
             "reps": settings.reps, "warmup": settings.warmup, "dtype": settings.dtype,
             "hf_cache": settings.hf_cache, "max_throughput": settings.max_throughput,
-            "seed": settings.seed}
+            "seed": settings.seed, "quantize": settings.quantize}
 
 
 def _bench_model(settings, spec, config, device, dtype, limits, progress) -> list[dict]:
@@ -159,16 +176,20 @@ def _bench_model(settings, spec, config, device, dtype, limits, progress) -> lis
         if name == "vllm":
             runs += _bench_vllm(settings, spec, config, cost, dtype_bytes, limits, progress)
             continue
-        if model is None:
-            model = load_model(spec, device, dtype)
-        backend = _make_backend(name, model, max_len, settings)
-        if name == "torch" and "hf" not in settings.backends[i + 1:]:
-            model = None  # the fast path keeps only its fused weights; free the unfused ones
+        if name == "torch" and (spec.quantization or settings.quantize):
+            backend = _make_backend(name, _fp8_model(spec, settings, device, dtype), max_len,
+                                    settings)
+        else:
+            if model is None:
+                model = load_model(spec, device, dtype)
+            backend = _make_backend(name, model, max_len, settings)
+            if name == "torch" and "hf" not in settings.backends[i + 1:]:
+                model = None  # the fast path keeps only its fused weights; free the unfused ones
         for batch in settings.batches_for(spec):
             progress(f"{spec.label} [{name}] batch {batch}: warm-up and {settings.reps} runs")
             record = _bench_batch(backend, batch, settings, device, config.vocab_size)
-            runs.append(_finish_record(record, spec, name, cost, dtype_bytes, limits, settings,
-                                       progress))
+            runs.append(_finish_record(record, spec, config, name, cost, dtype_bytes, limits,
+                                       settings, progress))
         backend.release()
         del backend
         gc.collect()
@@ -179,18 +200,40 @@ def _bench_model(settings, spec, config, device, dtype, limits, progress) -> lis
     return runs
 
 
-def _finish_record(record: dict, spec: ModelSpec, name: str, cost: ModelCost, dtype_bytes: int,
-                   limits, settings: BenchSettings, progress) -> dict:
+def _fp8_model(spec: ModelSpec, settings: BenchSettings, device: torch.device,
+               dtype: torch.dtype):
+    """The fast path's FP8 model: a folder's FP8 weights as stored, or a 16-bit model rounded
+    in memory (``settings.quantize``)."""
+    if spec.quantization:
+        return load_fp8_checkpoint(spec.name, device, dtype)
+    return quantize_fp8(load_model(spec, device, dtype))
+
+
+def _scheme_and_bytes(spec: ModelSpec, config, settings: BenchSettings,
+                      dtype_bytes: int) -> tuple[str, int]:
+    """The scheme a run times and its weight bytes (a folder's files; in-memory fp8: what
+    ``minitron quantize`` would write)."""
+    quant = spec.quantization
+    if quant:
+        return quant.label, weight_bytes(Path(spec.name))
+    if settings.quantize:
+        from ..quantize.schemes import weight_bytes as scheme_bytes
+
+        return f"{settings.quantize} (in memory)", scheme_bytes(config, settings.quantize)
+    return settings.dtype, ModelCost.of(config).params * dtype_bytes
+
+
+def _finish_record(record: dict, spec: ModelSpec, config, name: str, cost: ModelCost,
+                   dtype_bytes: int, limits, settings: BenchSettings, progress) -> dict:
     """Add the model, backend and roofline fractions to a timed record; report its speed."""
     metrics = record["metrics"]
     itl = metrics["itl_ms"]
-    quant = spec.quantization
-    record.update(model=spec.label, backend=name, params=cost.params,
-                  scheme=quant.label if quant else settings.dtype,
-                  weight_bytes=weight_bytes(Path(spec.name)) if quant
-                  else cost.params * dtype_bytes)
-    # the limits assume 16-bit weights: none for a quantized checkpoint
-    record["limits"] = {} if quant else limits.report(
+    quantized = bool(spec.quantization or settings.quantize)
+    scheme, nbytes = _scheme_and_bytes(spec, config, settings, dtype_bytes)
+    record.update(model=spec.label, backend=name, params=cost.params, scheme=scheme,
+                  weight_bytes=nbytes)
+    # the limits assume 16-bit weights: none for a quantized model
+    record["limits"] = {} if quantized else limits.report(
         cost, record["batch"], settings.isl, settings.osl, dtype_bytes, itl and itl / 1e3,
         metrics["ttft_ms"] / 1e3, metrics["e2e_s"])
     fraction = record["limits"].get("decode_fraction")
@@ -215,8 +258,8 @@ def _bench_vllm(settings: BenchSettings, spec: ModelSpec, config, cost: ModelCos
     for batch in batches:
         record = _timed_record(batch, settings, timed[batch], peak=None)
         record["engine"] = engine
-        runs.append(_finish_record(record, spec, "vllm", cost, dtype_bytes, limits, settings,
-                                   progress))
+        runs.append(_finish_record(record, spec, config, "vllm", cost, dtype_bytes, limits,
+                                   settings, progress))
     return runs
 
 

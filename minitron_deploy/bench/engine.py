@@ -6,7 +6,8 @@ addresses instead of copying them. It implements the architecture features in
 ``arch.FAST_PATH`` (fused projections, q/k/v biases, q/k norms per head or over the whole
 projection, norms after attention and MLP instead of before); a model whose adapter
 declares any other feature, or that has o_proj or MLP biases (which the forward has no term
-for), is refused with a one-line reason.
+for), is refused with a one-line reason. A model whose linears hold FP8 weights with scales
+(``fp8.py``) keeps them FP8, fused alike, and runs them as FP8 GEMMs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 
 from ..arch import FAST_PATH, describe, get_adapter
 from ..core.errors import MinitronError
+from .fp8 import Fp8Weight, ScaleTable, fused, is_fp8, linear
 
 #: Rope types whose frequencies do not depend on the sequence length (precomputable tables).
 _STATIC_ROPE = {"default", "llama3", "linear", "yarn"}
@@ -83,12 +85,19 @@ class EngineWeights(nn.Module):
         cos, sin = _rope_tables(model, max_len, self.embed)
         self.register_buffer("cos", cos)
         self.register_buffer("sin", sin)
-        self.layers = nn.ModuleList(_LayerWeights(adapter, layer) for layer in layers)
+        scales = ScaleTable(model) if is_fp8(model) else None
+        self.layers = nn.ModuleList(_LayerWeights(adapter, layer, scales) for layer in layers)
 
-    def layer_tensors(self) -> list["LayerTensors"]:
-        """Per-layer weights as plain tuples (what the compiled layer functions take)."""
-        return [LayerTensors(**{f: getattr(layer, f) for f in LayerTensors._fields})
+    def layer_tensors(self) -> list[LayerTensors]:
+        """Per-layer weights as plain tuples (what the compiled layer functions take); an FP8
+        projection as an :class:`Fp8Weight` of its matrix and scales."""
+        return [LayerTensors(**{f: _weight(layer, f) for f in LayerTensors._fields})
                 for layer in self.layers]
+
+
+def _weight(layer: nn.Module, name: str) -> torch.Tensor | Fp8Weight | None:
+    scale = getattr(layer, f"{name}_scale", None)
+    return getattr(layer, name) if scale is None else Fp8Weight(getattr(layer, name), scale)
 
 
 class LayerTensors(NamedTuple):
@@ -97,19 +106,20 @@ class LayerTensors(NamedTuple):
 
     ln1: torch.Tensor
     ln2: torch.Tensor
-    qkv: torch.Tensor
+    qkv: torch.Tensor | Fp8Weight
     qkv_bias: torch.Tensor | None
-    o: torch.Tensor
-    gate_up: torch.Tensor
-    down: torch.Tensor
+    o: torch.Tensor | Fp8Weight
+    gate_up: torch.Tensor | Fp8Weight
+    down: torch.Tensor | Fp8Weight
     q_norm: torch.Tensor | None
     k_norm: torch.Tensor | None
 
 
 class _LayerWeights(nn.Module):
-    """One decoder layer: fused qkv (+bias), o, fused gate_up, down, and its norms."""
+    """One decoder layer: fused qkv (+bias), o, fused gate_up, down (each FP8 with a
+    ``<name>_scale`` where the model's linears are), and its norms."""
 
-    def __init__(self, adapter, layer: nn.Module):
+    def __init__(self, adapter, layer: nn.Module, scales: ScaleTable | None = None):
         super().__init__()
         attn, mlp = adapter.get_attention(layer), adapter.get_mlp(layer)
         biased = [name for name, bias in (("o_proj", attn.o_bias), ("gate_proj", mlp.gate_bias),
@@ -121,12 +131,14 @@ class _LayerWeights(nn.Module):
         ln1, ln2 = adapter.layer_norms(layer)
         self.register_buffer("ln1", ln1.weight.detach())
         self.register_buffer("ln2", ln2.weight.detach())
-        self.register_buffer("qkv", torch.cat([attn.q, attn.k, attn.v]).detach())
+        for name, parts in (("qkv", [attn.q, attn.k, attn.v]), ("o", [attn.o]),
+                            ("gate_up", [mlp.gate, mlp.up]), ("down", [mlp.down])):
+            weight = fused(parts, scales)
+            fp8 = isinstance(weight, Fp8Weight)
+            self.register_buffer(name, weight.weight if fp8 else weight)
+            self.register_buffer(f"{name}_scale", weight.scale if fp8 else None)
         biases = (attn.q_bias, attn.k_bias, attn.v_bias)
         self.register_buffer("qkv_bias", None if biases[0] is None else torch.cat(biases).detach())
-        self.register_buffer("o", attn.o.detach())
-        self.register_buffer("gate_up", torch.cat([mlp.gate, mlp.up]).detach())
-        self.register_buffer("down", mlp.down.detach())
         qk_norms = adapter.qk_norms(layer)
         self.register_buffer("q_norm", None if qk_norms is None else qk_norms[0].weight.detach())
         self.register_buffer("k_norm", None if qk_norms is None else qk_norms[1].weight.detach())
@@ -157,7 +169,7 @@ def _qkv(x, w: LayerTensors, s: EngineShape, cos, sin):
     """Normed input -> q, k, v as ``[B, heads, S, head_dim]`` with rope applied."""
     b, n, _ = x.shape
     h = x if s.post_norms else rms_norm(x, w.ln1, s.eps)
-    q, k, v = F.linear(h, w.qkv, w.qkv_bias).split(s.qkv_split, dim=-1)
+    q, k, v = linear(h, w.qkv, w.qkv_bias).split(s.qkv_split, dim=-1)
     if s.projection_qk_norm:
         q, k = rms_norm(q, w.q_norm, s.eps), rms_norm(k, w.k_norm, s.eps)
     q = q.view(b, n, s.num_heads, s.head_dim)
@@ -172,12 +184,12 @@ def _qkv(x, w: LayerTensors, s: EngineShape, cos, sin):
 
 def _mlp_residual(x, attn_out, w: LayerTensors, s: EngineShape):
     if s.post_norms:
-        x = x + rms_norm(F.linear(attn_out, w.o), w.ln1, s.eps)
-        gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
-        return x + rms_norm(F.linear(F.silu(gate) * up, w.down), w.ln2, s.eps)
-    x = x + F.linear(attn_out, w.o)
-    gate, up = F.linear(rms_norm(x, w.ln2, s.eps), w.gate_up).chunk(2, dim=-1)
-    return x + F.linear(F.silu(gate) * up, w.down)
+        x = x + rms_norm(linear(attn_out, w.o), w.ln1, s.eps)
+        gate, up = linear(x, w.gate_up).chunk(2, dim=-1)
+        return x + rms_norm(linear(F.silu(gate) * up, w.down), w.ln2, s.eps)
+    x = x + linear(attn_out, w.o)
+    gate, up = linear(rms_norm(x, w.ln2, s.eps), w.gate_up).chunk(2, dim=-1)
+    return x + linear(F.silu(gate) * up, w.down)
 
 
 def prefill_layer(x, w: LayerTensors, s: EngineShape, cos, sin, k_cache, v_cache):
