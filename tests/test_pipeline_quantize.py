@@ -71,9 +71,13 @@ def test_quantize_stage_runs_is_evaluated_reported_and_reused(tiny_recipe, capsy
 
 
 def test_formats_eval_cannot_load_are_left_out_with_a_note(tiny_recipe, tmp_path):
-    recipe = load_recipe(tiny_recipe, {"quantize.scheme": "gguf-q8_0"})
+    for scheme, fmt in (("gguf-q8_0", None), ("gguf-q4_0", None), ("fp8", "modelopt")):
+        loaded = load_recipe(tiny_recipe, {"quantize.scheme": scheme, "quantize.format": fmt})
+        assert quantized_eval_note(loaded) is None  # evaluate() reads GGUF and ModelOpt FP8
+    recipe = load_recipe(tiny_recipe, {"quantize.scheme": "nvfp4"})
     note = quantized_eval_note(recipe)
-    assert "quantized" in note and "gguf" in note
+    assert note == ("the quantized student (nvfp4, modelopt) is not evaluated: only ModelOpt "
+                    "FP8 checkpoints load here, not nvfp4")
     stages = build_stages(recipe, tmp_path / "work", tmp_path / "teacher",
                           tmp_path / "train.txt", tmp_path / "held.txt")
     names = [s.name for s in stages]
