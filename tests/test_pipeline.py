@@ -29,7 +29,7 @@ eval: {{tasks: {TASKS}, limit: 4, seq_len: 32, ppl_seqs: 4, pruned_tasks: [ppl]}
     assert record["align"] == {"hidden": 1, "ffn": 1, "heads": 1}  # as asked (default: 16)
     assert set(first.results) == {"teacher", "pruned", "distilled"}
     assert first.results["distilled"]["ppl"] < first.results["pruned"]["ppl"]
-    assert "| ppl |" in summary(first)
+    assert "| distilled |" in summary(first)
     kept = first.report["retention"]["distilled"]
     assert kept["ppl_ratio"] == pytest.approx(
         first.results["distilled"]["ppl"] / first.results["teacher"]["ppl"])

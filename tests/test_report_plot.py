@@ -20,7 +20,9 @@ def _mc(acc: float, n: int = 200) -> dict:
 RESULTS = {"teacher": {"ppl": 28.1, "ppl_stderr": 2.1, "arc_easy": _mc(0.52), "piqa": _mc(0.64)},
            "pruned": {"ppl": 37.1, "ppl_stderr": 2.9},
            "distilled": {"ppl": 30.9, "ppl_stderr": 2.4, "arc_easy": _mc(0.47),
-                         "piqa": _mc(0.61)}}
+                         "piqa": _mc(0.61)},
+           "quantized": {"ppl": 31.2, "ppl_stderr": 2.5, "arc_easy": _mc(0.46),
+                         "piqa": _mc(0.60)}}
 
 
 @pytest.fixture
@@ -53,9 +55,9 @@ def test_perplexity_axis_is_linear_from_zero_with_plain_labels(axes):
 
 def test_error_bars_are_the_standard_errors(axes):
     ppl, acc = axes
-    assert _error_halves(ppl) == pytest.approx([2.1, 2.9, 2.4])
+    assert _error_halves(ppl) == pytest.approx([2.1, 2.9, 2.4, 2.5])
     expected = [100 * RESULTS[m][t]["acc_norm_stderr"]
-                for m in ("teacher", "distilled") for t in CHANCE]
+                for m in ("teacher", "distilled", "quantized") for t in CHANCE]
     assert _error_halves(acc) == pytest.approx(expected)
 
 
@@ -68,7 +70,14 @@ def test_accuracy_panel_draws_each_tasks_chance_line_and_skips_unscored_models(a
     assert levels == [(25.0, 25.0), (50.0, 50.0)]
     assert acc.get_ylim()[0] == 0
     assert [t.get_text() for t in acc.get_legend().get_texts()] == \
-        ["teacher", "distilled", "chance"]
+        ["teacher", "distilled", "quantized", "chance"]
+
+
+def test_every_model_has_its_bar_and_label_in_the_perplexity_panel(axes):
+    ppl = axes[0]
+    assert [t.get_text() for t in ppl.get_xticklabels()] == list(RESULTS)
+    labels = [t.get_text() for t in ppl.texts]
+    assert labels == [f"{r['ppl']:.1f} ± {r['ppl_stderr']:.1f}" for r in RESULTS.values()]
 
 
 def test_plot_comparison_writes_a_png(tmp_path):

@@ -1,9 +1,11 @@
 """Sizing a distillation to a time budget: time a few logit-KD steps and forwards of the real
-teacher and pruned student on this machine, estimate the evaluation that follows, and pick
-the number of steps that fits what is left of the budget."""
+teacher and pruned student on this machine (and quantizing the pruned student, where the recipe
+quantizes), estimate the stages that follow, and pick the number of steps that fits what is
+left of the budget."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +19,8 @@ from ..distill.objectives import KDObjective, autocast_for
 from ..eval.api import PPL
 from ..eval.multiple_choice import plan_scoring
 from ..eval.tasks import load_named_task
+from ..quantize.api import quantize
+from ..quantize.settings import QuantizeSettings
 from .recipe import EvalStage
 
 #: Fewest optimizer steps a sized run takes, however short the budget.
@@ -61,13 +65,43 @@ def measure_speed(teacher: Path, student: Path, cfg: DistillConfig) -> Speed:
         optimizer.zero_grad(set_to_none=True)
 
     step(1)
-    one, two = (_seconds(lambda: step(n)) for n in (1, 2))
+    one, two = (_seconds(lambda n=n: step(n)) for n in (1, 2))
     tokens = 2 * cfg.seq_len
     with torch.no_grad(), autocast_for(device, "auto"):
         teacher_s = _seconds(lambda: teacher_model(input_ids=ids(2), use_cache=False))
         student_s = _seconds(lambda: student_model(input_ids=ids(2), use_cache=False))
     return Speed(step_seconds(one, two, cfg.batch_size * cfg.grad_accum), teacher_s / tokens,
                  student_s / tokens, load_s)
+
+
+@dataclass
+class QuantizeSpeed:
+    """What quantizing the pruned student (the distilled one's shape) measured."""
+
+    quantize_s: float  # the quantize stage: loading, quantizing and writing the student
+    load_s: float | None  # loading the quantized checkpoint (decompression included)
+    token_s: float | None  # its no-grad forward seconds per token (None: it is not evaluated)
+
+
+def measure_quantize(student: Path, settings: QuantizeSettings, calib: Path | None,
+                     seq_len: int, evaluated: bool) -> QuantizeSpeed:
+    """Quantize ``student`` as the quantize stage will (into a scratch folder beside it, removed
+    afterwards); where the quantized student is ``evaluated``, also time loading it and one
+    no-grad forward of 2 x ``seq_len`` random tokens."""
+    device = torch.device(settings.device)
+    with tempfile.TemporaryDirectory(dir=student.parent, prefix=".sizing-") as scratch:
+        out = Path(scratch) / "quantized"
+        quantize_s = _seconds(lambda: quantize(student, out, settings, calib))
+        if not evaluated:
+            return QuantizeSpeed(quantize_s, None, None)
+        t0 = time.perf_counter()
+        model = load_model(out, device=settings.device)[0]
+        load_s = time.perf_counter() - t0
+        ids = torch.randint(model.config.vocab_size, (2, seq_len),
+                            generator=torch.Generator().manual_seed(0)).to(device)
+        with torch.no_grad(), autocast_for(device, "auto"):
+            forward_s = _seconds(lambda: model(input_ids=ids, use_cache=False))
+    return QuantizeSpeed(quantize_s, load_s, forward_s / ids.numel())
 
 
 def step_seconds(one: float, two: float, sequences: int) -> float:
@@ -108,6 +142,18 @@ def eval_seconds(speed: Speed, teacher_tokens: int, student_tokens: list[int]) -
                      + (1 + len(student_tokens)) * per_model_load)
 
 
+def quantize_seconds(quantized: QuantizeSpeed | None) -> float:
+    """The quantize stage (none without one)."""
+    return 0.0 if quantized is None else SAFETY * quantized.quantize_s
+
+
+def quantized_eval_seconds(quantized: QuantizeSpeed | None, tokens: int) -> float:
+    """Evaluating the quantized student on ``tokens`` (none where it is not evaluated)."""
+    if quantized is None or quantized.token_s is None:
+        return 0.0
+    return SAFETY * (tokens * quantized.token_s + quantized.load_s)
+
+
 def distill_overhead_seconds(speed: Speed, steps: int, cfg: DistillConfig) -> float:
     """Loading, checkpoints and the final save around the training steps (each costed like a
     model load: all are reads or writes of the same weights)."""
@@ -135,3 +181,17 @@ def fit_eval_limit(spare_s: float, seconds_at: Callable[[int], float], limit: in
         if seconds_at(items) <= spare_s:
             return items
     return least
+
+
+def fit_evaluation(spare_s: float, seconds_at: Callable[[int | None, list[str] | None], float],
+                   limit: int | None, choices: list[list[str] | None]
+                   ) -> tuple[int | None, list[str] | None]:
+    """Items per task and the quantized student's tasks (``choices``, most first; None: the
+    others' tasks) of the evaluation ``seconds_at(limit, tasks)`` that fits ``spare_s``: the
+    first choice that fits at some limit :func:`fit_eval_limit` allows, else the last one
+    at its fewest items."""
+    for tasks in choices:
+        items = fit_eval_limit(spare_s, lambda n, t=tasks: seconds_at(n, t), limit)
+        if seconds_at(items, tasks) <= spare_s:
+            return items, tasks
+    return items, tasks

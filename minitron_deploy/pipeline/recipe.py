@@ -118,17 +118,18 @@ class EvalStage:
     batch_size: int = 16
     #: Tasks of the pruned model before distillation (None: the same as ``tasks``).
     pruned_tasks: list[str] | None = None
+    #: Tasks of the quantized student (None: the same as ``tasks``).
+    quantized_tasks: list[str] | None = None
 
     def __post_init__(self) -> None:
-        for tasks in (self.tasks, self.pruned_tasks):
+        for tasks in (self.tasks, self.pruned_tasks, self.quantized_tasks):
             if tasks is not None:
                 parse_tasks(",".join(tasks))
 
     def tasks_for(self, model: str) -> list[str]:
-        """Tasks of ``model`` ("teacher", "pruned" or "distilled")."""
-        if model == "pruned" and self.pruned_tasks is not None:
-            return self.pruned_tasks
-        return self.tasks
+        """Tasks of ``model`` ("teacher", "pruned", "distilled" or "quantized")."""
+        own = {"pruned": self.pruned_tasks, "quantized": self.quantized_tasks}.get(model)
+        return self.tasks if own is None else own
 
 
 @dataclass

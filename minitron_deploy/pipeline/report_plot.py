@@ -4,6 +4,7 @@ accuracy drawn in."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ def _accuracy_stderr(task: str, metrics: dict) -> float:
 
 
 def _top(value: float, err: float) -> float:
-    return value + (err if err == err else 0.0)  # a NaN error draws no bar
+    return value + (0.0 if math.isnan(err) else err)  # a NaN error draws no bar
 
 
 def _label_bars(ax, xs: list[float], values: list[float], labels: list[str],
@@ -37,7 +38,8 @@ def _perplexity_panel(ax, results: dict[str, dict], colors: dict[str, str]) -> N
     errors = [results[name].get(PPL_STDERR, float("nan")) for name in names]
     xs = list(range(len(names)))
     ax.bar(xs, values, yerr=errors, color=[colors[n] for n in names], error_kw=_ERR)
-    labels = [f"{v:.1f}" + (f" ± {e:.1f}" if e == e else "") for v, e in zip(values, errors)]
+    labels = [f"{v:.1f}" + ("" if math.isnan(e) else f" ± {e:.1f}")
+              for v, e in zip(values, errors)]
     _label_bars(ax, xs, values, labels, errors, 9)
     ax.set_xticks(xs, names)
     ax.set_ylim(0, 1.15 * max(map(_top, values, errors)))

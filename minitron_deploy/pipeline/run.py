@@ -25,15 +25,16 @@ from ..core.files import write_json_atomic, write_text_atomic
 from ..core.shape import count_params
 from ..data import assets
 from ..distill.api import distill, work_dir_for
-from ..eval.api import PPL, evaluate, markdown_table, metric_names, write_results
-from ..eval.retention import Retention, chance_accuracy, retention, retention_lines
+from ..eval.api import PPL, evaluate, metric_names, write_results
+from ..eval.retention import Retention, chance_accuracy, retention
 from ..pruning.api import prune
 from ..pruning.report import print_prune_summary
-from ..quantize.api import QUANTIZE_RECORD, quantize
+from ..quantize.api import QUANTIZE_RECORD, quantize, weight_bytes
 from ..quantize.schemes import get_scheme
 from ..quantize.settings import QuantizeSettings
 from .recipe import BenchStage, ExportStage, Iteration, Recipe
 from .report_plot import plot_comparison
+from .report_table import comparison_table
 from .stages import Stage
 
 RESULTS = "results.json"
@@ -86,7 +87,7 @@ def _export_stage(spec: ExportStage, model: Path, data: Path, device: str, out: 
            calib=CalibrationSettings(source=data, **text), device=device)
 
 
-def _quantize_settings(recipe: Recipe) -> QuantizeSettings:
+def quantize_settings(recipe: Recipe) -> QuantizeSettings:
     """The recipe's quantize section, on the recipe's device unless it names its own."""
     q = recipe.quantize.quantize_settings()
     return q if q.device != "auto" else replace(q, device=recipe.device)
@@ -106,7 +107,7 @@ def quantized_eval_note(recipe: Recipe) -> str | None:
 def _quantize_stage(recipe: Recipe, model: Path, data: Path, work: Path) -> Stage:
     """``minitron quantize`` of the final student into ``<work>/quantized`` (calibrating on
     the recipe's data where the scheme does)."""
-    settings = _quantize_settings(recipe)
+    settings = quantize_settings(recipe)
     calibrated = get_scheme(settings.scheme).needs_calibration(settings.resolved_format())
     inputs = {"model": model, **({"data": data} if calibrated else {})}
     return Stage("quantize", work / QUANTIZED, inputs, {"quantize": settings.record()},
@@ -233,16 +234,14 @@ def write_final_report(recipe: Recipe, result: PipelineResult, bench_dir: Path |
     kept = _retention(result.results, chance)
     report["chance_accuracy"] = chance
     report["retention"] = {name: asdict(value) for name, value in kept.items()}
+    report["models"] = _models(result)
     if result.quantized is not None:
         report[QUANTIZED] = _quantized_summary(recipe, result.quantized)
     if bench_dir is not None:
         bench = json.loads((bench_dir / "bench.json").read_text())
         report["throughput"] = bench.get("max_throughput")
     write_json_atomic(work / "report.json", report)
-    lines = [f"# {recipe.name}: teacher vs student", "",
-             f"parameters: teacher {params['teacher']:,}, student {params['student']:,} "
-             f"({report['parameter_ratio']:.1%})", "", markdown_table(result.results)]
-    lines += [line for name, value in kept.items() for line in retention_lines(name, value)]
+    lines = [f"# {recipe.name}: teacher vs student", "", comparison_table(report).rstrip()]
     if QUANTIZED in report:
         lines += ["", _quantized_line(report[QUANTIZED])]
     if "throughput" in report:
@@ -251,6 +250,18 @@ def write_final_report(recipe: Recipe, result: PipelineResult, bench_dir: Path |
     write_text_atomic(work / "report.md", "\n".join(lines) + "\n")
     plot_comparison(result.results, chance, work / "report.png", recipe.name)
     return report
+
+
+def _models(result: PipelineResult) -> dict[str, dict]:
+    """Weight bytes on disk and parameters of each model (the quantized student has the
+    distilled one's parameters)."""
+    paths = {"teacher": result.teacher, "pruned": result.pruned, "distilled": result.distilled}
+    models = {name: {"weight_bytes": weight_bytes(path), "params": count_params(load_config(path))}
+              for name, path in paths.items()}
+    if result.quantized not in (None, result.distilled):
+        models[QUANTIZED] = {"weight_bytes": weight_bytes(result.quantized),
+                             "params": models["distilled"]["params"]}
+    return models
 
 
 def _quantized_summary(recipe: Recipe, folder: Path) -> dict:
@@ -284,7 +295,5 @@ def _retention(results: dict[str, dict], chance: dict[str, float]) -> dict[str, 
 def summary(result: PipelineResult) -> str:
     """The side-by-side table and stage times as printed at the end of a run."""
     times = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
-    kept = "".join(f"{line}\n" for name, value in result.report.get("retention", {}).items()
-                   for line in retention_lines(name, Retention(**value)))
-    return (f"{markdown_table(result.results)}{kept}\nstage times: {times}\n"
+    return (f"{comparison_table(result.report)}\nstage times: {times}\n"
             f"wrote {result.eval_dir / RESULTS} and report.md\n")
