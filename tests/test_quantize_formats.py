@@ -66,6 +66,20 @@ def test_distill_refuses_a_quantized_student_or_teacher(inputs, tmp_path, role):
     assert not list(tmp_path.iterdir())
 
 
+def test_mxfp4_is_taken_because_it_dequantizes_exactly(tmp_path, capsys):
+    """gpt-oss ships only in MXFP4, which loads as exactly the bf16 weights: not refused."""
+    from minitron_deploy.arch.quantized import refuse_quantized
+
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": "gpt_oss", "quantization_config": {"quant_method": "mxfp4"}}))
+    refuse_quantized("prune", model=tmp_path)
+    assert "mxfp4: its weights load dequantized to 16 bits exactly" in capsys.readouterr().out
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": "gpt_oss", "quantization_config": {"quant_method": "awq", "bits": 4}}))
+    one_line_refusal(lambda: refuse_quantized("prune", model=tmp_path),
+                     r"already quantized \(awq 4-bit\)")
+
+
 def test_the_cli_refuses_with_one_line_and_a_non_zero_exit(inputs, tmp_path, capsys):
     code = main(["prune", "--model", str(inputs / "int8"), "--out", str(tmp_path / "out"),
                  "--calib", str(inputs / "text.txt"), "--target-params", "0.5"])

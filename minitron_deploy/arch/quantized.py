@@ -22,6 +22,10 @@ from ..core.quantized import COMPRESSED, GGUF, MODELOPT, read_quantization
 _FP8 = torch.float8_e4m3fn
 _FP8_MAX = torch.finfo(_FP8).max
 _SCALES = (".weight_scale", ".input_scale")
+#: Formats whose weights transformers dequantizes on load to exactly what bf16 holds (MXFP4:
+#: FP4 E2M1 values times power-of-two scales), so compressing them loses nothing; gpt-oss is
+#: released only in MXFP4.
+LOSSLESS_ON_LOAD = frozenset({"mxfp4"})
 
 
 def gguf_file(path: Path) -> str | None:
@@ -41,7 +45,10 @@ def refuse_quantized(command: str, **roles: str | Path) -> None:
     quantize) needs the 16-bit weights, and a quantized input would compress rounding error."""
     for role, path in roles.items():
         quant = read_quantization(path)
-        if quant is not None:
+        if quant is not None and quant.format in LOSSLESS_ON_LOAD:
+            print(f"the {role} {path} is {quant.format}: its weights load dequantized to 16 "
+                  f"bits exactly, which is what {command} works on")
+        elif quant is not None:
             raise MinitronError(f"the {role} {path} is already quantized ({quant.label}): "
                                 f"{command} needs the 16-bit checkpoint it was made from; pass "
                                 "that (quantize only after pruning and distillation)")
