@@ -12,23 +12,25 @@ It runs the same code as ``minitron prune`` (:func:`minitron_deploy.prune_model`
 settings: the config takes every :class:`~minitron_deploy.pruning.settings.PruneSettings` field
 the mode can use (``criterion``, ``seq_agg``, ``depth_metric``, ``rescale_norms``, ``align``,
 ``scores``, ...; :func:`modelopt_settings` lists them with their defaults), checked by the same
-schema with the same one-line errors; the target comes from the constraints
-(``export_config`` sizes or a ``params`` budget). Scores come from the forward loop or from a
-saved artifact (``config={"scores": path}``), refused like ``minitron prune`` refuses them when
-computed on other weights or with another criterion. The kept indices and the norm rescaling
-applied are recorded in the ModelOpt state, so ``mto.save``/``mto.restore`` and HF
-checkpointing round-trip the model.
+schema with the same one-line errors; the target comes from the constraints (``export_config``
+sizes, a ``params`` budget or an ``active_params`` one: the parameters a token uses, which for
+mixture-of-experts models count top-k of the routed experts, see
+:class:`~minitron_deploy.core.shape.ParamCounts`; dense: the same as ``params``). Scores come
+from the forward loop or from a saved artifact (``config={"scores": path}``), refused like
+``minitron prune`` refuses them when computed on other weights or with another criterion. The
+kept indices and the norm rescaling applied are recorded in the ModelOpt state, so
+``mto.save``/``mto.restore`` and HF checkpointing round-trip the model.
 
-With ``config={"search": {...}}`` and a ``params``, ``active_params`` (the same for these
-dense models) or ``memory_mb`` constraint the shape is searched, as ``minitron search`` does
-(same :class:`~minitron_deploy.search.SearchSettings`, same candidates from one scoring pass):
-every candidate is pruned from a copy of the model and ranked by ``config["score_func"]``
+With ``config={"search": {...}}`` and a ``params``, ``active_params`` (dense models only, where
+it equals ``params``) or ``memory_mb`` constraint the shape is searched, as ``minitron search``
+does (same :class:`~minitron_deploy.search.SearchSettings`, same candidates from one scoring
+pass): every candidate is pruned from a copy of the model and ranked by ``config["score_func"]``
 (higher is better), the best one is applied, and ``best["candidates"]`` lists them all with
 their scores. ``memory_mb`` counts as ModelOpt does: MiB (2**20 bytes) of 16-bit weights plus
 the 16-bit KV cache, here of ``search``'s ``at_batch`` sequences (default 1) of ``isl + osl``
 tokens (default 512 + 128; ModelOpt's Megatron search assumes 4096, so set them to match).
-Ranking after a short distillation needs a teacher folder and data: use ``minitron search``
-for that.
+Ranking after a short distillation needs a teacher folder and data: use ``minitron search`` for
+that.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ _EXPORT_KEYS = {"hidden_size": "hidden_size", "ffn_hidden_size": "ffn_hidden_siz
                 "num_attention_heads": "num_heads", "num_key_value_heads": "num_kv_heads",
                 "num_query_groups": "num_kv_heads", "num_layers": "num_layers",
                 "num_experts": "num_experts", "num_moe_experts": "num_experts",
-                "moe_ffn_hidden_size": "moe_ffn_hidden_size"}
+                "moe_ffn_hidden_size": "moe_ffn_hidden_size",
+                "shared_expert_ffn_hidden_size": "shared_expert_ffn_hidden_size"}
 
 
 def modelopt_settings() -> dict[str, Any]:
@@ -74,14 +77,17 @@ class HFMinitronConfig(ModeloptBaseConfig):
     """Configuration of the ``hf_minitron`` mode (all settings live in the search config)."""
 
 
-#: Metric constraints and the search target each becomes (a MiB of memory is 2**20 bytes,
-#: as ModelOpt counts it; every supported family is dense, so active equals total parameters).
-_METRIC_TARGETS = {"params": "target_params", "active_params": "target_params",
+#: Metric constraints and the target each becomes (a MiB of memory is 2**20 bytes, as ModelOpt
+#: counts it); a search (dense models only) takes ``active_params`` as its parameter target.
+_METRIC_TARGETS = {"params": "target_params", "active_params": "target_active_params",
                    "memory_mb": "target_memory_gb"}
+_SEARCH_TARGETS = {**_METRIC_TARGETS, "active_params": "target_params"}
 
 
-def _target_values(constraints: dict) -> dict[str, Any]:
-    """The constraints as PruneSettings / SearchSettings target fields."""
+def _target_values(constraints: dict, targets: dict[str, str] = _METRIC_TARGETS
+                   ) -> dict[str, Any]:
+    """The constraints as PruneSettings (or, with ``_SEARCH_TARGETS``, SearchSettings) target
+    fields."""
     known = {"export_config", *_METRIC_TARGETS}
     if set(constraints) - known or len(constraints) != 1:
         raise MinitronError(f"hf_minitron takes exactly one constraint of "
@@ -98,7 +104,7 @@ def _target_values(constraints: dict) -> dict[str, Any]:
         value = float(value[:-1]) / 100
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise MinitronError(f"{key}: {value!r} is not a number")
-    return {_METRIC_TARGETS[key]: value / 1024 if key == "memory_mb" else value}
+    return {targets[key]: value / 1024 if key == "memory_mb" else value}
 
 
 class HFMinitronSearcher(BaseSearcher):
@@ -156,9 +162,12 @@ class HFMinitronSearcher(BaseSearcher):
         state = {"source_shape": source.as_dict(), "plan": plan.to_json(),
                  "rescale_norms": rescale_norms, "settings": settings.record()}
         setattr(model, _STATE_ATTR, state)
-        self.best = {"export_config": target.shape.as_dict(), "reason": target.reason,
-                     "params": target.params_after, "align": target.align.as_dict(),
-                     "rescale_norms": rescale_norms}
+        experts = {} if target.experts is None else {  # the export_config keys of the experts
+            k: v for k, v in target.experts.as_dict().items() if k in _EXPORT_KEYS}
+        self.best = {"export_config": {**target.shape.as_dict(), **experts},
+                     "reason": target.reason, "params": target.params_after,
+                     "active_params": target.counts_after.active,
+                     "align": target.align.as_dict(), "rescale_norms": rescale_norms}
         if found is not None:
             self.best["candidates"] = found
 
@@ -171,7 +180,7 @@ class HFMinitronSearcher(BaseSearcher):
         names = {f.name for f in fields_of(SearchSettings)}
         search = SearchSettings.from_mapping(
             {**{k: v for k, v in base.items() if k in names}, **self.config["search"],
-             **_target_values(self.constraints)}, "search")
+             **_target_values(self.constraints, _SEARCH_TARGETS)}, "search")
         if search.rank_by != "loss":
             raise MinitronError("search.rank_by: the ModelOpt mode ranks by config['score_func'] "
                                 "right after pruning; the short distillation needs minitron search")

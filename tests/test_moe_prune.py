@@ -157,7 +157,7 @@ def test_fewer_experts_than_top_k_is_stated():
     ("llama", dict(num_experts=2), r"llama has no experts"),
     ("qwen3_moe", dict(num_experts=7), r"num_experts=7 is larger than the source \(6\)"),
     ("qwen3_moe", dict(moe_ffn_hidden_size=12), r"multiples of 8; got moe_ffn_hidden_size=12"),
-    ("qwen3_moe", dict(target_params=0.5), r"budget .* not supported for mixture-of-experts"),
+    ("olmoe", dict(target_active_params=0.5), r"budget of .* active parameters cannot be met"),
     ("mixtral", dict(ffn_hidden_size=16), r"give moe_ffn_hidden_size, not ffn_hidden_size"),
     ("olmoe", dict(hidden_size=32), r"heads x head_dim \(6 x 8\) must equal hidden_size \(32\)"),
 ])

@@ -67,14 +67,49 @@ def loadability_error(config, shape: ModelShape) -> str | None:
     return None
 
 
+def _meta_model(config, shape: ModelShape | None):
+    if shape is not None:
+        config = reshaped_config(config, shape)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
 def count_params(config, shape: ModelShape | None = None) -> int:
     """Exact parameter count of the model ``config`` describes (reshaped to ``shape``).
 
     Built on the meta device, so it is exact for every family (biases, fused layouts, tied
     embeddings counted once) and costs no memory.
     """
-    if shape is not None:
-        config = reshaped_config(config, shape)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in _meta_model(config, shape).parameters())
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Total and active parameters of a model, and those of its routed experts.
+
+    ``active`` counts what one token's forward pass uses: the embeddings and the LM head (a
+    tied embedding once), attention, norms, routers, dense MLPs and shared experts whole, and
+    ``top_k`` of the ``E`` routed experts of every sparse layer (each expert's weights and
+    biases are its slice of the experts' ``[E, ...]`` tensors). ModelOpt calls the constraint
+    on it ``active_params``. A dense model has ``active == total`` and ``experts == 0``."""
+
+    total: int
+    active: int
+    experts: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def param_counts(config, shape: ModelShape | None = None) -> ParamCounts:
+    """:class:`ParamCounts` of the model ``config`` describes (reshaped to ``shape``), exact
+    (built on the meta device). Routed experts are transformers' ``experts`` modules, whose
+    tensors lead with the expert axis (every supported MoE family keeps them so)."""
+    model = _meta_model(config, shape)
+    total = sum(p.numel() for p in model.parameters())
+    num, top_k = getattr(config, "num_experts", None), getattr(config, "num_experts_per_tok", None)
+    experts = 0 if not num else sum(
+        p.numel() for name, module in model.named_modules() if name.rsplit(".", 1)[-1] == "experts"
+        for p in module.parameters() if p.shape[0] == num)
+    active = total if not num else total - experts * (num - min(top_k, num)) // num
+    return ParamCounts(total=total, active=active, experts=experts)

@@ -7,6 +7,9 @@ bytes of one ``[rows, cols]`` matrix: the values, one scale per block and per-te
 The quantization schemes pick their storage in ``quantize/schemes.py``; the counts are checked
 against what ``minitron quantize`` writes (``tests/test_weight_bytes.py``). They count tensor
 data only: a safetensors header and a GGUF file's tokenizer and metadata come on top.
+Mixture-of-experts expert tensors (``[E, ...]``, not ``nn.Linear``) are ``matrix``: 16-bit in
+every storage, as the compressed-tensors writer (linears only) leaves them; GGUF export, which
+would quantize them, refuses the MoE families.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
   writing it (o, down). Norm weights are per-channel scales, not counted.
 - Expert neuron (``expert_mlp.i``, ``[E, I]``): its gate/up rows and down column in its expert;
   the router's columns and every expert's gate/up columns and down rows count for the
-  embedding channels.
+  embedding channels. A shared expert's neuron (``shared_mlp.i``) as an MLP neuron.
 """
 
 from __future__ import annotations
@@ -56,6 +56,10 @@ def weight_norms(model: nn.Module) -> dict[str, torch.Tensor]:
                 gate, up = _sq(e.gate_up, 2).chunk(2, dim=1)
                 out[f"expert_mlp.{i}"] = gate + up + _sq(e.down, 1)
                 hidden = hidden + _sq(e.router, 0) + _sq(e.gate_up, (0, 1)) + _sq(e.down, (0, 2))
+                if e.shared is not None:  # a shared expert: scored as a dense MLP
+                    s = e.shared
+                    out[f"shared_mlp.{i}"] = _sq(s.up, 1) + _sq(s.gate, 1) + _sq(s.down, 0)
+                    hidden = hidden + _sq(s.up, 0) + _sq(s.gate, 0) + _sq(s.down, 1)
                 continue
             m = adapter.get_mlp(layer)
             out[f"mlp.{i}"] = _sq(m.up, 1) + _sq(m.gate, 1) + _sq(m.down, 0) + _sq(m.up_bias) \

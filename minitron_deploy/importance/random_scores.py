@@ -21,6 +21,8 @@ def random_scores(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
         if adapter.is_sparse(layer):
             e = adapter.get_experts(layer)
             out[f"expert_mlp.{i}"] = torch.rand(e.num_experts, e.ffn, generator=gen)
+            if e.shared is not None:
+                out[f"shared_mlp.{i}"] = torch.rand(e.shared.up.shape[0], generator=gen)
         else:
             out[f"mlp.{i}"] = torch.rand(shape.ffn_hidden_size, generator=gen)
         out[f"heads.{i}"] = torch.rand(shape.num_heads, generator=gen)

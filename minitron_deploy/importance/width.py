@@ -2,7 +2,8 @@
 embedding channels, all collected by forward hooks at once (activation-based, forward only).
 
 - MLP neurons: the input of ``down_proj`` (the intermediate activation), in dense layers
-  (sparse MoE layers are scored by ``experts.ExpertCollector``).
+  (sparse MoE layers are scored by ``experts.ExpertCollector``) and in a shared expert every
+  token goes through (Qwen2-MoE: ``shared_mlp.{i}``).
 - Attention heads: the L2 norm over ``head_dim`` of each head's output, i.e. the input of
   ``o_proj`` split per head. A KV group scores the L2 norm of its query heads' scores.
 - Embedding channels: the output of every residual-stream norm, aggregated per norm and summed
@@ -36,6 +37,10 @@ class WidthCollector:
         layers = self.adapter.layers(model)
         self.mlp = {i: BatchAccumulator(batch_agg) for i, layer in enumerate(layers)
                     if not self.adapter.is_sparse(layer)}
+        shared = getattr(self.adapter, "shared_expert_output_proj", None)
+        self.shared = {i: (shared(layer), BatchAccumulator(batch_agg))
+                       for i, layer in enumerate(layers)
+                       if shared is not None and self.adapter.is_sparse(layer)}
         self.heads = [BatchAccumulator(batch_agg) for _ in layers]
         self.norms = [BatchAccumulator(batch_agg) for _ in self.adapter.residual_norms(model)]
         self._handles: list = []
@@ -48,6 +53,8 @@ class WidthCollector:
     def _input_hook(self, acc: BatchAccumulator, per_head: bool) -> Callable:
         def hook(module, args, output):
             x = args[0]
+            if x.dim() == 2:  # tokens flattened (a shared expert's): one sequence per batch
+                x = x.unsqueeze(0)
             if per_head:  # [B, S, H*D] -> per-head L2 norm [B, S, H]
                 x = torch.linalg.vector_norm(x.unflatten(-1, (-1, self.head_dim)), 2, dim=-1,
                                              dtype=torch.float32)
@@ -70,6 +77,9 @@ class WidthCollector:
                         self._input_hook(self.mlp[i], per_head=False)))
                 self._handles.append(adapter.attention_output_proj(layer).register_forward_hook(
                     self._input_hook(head_acc, per_head=True)))
+            for proj, acc in self.shared.values():
+                self._handles.append(proj.register_forward_hook(
+                    self._input_hook(acc, per_head=False)))
             for norm, acc in zip(adapter.residual_norms(self.model), self.norms):
                 self._handles.append(norm.register_forward_hook(self._output_hook(acc)))
             yield self
@@ -86,6 +96,8 @@ class WidthCollector:
             group = self.num_heads // self.num_kv_heads
             for i, mlp in self.mlp.items():
                 out[f"mlp.{i}"] = mlp.result().cpu()
+            for i, (_, acc) in self.shared.items():
+                out[f"shared_mlp.{i}"] = acc.result().cpu()
             for i, heads in enumerate(self.heads):
                 head_scores = heads.result().cpu()
                 out[f"heads.{i}"] = head_scores

@@ -1,7 +1,8 @@
 """``minitron compress --dry-run``'s plan of a whole recipe: each stage's shapes and per-rank
 memory (calibration here; distillation from ``distill/memory.py``), the quantized student's
 predicted weight bytes on disk (``quantize/schemes.py``), and the refusal of a plan that cannot
-fit.
+fit. A mixture-of-experts teacher's prune stage states total and active parameters and the
+routed experts' weights before and after.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..arch import get_adapter
 from ..arch.modeling import load_config
 from ..bench.models import NAMED_SHAPES, named_config, named_shape_of
 from ..core.errors import MinitronError
 from ..core.hub import resolve_model
-from ..core.shape import ModelShape, count_params, reshaped_config
+from ..core.shape import ModelShape, ParamCounts, count_params, reshaped_config
 from ..data import assets
 from ..distill.config import DistillConfig
 from ..distill.memory import GIB, Choice, ModelSizes, options, pick
@@ -70,6 +72,15 @@ class StagePlan:
     chosen: Choice | None = None
     calibration: dict[str, CalibrationMemory] | None = None
     refusal: str | None = None
+    #: Mixture-of-experts prune stages: total, active and routed-expert parameters made.
+    counts: ParamCounts | None = None
+
+
+def moe_detail(before: ParamCounts, after: ParamCounts) -> str:
+    """Total and active parameters and the routed experts' 16-bit weights, before -> after."""
+    return (f"total {before.total:,} -> {after.total:,} parameters, active {before.active:,} "
+            f"-> {after.active:,}, routed experts {2 * before.experts / GIB:.2f} -> "
+            f"{2 * after.experts / GIB:.2f} GiB in bf16")
 
 
 def _prune_plan(name: str, source, rnd, available: int | None,
@@ -97,10 +108,14 @@ def _prune_plan(name: str, source, rnd, available: int | None,
     refusal = None if available is None or memory <= available else (
         f"{name} needs about {memory / GIB:.1f} GiB but the device has {available / GIB:.1f} "
         "GiB; lower the calibration batch size or sequence length")
-    plan = StagePlan(name, f"{ModelShape.from_config(source)} -> {target.shape}: "
-                     f"{target.reason}", target.params_after, memory,
-                     calibration=calibration, refusal=refusal)
-    return plan, reshaped_config(source, target.shape)
+    detail = f"{ModelShape.from_config(source)} -> {target.shape}: {target.reason}"
+    student = reshaped_config(source, target.shape)
+    if target.experts is not None:
+        detail += f"; {moe_detail(target.counts_before, target.counts_after)}"
+        get_adapter(source).apply_expert_shape(student, target.experts)
+    plan = StagePlan(name, detail, target.params_after, memory, calibration=calibration,
+                     refusal=refusal, counts=target.counts_after if target.experts else None)
+    return plan, student
 
 
 def _distill_plan(name: str, teacher, student, cfg: DistillConfig, world: int,

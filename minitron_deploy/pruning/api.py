@@ -153,6 +153,8 @@ def prune(model_dir: str | Path, out_dir: str | Path, settings: Schema | None = 
     if source_experts is not None:
         record["experts"] = {"source": source_experts.as_dict(),
                              "target": target.experts.as_dict(),
+                             "active_params_before": target.counts_before.active,
+                             "active_params_after": target.counts_after.active,
                              "expert_criterion": scores.meta.get("expert_criterion"),
                              "utilisation": {k: {str(i): v for i, v in d.items()}
                                              for k, d in utilisation.items()}}

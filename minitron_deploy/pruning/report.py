@@ -19,6 +19,9 @@ def print_prune_summary(report: PruneReport, console: Console | None = None) -> 
     table.add_column("pruned", justify="right")
     before, after = report.target.params_before, report.target.params_after
     table.add_row("parameters", f"{before:,}", f"{after:,} ({after / before:.1%})")
+    if report.source_experts is not None:
+        before, after = report.target.counts_before.active, report.target.counts_after.active
+        table.add_row("active parameters", f"{before:,}", f"{after:,} ({after / before:.1%})")
     for key in src:
         table.add_row(key, str(src[key]), str(dst[key]))
     if report.source_experts is not None:

@@ -42,14 +42,15 @@ def build_plan(scores: ImportanceScores, source: ModelShape, target: ResolvedTar
     needs_width = (shape.hidden_size, shape.ffn_hidden_size, shape.num_heads, shape.num_kv_heads) \
         != (source.hidden_size, source.ffn_hidden_size, source.num_heads, source.num_kv_heads)
     experts, expert_mlp = _expert_plan(scores, layers, target)
-    if (needs_width or experts) and not scores.has_width():
+    shared_mlp = _shared_plan(scores, layers, target)
+    if (needs_width or experts or shared_mlp) and not scores.has_width():
         raise MinitronError("width pruning needs width scores; the scores file has none")
     if not needs_width:
         return KeepPlan(layers=layers, hidden=torch.arange(source.hidden_size),
                         mlp={i: torch.arange(source.ffn_hidden_size) for i in layers},
                         heads={i: torch.arange(source.num_heads) for i in layers},
                         kv_heads={i: torch.arange(source.num_kv_heads) for i in layers},
-                        experts=experts, expert_mlp=expert_mlp)
+                        experts=experts, expert_mlp=expert_mlp, shared_mlp=shared_mlp)
 
     group = source.num_heads // source.num_kv_heads
     per_group = shape.num_heads // shape.num_kv_heads
@@ -62,7 +63,22 @@ def build_plan(scores: ImportanceScores, source: ModelShape, target: ResolvedTar
         heads[i] = torch.cat([g * group + top_k(head_scores[g], per_group) for g in kv_heads[i]])
     return KeepPlan(layers=layers, hidden=top_k(scores.tensors["hidden"], shape.hidden_size),
                     mlp=mlp, heads=heads, kv_heads=kv_heads, experts=experts,
-                    expert_mlp=expert_mlp)
+                    expert_mlp=expert_mlp, shared_mlp=shared_mlp)
+
+
+def _shared_plan(scores: ImportanceScores, layers: list[int], target: ResolvedTarget
+                 ) -> dict[int, torch.Tensor]:
+    """The top ``shared_mlp.{i}`` neurons of every kept layer's shared expert when the target
+    narrows it (empty otherwise)."""
+    wanted = target.experts
+    if wanted is None or wanted.shared_ffn == target.experts_before.shared_ffn:
+        return {}
+    sparse = [i for i in layers if f"expert_mlp.{i}" in scores.tensors]
+    held = [i for i in sparse if f"shared_mlp.{i}" in scores.tensors]
+    if len(held) < len(sparse):
+        raise MinitronError("shared-expert pruning needs shared_mlp scores; the scores file "
+                            "has none (rescore this model)")
+    return {i: top_k(scores.tensors[f"shared_mlp.{i}"], wanted.shared_ffn) for i in held}
 
 
 def _expert_plan(scores: ImportanceScores, layers: list[int], target: ResolvedTarget

@@ -11,26 +11,42 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..arch import ExpertShape, MoEAdapter, get_adapter
+from ..arch import ExpertShape, get_adapter
 from ..core.align import KERNEL_NOTE, Alignment
 from ..core.errors import MinitronError
 from ..core.schema import Schema, fields_of, positive, setting
-from ..core.shape import ModelShape, count_params, loadability_error
+from ..core.shape import (
+    ModelShape,
+    ParamCounts,
+    count_params,
+    loadability_error,
+    param_counts,
+)
+from .moe_target import (
+    check_expert_kernels,
+    expert_note,
+    expert_target,
+    moe_budget_shape,
+)
+from .rule import (
+    _FFN_STEP_CAP,
+    _HIDDEN_STEP_CAP,
+    _STEPS,
+    HIDDEN_TO_MLP_RATE,
+    MAX_MLP_PRUNE,
+    _loadable_hidden,
+    pruned_axes,
+    round_to_step,
+    search_step,
+)
 
-HIDDEN_TO_MLP_RATE = 0.7
-MAX_MLP_PRUNE = 0.6
-_STEPS = 240
-#: The rule's coarsest steps (ModelOpt's Minitron search steps hidden by 256, FFN by 512).
-_HIDDEN_STEP_CAP, _FFN_STEP_CAP = 256, 512
 _SHAPE_FIELDS = ("hidden_size", "ffn_hidden_size", "num_heads", "num_kv_heads", "num_layers",
-                 "drop_layers", "target_params", "num_experts", "moe_ffn_hidden_size")
-#: transformers' grouped expert kernels need 16-byte strides: sizes in multiples of 8 (bf16).
-_EXPERT_ALIGN = 8
+                 "drop_layers", "target_params", "target_active_params", "num_experts",
+                 "moe_ffn_hidden_size", "shared_expert_ffn_hidden_size")
 
 
 _KEEP = "the source's, or what target_params picks"
@@ -93,9 +109,18 @@ class TargetSpec(Schema):
     moe_ffn_hidden_size: int | None = setting(
         None, "mixture-of-experts models: width of every expert's MLP", unset="the source's",
         check=positive, modelopt=_CONSTRAINT)
+    shared_expert_ffn_hidden_size: int | None = setting(
+        None, "mixture-of-experts models with a shared expert (Qwen2-MoE): its MLP width",
+        unset=_KEEP, check=positive, modelopt=_CONSTRAINT)
     target_params: float | None = setting(
-        None, "parameter budget: absolute (4.5e9) or a fraction of the source (0.5)",
+        None, "parameter budget: absolute (4.5e9) or a fraction of the source (0.5); "
+        "mixture-of-experts models: of the total (see docs/moe.md for the rule)",
         unset="the explicit sizes only", check=positive, modelopt=_CONSTRAINT)
+    target_active_params: float | None = setting(
+        None, "budget of the parameters one token uses (mixture-of-experts models: top-k of "
+        "the routed experts; dense: all), absolute or a fraction of the source's; may go with "
+        "target_params", unset="no active budget", check=positive,
+        modelopt="the ModelOpt mode takes it as its active_params constraint")
     align: Alignment = setting(
         Alignment(), "multiples HIDDEN,FFN[,HEADS] the budget rule keeps the hidden size, FFN "
         "size and head counts at (FP8 and Marlin kernels stay usable; a source that is not a "
@@ -121,10 +146,17 @@ class ResolvedTarget:
     drop_layers: list[int] | None
     reason: str
     params_before: int = 0
-    params_after: int = 0
     align: Alignment = field(default_factory=Alignment)
-    #: The experts of a mixture-of-experts model (None for dense models).
+    #: The experts of a mixture-of-experts model, source and target (None for dense models).
     experts: ExpertShape | None = None
+    experts_before: ExpertShape | None = None
+    #: Total, active and routed-expert parameters of the source and of the target.
+    counts_before: ParamCounts | None = None
+    counts_after: ParamCounts | None = None
+
+    @property
+    def params_after(self) -> int:
+        return self.counts_after.total if self.counts_after else 0
 
 
 def parse_layer_ranges(text: str) -> list[int]:
@@ -143,20 +175,6 @@ def parse_layer_ranges(text: str) -> list[int]:
     except ValueError:
         raise MinitronError(f"cannot parse layer list {text!r}; use e.g. '16-31' or '3,5,10-12'")
     return sorted(layers)
-
-
-def search_step(full: int, cap: int, align: int) -> int:
-    """The rule's size step: a power-of-two divisor (<= full/16, <= cap) that is also a multiple
-    of the alignment."""
-    divisor = 1
-    while divisor * 2 <= min(cap, full // 16):
-        divisor *= 2
-    return math.lcm(divisor, align)
-
-
-def round_to_step(value: float, step: int) -> int:
-    """Round down to a multiple of ``step``, at least one step."""
-    return max(step, int(value // step) * step)
 
 
 def _check_explicit(src: ModelShape, spec: TargetSpec) -> None:
@@ -197,18 +215,6 @@ def _explicit_shape(src: ModelShape, spec: TargetSpec) -> ModelShape:
         num_heads=spec.num_heads or (src.num_heads // src.num_kv_heads) * kv,
         num_layers=layers,
     )
-
-
-def _loadable_hidden(config, shape: ModelShape, align: int, source: int) -> int | None:
-    """The largest loadable multiple of ``align`` up to ``shape.hidden_size``, else the smallest
-    above it (up to ``source``); some configs constrain it (Llama: a multiple of the head count).
-    None when no multiple up to ``source`` loads."""
-    below = range(shape.hidden_size, 0, -align)
-    above = range(shape.hidden_size + align, source + 1, align)
-    for hidden in (*below, *above):
-        if not loadability_error(config, dataclasses.replace(shape, hidden_size=hidden)):
-            return hidden
-    return None
 
 
 def _width_for_budget(config, src: ModelShape, base: ModelShape, spec: TargetSpec,
@@ -273,24 +279,6 @@ def _budget_shape(config, base: ModelShape, spec: TargetSpec, align: Alignment,
         "or lower align")
 
 
-#: Axes of a shape as a pruning summary names them; the first three are the width axes whose
-#: keeping is stated too.
-_AXES = (("ffn_hidden_size", "MLP"), ("hidden_size", "hidden"), ("num_heads", "heads"),
-         ("num_kv_heads", "KV heads"), ("num_layers", "depth"))
-
-
-def _join(labels: list[str]) -> str:
-    return labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]}"
-
-
-def pruned_axes(src: ModelShape, shape: ModelShape) -> str:
-    """Which axes ``shape`` shrinks of ``src``, e.g. "MLP pruned (hidden and heads kept)"."""
-    pruned = [label for key, label in _AXES if getattr(shape, key) < getattr(src, key)]
-    kept = [label for _, label in _AXES[:3] if label not in pruned]
-    text = f"{_join(pruned)} pruned" if pruned else "nothing pruned"
-    return f"{text} ({_join(kept)} kept)" if kept and pruned else text
-
-
 def _warn_unaligned(shape: ModelShape, align: Alignment) -> None:
     """One warning naming every size of ``shape`` off its alignment."""
     bad = align.unaligned(shape)
@@ -300,44 +288,15 @@ def _warn_unaligned(shape: ModelShape, align: Alignment) -> None:
                       f"{KERNEL_NOTE}", stacklevel=3)
 
 
-def _expert_target(config, spec: TargetSpec) -> tuple[ExpertShape | None, str]:
-    """The experts to keep (None for dense models) and what the reason adds about them."""
-    adapter = get_adapter(config)
-    if not isinstance(adapter, MoEAdapter):
-        if spec.num_experts is not None or spec.moe_ffn_hidden_size is not None:
-            raise MinitronError(f"num_experts and moe_ffn_hidden_size apply to mixture-of-experts "
-                                f"models; {config.model_type} has no experts")
-        return None, ""
-    if spec.target_params is not None:
-        raise MinitronError("a parameter budget (target_params) is not supported for "
-                            "mixture-of-experts models yet; give the sizes to keep")
-    if adapter.experts_are_ffn and spec.ffn_hidden_size is not None:
-        raise MinitronError(f"every MLP of {config.model_type} is a mixture of experts: give "
-                            "moe_ffn_hidden_size, not ffn_hidden_size")
-    src = adapter.expert_shape(config)
-    for name, value, full in (("num_experts", spec.num_experts, src.num_experts),
-                              ("moe_ffn_hidden_size", spec.moe_ffn_hidden_size, src.ffn)):
-        if value is not None and value > full:
-            raise MinitronError(f"target {name}={value} is larger than the source ({full}); "
-                                "pruning only shrinks")
-    num = spec.num_experts or src.num_experts
-    target = dataclasses.replace(src, num_experts=num, ffn=spec.moe_ffn_hidden_size or src.ffn,
-                                 top_k=min(src.top_k, num))
-    notes = [f"{label} {before} -> {after}" for label, before, after in (
-        ("experts", src.num_experts, target.num_experts),
-        ("expert width", src.ffn, target.ffn),
-        ("experts per token (fewer experts remain)", src.top_k, target.top_k)) if after < before]
-    return target, "; " + ", ".join(notes) if notes else ""
-
-
-def _check_expert_kernels(shape: ModelShape, experts: ExpertShape) -> None:
-    bad = {name: value for name, value in (("hidden_size", shape.hidden_size),
-                                           ("moe_ffn_hidden_size", experts.ffn))
-           if value % _EXPERT_ALIGN}
-    if bad:
-        raise MinitronError(f"transformers' grouped expert kernels need hidden_size and "
-                            f"moe_ffn_hidden_size in multiples of {_EXPERT_ALIGN}; got "
-                            + ", ".join(f"{k}={v}" for k, v in bad.items()))
+def _budget(name: str, value: float | None, before: int, what: str) -> int | None:
+    """A budget in parameters from a fraction of ``before`` or an absolute count."""
+    if value is None:
+        return None
+    budget = int(value * before if value <= 1 else value)
+    if budget >= before:
+        raise MinitronError(f"{name}: a target of {budget:,} {what}parameters is not smaller "
+                            f"than the source ({before:,})")
+    return budget
 
 
 def resolve_target(config, spec: TargetSpec) -> ResolvedTarget:
@@ -345,37 +304,44 @@ def resolve_target(config, spec: TargetSpec) -> ResolvedTarget:
     if spec.is_empty():
         raise MinitronError("no target given: set a shape (hidden_size, ffn_hidden_size, "
                             "num_heads, num_kv_heads, num_layers, drop_layers, num_experts, "
-                            "moe_ffn_hidden_size) or target_params")
+                            "moe_ffn_hidden_size, shared_expert_ffn_hidden_size), target_params "
+                            "or target_active_params")
     src = ModelShape.from_config(config)
     _check_explicit(src, spec)
-    experts, expert_note = _expert_target(config, spec)
+    experts = expert_target(config, spec)
     align = spec.align.for_source(src)
-    params_before = count_params(config)
+    before = param_counts(config)
+    total = _budget("target_params", spec.target_params, before.total, "")
+    active = _budget("target_active_params", spec.target_active_params, before.active, "active ")
     base = _explicit_shape(src, spec)
-    if experts is not None:
-        adapter = get_adapter(config)
+    adapter = get_adapter(config)
+    if experts is None:
+        shape, reason = base, f"explicit target shape: {pruned_axes(src, base)}"
+        if total is not None or active is not None:  # a dense model's active are all
+            shape, reason = _budget_shape(config, base, spec, align,
+                                          min(b for b in (total, active) if b is not None))
+        source_config = config
+    else:
         if adapter.experts_are_ffn:
             base = dataclasses.replace(base, ffn_hidden_size=experts.ffn)
-        _check_expert_kernels(base, experts)
-        config = adapter.with_expert_shape(config, experts)  # params_before is the source's
-    if spec.target_params is None:
+        check_expert_kernels(base, experts)
         shape, reason = base, f"explicit target shape: {pruned_axes(src, base)}"
-    else:
-        budget = int(spec.target_params * params_before if spec.target_params <= 1
-                     else spec.target_params)
-        if budget >= params_before:
-            raise MinitronError(f"target of {budget:,} parameters is not smaller than the source "
-                                f"({params_before:,})")
-        shape, reason = _budget_shape(config, base, spec, align, budget)
-    problem = loadability_error(config, shape) or get_adapter(config).shape_error(config, shape)
+        if total is not None or active is not None:
+            shape, experts, reason = moe_budget_shape(config, base, experts, spec, align,
+                                                      total, active)
+        source_config, config = config, adapter.with_expert_shape(config, experts)
+    problem = loadability_error(config, shape) or adapter.shape_error(config, shape)
     if problem:
         raise MinitronError(f"transformers would refuse the target shape {shape.as_dict()}: "
                             f"{problem}")
-    if shape == src and spec.drop_layers is None and not expert_note:
+    experts_before = None if experts is None else adapter.expert_shape(source_config)
+    note = "" if experts is None else expert_note(experts_before, experts)
+    if shape == src and spec.drop_layers is None and not note:
         raise MinitronError("the target equals the source shape: nothing to prune")
-    if experts is not None:
-        reason = (reason if shape != src else "explicit target shape") + expert_note
+    if experts is not None and shape == src and reason.startswith("explicit"):
+        reason = "explicit target shape"
     _warn_unaligned(shape, align)
-    return ResolvedTarget(shape=shape, drop_layers=spec.drop_layers, reason=reason,
-                          params_before=params_before, params_after=count_params(config, shape),
-                          align=align, experts=experts)
+    return ResolvedTarget(shape=shape, drop_layers=spec.drop_layers, reason=reason + note,
+                          params_before=before.total, align=align, experts=experts,
+                          experts_before=experts_before,
+                          counts_before=before, counts_after=param_counts(config, shape))

@@ -24,6 +24,7 @@ from statistics import fmean
 import torch
 from tqdm.auto import tqdm
 
+from ..arch import MoEAdapter, get_adapter
 from ..arch.modeling import atomic_dir, check_output_dir, load_config, load_model
 from ..core.align import Alignment
 from ..core.artifacts import ARTIFACTS_DIR, SCORES
@@ -88,7 +89,13 @@ class SearchPlan:
 
 
 def plan_search(config, settings: SearchSettings) -> SearchPlan:
-    """The candidates meeting the goal (no weights loaded) and the rule's shape for params."""
+    """The candidates meeting the goal (no weights loaded) and the rule's shape for params.
+    Mixture-of-experts models are refused: the grid has no expert axes."""
+    if isinstance(get_adapter(config), MoEAdapter):
+        raise MinitronError(
+            f"minitron search has no expert axes for mixture-of-experts models "
+            f"({config.model_type}): prune with --num-experts / --moe-ffn-hidden-size, or a "
+            "--target-params / --target-active-params budget (docs/moe.md)")
     predictor = Predictor(config, settings.deployment())
     source_params = predictor.params(predictor.source)
     goal = settings.goal().resolved(source_params)
