@@ -40,7 +40,7 @@ from ..data.tokens import prepare_token_file
 from .config import DistillConfig
 from .losses import HiddenStateLoss, hidden_state_loss, read_pruning_record
 from .memory import choose_strategy
-from .objectives import KDObjective, LMObjective, uses_bf16
+from .objectives import KDObjective, LMObjective, check_router_aux, uses_bf16
 from .parallel import (
     check_strategy,
     full_state_dict,
@@ -98,6 +98,7 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
                             f"vocabulary ({student_cfg.vocab_size}) differ")
     for cfg in (teacher_cfg, student_cfg):
         check_seq_len(config.seq_len, cfg)
+    check_router_aux(student_cfg, config.router_aux_loss_coef)
     env = distributed_env()
     train_cfg = config.train_config(env.world)
     work = work_dir_for(out)
@@ -134,9 +135,10 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, data: str | Path,
                                     config.lm_loss_weight,
                                     _hidden_loss(config, student_dir, student_cfg,
                                                  teacher_cfg),
-                                    config.intermediate_weight, config.chunk_tokens)
+                                    config.intermediate_weight, config.chunk_tokens,
+                                    config.router_aux_loss_coef)
         else:
-            objective = LMObjective(student, config.chunk_tokens)
+            objective = LMObjective(student, config.chunk_tokens, config.router_aux_loss_coef)
         if layout.strategy == "fsdp":  # before validation, whose forward runs on every rank
             shard_objective(objective, device, uses_bf16(device, precision), env)
         else:

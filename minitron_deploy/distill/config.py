@@ -56,6 +56,9 @@ class DistillConfig(TextSettings):
                                          check=non_negative)
     intermediate_layers: int = setting(1, "how many evenly spaced layers to match (the last "
                                           "one included)", check=at_least(1))
+    router_aux_loss_coef: float = setting(0.0, "mixture-of-experts students: add this times "
+                                               "the model's own router load-balancing loss "
+                                               "(0 = off)", check=non_negative)
     teacher_correction_steps: int = setting(0, "fine-tune the teacher on the data this many "
                                                "steps before KD", check=at_least(0))
     teacher_correction_lr: float = setting(1e-5, "learning rate of the teacher fine-tuning",

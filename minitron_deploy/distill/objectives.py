@@ -13,6 +13,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from ..arch import get_adapter
+from ..core.errors import MinitronError
 from ..core.likelihood import shifted_labels
 from ..core.precision import resolve_precision
 from .losses import HiddenStateLoss, LossParts, logit_kd_loss
@@ -32,10 +34,12 @@ class KDObjective(nn.Module):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, temperature: float = 1.0,
                  lm_weight: float = 0.0, hidden_loss: HiddenStateLoss | None = None,
-                 hidden_weight: float = 1.0, chunk_tokens: int = 512):
+                 hidden_weight: float = 1.0, chunk_tokens: int = 512,
+                 router_aux_weight: float = 0.0):
         super().__init__()
         self.student = student
         self.hidden_loss = hidden_loss
+        self.router_aux_weight = router_aux_weight
         self._teacher = [teacher.eval().requires_grad_(False)]  # a list: not a submodule
         self.temperature = temperature
         self.lm_weight = lm_weight
@@ -47,29 +51,54 @@ class KDObjective(nn.Module):
         with torch.no_grad():
             t_out = self._teacher[0](input_ids=input_ids, use_cache=False,
                                      output_hidden_states=want_states)
-        s_out = self.student(input_ids=input_ids, use_cache=False, output_hidden_states=want_states)
+        s_out = self.student(input_ids=input_ids, use_cache=False, output_hidden_states=want_states,
+                             **_router_kwargs(self.router_aux_weight))
         labels = shifted_labels(input_ids) if self.lm_weight else None
         parts = logit_kd_loss(s_out.logits, t_out.logits, labels, self.temperature,
                               self.lm_weight, self.chunk_tokens)
-        if self.hidden_loss is None:
-            return parts
-        hidden = self.hidden_loss(s_out.hidden_states, t_out.hidden_states)
-        return LossParts(total=parts.total + self.hidden_weight * hidden, kd=parts.kd,
-                         lm=parts.lm, hidden=hidden.detach())
+        if self.hidden_loss is not None:
+            hidden = self.hidden_loss(s_out.hidden_states, t_out.hidden_states)
+            parts = LossParts(total=parts.total + self.hidden_weight * hidden, kd=parts.kd,
+                              lm=parts.lm, hidden=hidden.detach())
+        return _with_router_aux(parts, s_out, self.router_aux_weight)
 
 
 class LMObjective(nn.Module):
     """Next-token cross-entropy only (retraining without a teacher, teacher correction)."""
 
-    def __init__(self, model: nn.Module, chunk_tokens: int = 512):
+    def __init__(self, model: nn.Module, chunk_tokens: int = 512, router_aux_weight: float = 0.0):
         super().__init__()
         self.student = model
         self.chunk_tokens = chunk_tokens
+        self.router_aux_weight = router_aux_weight
 
     def forward(self, input_ids: torch.Tensor) -> LossParts:
-        logits = self.student(input_ids=input_ids, use_cache=False).logits
-        return logit_kd_loss(logits, None, shifted_labels(input_ids), lm_weight=1.0,
-                             chunk_tokens=self.chunk_tokens)
+        out = self.student(input_ids=input_ids, use_cache=False,
+                           **_router_kwargs(self.router_aux_weight))
+        parts = logit_kd_loss(out.logits, None, shifted_labels(input_ids), lm_weight=1.0,
+                              chunk_tokens=self.chunk_tokens)
+        return _with_router_aux(parts, out, self.router_aux_weight)
+
+
+def check_router_aux(config, weight: float) -> None:
+    """Refuse a router load-balancing loss for a model without experts, in one line."""
+    if weight and "moe" not in get_adapter(config).features(config):
+        raise MinitronError(f"router_aux_loss_coef={weight} needs a mixture-of-experts student; "
+                            f"{config.model_type} has no router")
+
+
+def _router_kwargs(weight: float) -> dict:
+    """Ask an MoE model for its router logits (and so its ``aux_loss``) when they are used."""
+    return {"output_router_logits": True} if weight else {}
+
+
+def _with_router_aux(parts: LossParts, out, weight: float) -> LossParts:
+    """``parts`` plus ``weight`` x the model's own load-balancing loss (transformers'
+    ``aux_loss``: experts' routed-token shares times their mean router probabilities)."""
+    if not weight:
+        return parts
+    return LossParts(total=parts.total + weight * out.aux_loss, kd=parts.kd, lm=parts.lm,
+                     hidden=parts.hidden)
 
 
 class ModelOptObjective(nn.Module):

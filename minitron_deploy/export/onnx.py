@@ -3,7 +3,10 @@
 transformers 5's mask creation breaks the TorchScript exporter (``aten::diff``), so this uses
 the dynamo exporter (``torch.onnx.export(..., dynamo=True)``, needs ``onnxscript``). Batch and
 sequence length are dynamic. The graph runs without a KV cache (every call recomputes the
-prefix): it serves scoring and prefill, not fast decoding.
+prefix): it serves scoring and prefill, not fast decoding. Mixture-of-experts models export
+with transformers' ``batched_mm`` experts (each token's top-k experts' weights gathered, then
+batched matmuls: static shapes), as the default grouped kernel is an op ONNX has no lowering
+for.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..arch import get_adapter
 from ..core.errors import MinitronError
 
 ONNX_FILE = "model.onnx"
@@ -39,6 +43,8 @@ def write_onnx(model: nn.Module, directory: Path, opset: int = 18) -> Path:
         raise MinitronError("ONNX export needs onnx and onnxscript: "
                             "pip install 'minitron-deploy[onnx]'")
     model = model.float().cpu().eval()
+    if "moe" in get_adapter(model.config).features(model.config):
+        model.set_experts_implementation("batched_mm")
     max_pos = model.config.max_position_embeddings
     example = torch.zeros(2, min(8, max_pos), dtype=torch.long)  # 1 would specialize batch
     dims = {0: torch.export.Dim("batch", min=1, max=1024),

@@ -125,7 +125,7 @@ class ExpertCollector:
             if criterion == "reap":
                 out[f"experts.{i}"] = _mean(self.stats[i].reap, self.stats[i].count).cpu()
             elif criterion == "frequency":
-                out[f"experts.{i}"] = load
+                out[f"experts.{i}"] = load.clone()  # its own storage: safetensors refuses shared
             else:
                 out[f"experts.{i}"] = torch.rand(len(load), generator=gen)
         if not all(torch.isfinite(v).all() for v in out.values()):
