@@ -14,6 +14,7 @@ from compressed_tensors.quantization import (
     apply_quantization_config,
     preset_name_to_scheme,
 )
+from safetensors import safe_open
 from test_quantize_gguf import bpe_tokenizer
 from tiny_models import CALIB_TEXT, tiny_config, tiny_model
 
@@ -82,6 +83,20 @@ def test_prediction_is_what_quantize_writes(root, family, scheme, overrides):
     out = root / f"{family}-{scheme}-{len(overrides)}"
     quantize(model, out, scheme=scheme, **CALIB)
     check(out, weight_bytes(load_config(model), scheme))
+
+
+@pytest.mark.parametrize("scheme", ["int8-w8a8", "fp8"])
+def test_a_bf16_checkpoint_computed_in_fp32_is_written_in_bf16(root, scheme):
+    """Loading in fp32 (fast on CPUs without AMX) does not double the unquantized tensors:
+    they and the scales are written in the source's bf16, as the byte model predicts."""
+    model = source(root, "llama")
+    out = root / f"llama-{scheme}-fp32-compute"
+    quantize(model, out, scheme=scheme, **{**CALIB, "dtype": "fp32"})
+    check(out, weight_bytes(load_config(model), scheme))
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys() if not k.endswith("weight")
+                  or "norm" in k or "embed" in k or "lm_head" in k}
+    assert dtypes == {"BF16"}
 
 
 def test_modelopt_fp8_prediction_is_what_quantize_writes(root):

@@ -60,7 +60,8 @@ def _writer(fmt: str, scheme: str) -> Writer:
         if fmt == COMPRESSED:
             from .compressed import write_compressed
 
-            return lambda m, tok, out, calib, dtype: write_compressed(m, tok, out, scheme, calib)
+            return lambda m, tok, out, calib, dtype: write_compressed(m, tok, out, scheme, calib,
+                                                                     dtype)
         if fmt == GGUF:
             from .gguf import write_gguf
 

@@ -49,12 +49,17 @@ TARGETS = ["Linear"]
 _COLUMN_MULTIPLE = {"fp8-block": 128, "w4a16": 128}
 
 
-def write_compressed(model, tokenizer, out: Path, scheme: str, calib: list[torch.Tensor]) -> None:
+def write_compressed(model, tokenizer, out: Path, scheme: str, calib: list[torch.Tensor],
+                     dtype: torch.dtype | None = None) -> None:
     """Quantize ``model`` in place by ``scheme`` and write it, with ``tokenizer``, as a
     compressed-tensors checkpoint into the existing empty directory ``out``.
 
-    ``calib`` (token-id batches) is used by ``w4a16`` (GPTQ) only. Afterwards ``model`` runs as
-    the written checkpoint does (it decompresses to fake-quantized weights on its next forward).
+    ``calib`` (token-id batches) is used by ``w4a16`` (GPTQ) only. ``dtype`` (the source
+    checkpoint's, e.g. bf16 where the model was loaded in fp32 to compute fast) is what the
+    unquantized tensors and the scales are written in; weight scales are rounded to it before
+    the weights are quantized, so the integers match the stored scales. Afterwards ``model``
+    runs as the written checkpoint does (it decompresses to fake-quantized weights on its next
+    forward).
     """
     if scheme not in PRESETS:
         raise MinitronError(f"compressed-tensors has no scheme {scheme!r}; choose from "
@@ -63,8 +68,8 @@ def write_compressed(model, tokenizer, out: Path, scheme: str, calib: list[torch
     if scheme == "w4a16":
         _gptq(model, tokenizer, calib)
     else:
-        _quantize_weights(model, PRESETS[scheme])
-    _save(model, tokenizer, Path(out))
+        _quantize_weights(model, PRESETS[scheme], dtype)
+    _save(model, tokenizer, Path(out), dtype)
 
 
 def quantized_linears(model):
@@ -105,9 +110,10 @@ def weight_qparams(weight: torch.Tensor, args) -> tuple[torch.Tensor, torch.Tens
     return calculate_qparams(*_weight_min_max(weight, args), args)
 
 
-def _quantize_weights(model, preset: str) -> None:
+def _quantize_weights(model, preset: str, dtype: torch.dtype | None) -> None:
     """Attach the preset to every targeted linear and set its weight scales from the weights'
-    own min-max (what llm-compressor's weight observer computes); activations are dynamic."""
+    own min-max (what llm-compressor's weight observer computes), rounded to ``dtype`` when
+    given; activations are dynamic."""
     config = QuantizationConfig(config_groups={"group_0": preset_name_to_scheme(preset, TARGETS)},
                                 ignore=IGNORE, quantization_status=QuantizationStatus.FROZEN)
     apply_quantization_config(model, config, show_progress=False)
@@ -117,7 +123,7 @@ def _quantize_weights(model, preset: str) -> None:
             if scheme is None:
                 continue
             scale, zero_point = weight_qparams(module.weight, scheme.weights)
-            module.weight_scale.copy_(scale)
+            module.weight_scale.copy_(scale if dtype is None else scale.to(dtype))
             if hasattr(module, "weight_zero_point"):
                 module.weight_zero_point.copy_(zero_point)
 
@@ -150,15 +156,28 @@ def _gptq(model, tokenizer, calib: list[torch.Tensor]) -> None:
             model.config.name_or_path = source
 
 
-def _save(model, tokenizer, out: Path) -> None:
-    """Compress the frozen quantized model and write it, its config's ``quantization_config``,
-    generation config and tokenizer into ``out``."""
+def _save(model, tokenizer, out: Path, dtype: torch.dtype | None) -> None:
+    """Compress the frozen quantized model and write it (its 16/32-bit tensors in ``dtype``
+    when given), its config's ``quantization_config``, generation config and tokenizer into
+    ``out``."""
     compressor = ModelCompressor.from_pretrained_model(model)
     with as_single_threaded():  # this process alone, also where a process group is up
         compressor.compress_model(model, skip_compressed=True)
+    if dtype is not None:
+        _cast_unquantized(model, dtype)
     # The class's own save_pretrained: llm-compressor's oneshot wraps the instance's with one
     # that compresses again and writes its recipe beside the weights.
     type(model).save_pretrained(model, str(out))
     compressor.update_config(str(out))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
+
+
+def _cast_unquantized(model, dtype: torch.dtype) -> None:
+    """Cast every 16/32-bit float tensor (embeddings, head, norms, biases, scales) to ``dtype``;
+    the quantized payload (int8, packed int32, FP8) is left as it is."""
+    floats = (torch.float32, torch.float16, torch.bfloat16)
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.dtype in floats:
+            tensor.data = tensor.data.to(dtype)
+    model.config.dtype = dtype
