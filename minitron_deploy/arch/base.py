@@ -162,11 +162,14 @@ class DecoderAdapter:
     # --- attention ---------------------------------------------------------------------------
     def get_attention(self, layer: nn.Module) -> AttentionWeights:
         attn = layer.self_attn
-        return AttentionWeights(
+        w = AttentionWeights(
             q=attn.q_proj.weight.data, k=attn.k_proj.weight.data, v=attn.v_proj.weight.data,
             o=attn.o_proj.weight.data, q_bias=_bias(attn.q_proj), k_bias=_bias(attn.k_proj),
             v_bias=_bias(attn.v_proj), o_bias=_bias(attn.o_proj),
         )
+        if "projection_qk_norm" in self.static_features:  # sliced with q / k's rows
+            w.q_norm, w.k_norm = attn.q_norm.weight.data, attn.k_norm.weight.data
+        return w
 
     def set_attention(self, layer: nn.Module, w: AttentionWeights, num_heads: int,
                       num_kv_heads: int) -> None:
@@ -175,6 +178,9 @@ class DecoderAdapter:
         attn.k_proj = new_linear(w.k, w.k_bias)
         attn.v_proj = new_linear(w.v, w.v_bias)
         attn.o_proj = new_linear(w.o, w.o_bias)
+        if "projection_qk_norm" in self.static_features:
+            attn.q_norm.weight = nn.Parameter(w.q_norm.detach().clone())
+            attn.k_norm.weight = nn.Parameter(w.k_norm.detach().clone())
         self._set_head_counts(attn, num_heads, num_kv_heads)
 
     @staticmethod

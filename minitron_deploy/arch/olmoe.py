@@ -7,10 +7,7 @@ pruned together."""
 
 from __future__ import annotations
 
-from torch import nn
-
 from ..core.shape import ModelShape
-from .base import AttentionWeights
 from .moe import MoEAdapter
 
 
@@ -25,15 +22,3 @@ class OlmoeAdapter(MoEAdapter):
                     f"({shape.num_heads} x {shape.head_dim}) must equal hidden_size "
                     f"({shape.hidden_size}): prune hidden and heads together")
         return None
-
-    def get_attention(self, layer: nn.Module) -> AttentionWeights:
-        w = super().get_attention(layer)
-        w.q_norm, w.k_norm = layer.self_attn.q_norm.weight.data, layer.self_attn.k_norm.weight.data
-        return w
-
-    def set_attention(self, layer: nn.Module, w: AttentionWeights, num_heads: int,
-                      num_kv_heads: int) -> None:
-        super().set_attention(layer, w, num_heads, num_kv_heads)
-        attn = layer.self_attn
-        attn.q_norm.weight = nn.Parameter(w.q_norm.detach().clone())
-        attn.k_norm.weight = nn.Parameter(w.k_norm.detach().clone())
