@@ -74,7 +74,7 @@ def test_killed_two_rank_compress_resumes_to_the_single_process_student(tmp_path
     done = _torchrun(args, SPY_LOG=str(tmp_path / "resumed.log"))
     assert done.returncode == 0, done.stderr[-30000:]
     assert done.stdout.count("[prune] up to date, skipped") == 1
-    assert done.stdout.count("| ppl |") == 1
+    assert done.stdout.count("| model | weights on disk |") == 1
 
     a = load_file(str(tmp_path / "single" / "distilled" / "model.safetensors"))
     b = load_file(str(work / "distilled" / "model.safetensors"))

@@ -78,4 +78,4 @@ def test_serve_resolves_auto_and_hands_vllm_that_dtype(probe, checkpoint, monkey
     assert main(["serve", "--model", str(checkpoint), "--port", "0"]) == 0
     (cmd,) = execs
     assert cmd[cmd.index("--dtype") + 1] == vllm_dtype
-    assert f"as 'tiny' in {dtype} at" in capsys.readouterr().out
+    assert f"as 'tiny', in {dtype} at" in capsys.readouterr().out
