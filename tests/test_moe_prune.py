@@ -8,8 +8,14 @@ import json
 
 import pytest
 import torch
-from tiny_models import CALIB_TEXT, MOE_FAMILIES, logits, save_tiny_checkpoint, tiny_batch, \
-    tiny_model
+from tiny_models import (
+    CALIB_TEXT,
+    MOE_FAMILIES,
+    logits,
+    save_tiny_checkpoint,
+    tiny_batch,
+    tiny_model,
+)
 from torch.nn import functional as F
 from transformers import AutoModelForCausalLM
 

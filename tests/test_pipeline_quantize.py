@@ -4,8 +4,8 @@ evaluated beside the others and reported; a re-run reuses it, a changed scheme r
 import json
 
 import pytest
-from test_compress import LLAMA31_8B
 from recipe_inputs import fresh_ppl, tiny_recipe_header
+from test_compress import LLAMA31_8B
 
 from minitron_deploy.cli import main
 from minitron_deploy.core.errors import MinitronError

@@ -8,7 +8,13 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import CALIB_TEXT, logits, save_tiny_checkpoint, tiny_batch, tiny_config
+from tiny_models import (
+    CALIB_TEXT,
+    logits,
+    save_tiny_checkpoint,
+    tiny_batch,
+    tiny_config,
+)
 from transformers import AutoModelForCausalLM
 
 from minitron_deploy.arch.modeling import load_model
