@@ -87,13 +87,20 @@ def main() -> None:
             row = variant(model, scheme, fmt, calib, held, args)
             rows[model.name].append(row)
             print(json.dumps({"model": model.name, **row}), flush=True)
+            write_record(args, rows, started, complete=False)
+    write_record(args, rows, started, complete=True)
+    print(f"wrote {args.out}")
+
+
+def write_record(args, rows: dict, started: float, complete: bool) -> None:
+    """The results so far (rewritten after each row, so a stopped run keeps what it measured)."""
     record = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "complete": complete,
               "settings": {"limit": args.limit, "seq_len": args.seq_len,
                            "ppl_seqs": args.ppl_seqs, "prune": PRUNE, "calib": CALIB},
               "seconds": time.perf_counter() - started, **provenance("cpu"), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
