@@ -179,6 +179,26 @@ def test_fast_path_refuses_gpt_oss_by_feature_in_one_line():
     assert all(f in message for f in ("attention sinks", "a clamped SwiGLU", "mixture-of-experts"))
 
 
+def test_bench_refuses_moe_on_the_fast_path_before_anything_runs(tmp_path, monkeypatch):
+    """A dense model listed first is not timed: the MoE behind it is refused up front, from
+    its config alone (both folders hold a config and no weights)."""
+    from minitron_deploy.bench import api
+    from minitron_deploy.bench.models import ModelSpec
+
+    dense, moe = tmp_path / "dense", tmp_path / "moe"
+    tiny_model("llama").config.save_pretrained(dense)
+    tiny_model("qwen3_moe").config.save_pretrained(moe)
+    timed = []
+    monkeypatch.setattr(api, "_bench_model", lambda *a, **k: timed.append(a) or [])
+    settings = api.BenchSettings(models=[ModelSpec(str(dense)), ModelSpec(str(moe))],
+                                 backends=["torch"], isl=6, osl=3, batch_sizes=(1,),
+                                 device="cpu")
+    with pytest.raises(MinitronError, match="mixture-of-experts") as err:
+        api.benchmark(settings)
+    assert "\n" not in str(err.value) and "--backend hf" in str(err.value)
+    assert timed == []
+
+
 @pytest.mark.parametrize("quantization, dequantized", [
     ({"quant_method": "mxfp4"}, True), ({"quant_method": "fp8"}, False), (None, False)])
 def test_mxfp4_checkpoints_load_dequantized(quantization, dequantized):

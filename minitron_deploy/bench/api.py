@@ -12,6 +12,7 @@ from ..arch.modeling import DTYPES
 from ..core.errors import MinitronError
 from ..core.precision import resolve_precision
 from ..quantize.api import weight_bytes
+from .engine import check_supported
 from .fp8 import check_fp8_device, check_fp8_folder, load_fp8_checkpoint, quantize_fp8
 from .hardware import free_memory, machine_info, measure_limits, resolve_device
 from .limits import ModelCost, memory_needed
@@ -94,6 +95,9 @@ def benchmark(settings: BenchSettings, progress=print) -> dict:
     device = resolve_device(settings.device)
     configs = {spec.name: model_config(spec) for spec in settings.models}
     _check_quantized(settings, device)
+    if "torch" in settings.backends:
+        for config in configs.values():
+            check_supported(config, settings.isl + settings.osl)
     if "trtllm" in settings.backends:
         from .trtllm import check_available
 
