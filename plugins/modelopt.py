@@ -78,16 +78,13 @@ class HFMinitronConfig(ModeloptBaseConfig):
 
 
 #: Metric constraints and the target each becomes (a MiB of memory is 2**20 bytes, as ModelOpt
-#: counts it); a search (dense models only) takes ``active_params`` as its parameter target.
+#: counts it), for PruneSettings and SearchSettings alike.
 _METRIC_TARGETS = {"params": "target_params", "active_params": "target_active_params",
                    "memory_mb": "target_memory_gb"}
-_SEARCH_TARGETS = {**_METRIC_TARGETS, "active_params": "target_params"}
 
 
-def _target_values(constraints: dict, targets: dict[str, str] = _METRIC_TARGETS
-                   ) -> dict[str, Any]:
-    """The constraints as PruneSettings (or, with ``_SEARCH_TARGETS``, SearchSettings) target
-    fields."""
+def _target_values(constraints: dict) -> dict[str, Any]:
+    """The constraints as PruneSettings or SearchSettings target fields."""
     known = {"export_config", *_METRIC_TARGETS}
     if set(constraints) - known or len(constraints) != 1:
         raise MinitronError(f"hf_minitron takes exactly one constraint of "
@@ -104,7 +101,7 @@ def _target_values(constraints: dict, targets: dict[str, str] = _METRIC_TARGETS
         value = float(value[:-1]) / 100
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise MinitronError(f"{key}: {value!r} is not a number")
-    return {targets[key]: value / 1024 if key == "memory_mb" else value}
+    return {_METRIC_TARGETS[key]: value / 1024 if key == "memory_mb" else value}
 
 
 class HFMinitronSearcher(BaseSearcher):
@@ -154,7 +151,8 @@ class HFMinitronSearcher(BaseSearcher):
             settings = PruneSettings.make(shape_spec(order[0], search.align), search.scoring(),
                                           rescale_norms=base["rescale_norms"])
             target = resolve_target(model.config, settings)
-            found = [{"export_config": c.shape.as_dict(), "params": c.prediction.params,
+            found = [{"export_config": c.student.as_dict(), "params": c.prediction.params,
+                      "active_params": c.prediction.active_params,
                       "memory_mb": c.prediction.memory_gib * 1024,
                       "speedup": c.prediction.speedup, "score": -losses[c.key]} for c in order]
         rescale_norms = resolve_rescale_norms(model.config, settings.rescale())
@@ -180,7 +178,7 @@ class HFMinitronSearcher(BaseSearcher):
         names = {f.name for f in fields_of(SearchSettings)}
         search = SearchSettings.from_mapping(
             {**{k: v for k, v in base.items() if k in names}, **self.config["search"],
-             **_target_values(self.constraints, _SEARCH_TARGETS)}, "search")
+             **_target_values(self.constraints)}, "search")
         if search.rank_by != "loss":
             raise MinitronError("search.rank_by: the ModelOpt mode ranks by config['score_func'] "
                                 "right after pruning; the short distillation needs minitron search")
@@ -284,5 +282,10 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["HFMinitronConfig", "HFMinitronModeDescriptor", "HFMinitronSearcher", "MODE_NAME",
-           "modelopt_settings"]
+__all__ = [
+    "MODE_NAME",
+    "HFMinitronConfig",
+    "HFMinitronModeDescriptor",
+    "HFMinitronSearcher",
+    "modelopt_settings",
+]

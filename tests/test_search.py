@@ -23,7 +23,7 @@ from minitron_deploy.data.text import load_texts, pack_tokens, split_documents
 from minitron_deploy.eval.perplexity import perplexity
 from minitron_deploy.search import SearchSettings, plan_search, search_student
 from minitron_deploy.search.goal import Goal
-from minitron_deploy.search.predict import Deployment, Predictor
+from minitron_deploy.search.predict import Deployment, Prediction, Predictor
 from minitron_deploy.search.rank import paired_gap
 from minitron_deploy.search.space import Bounds
 
@@ -252,7 +252,10 @@ def test_settings_refuse_nonsense():
         SearchSettings(target_params=0.5, max_depth_prune=1.0)
     with pytest.raises(MinitronError, match="depth by loss or bi"):
         SearchSettings(target_params=0.5, depth_metric="accuracy")
-    assert Goal("params", 0.5).resolved(1000).value == 500
+    assert Goal("params", 0.5).resolved(Prediction(1000, 1.0, 1.0, active_params=900)
+                                         ).value == 500
+    assert Goal("active_params", 0.5).resolved(Prediction(1000, 1.0, 1.0, active_params=900)
+                                                ).value == 450
     assert Bounds().steps(ModelShape(4096, 14336, 32, 8, 32, 128), Alignment()) == (256, 512, 2)
 
 

@@ -63,8 +63,9 @@ def tiny_config(family: str, **overrides):
         return OlmoeConfig(**dict(kw, intermediate_size=24), num_experts=6, num_experts_per_tok=2)
     if family == "qwen2_moe":  # 6 experts of width 24, top-2; a shared expert of width 32;
         # q/k/v biases; layer 1 dense (80)
-        return Qwen2MoeConfig(**kw, num_experts=6, num_experts_per_tok=2, moe_intermediate_size=24,
-                              shared_expert_intermediate_size=32, mlp_only_layers=[1])
+        return Qwen2MoeConfig(**{"mlp_only_layers": [1], **kw}, num_experts=6,
+                              num_experts_per_tok=2, moe_intermediate_size=24,
+                              shared_expert_intermediate_size=32)
     if family == "gpt_oss":  # 6 experts of width 24, top-2; sinks; biases; sliding layers 0 and
         # 2 with a window shorter than the test sequences; a SwiGLU limit the activations reach
         rope = {"rope_type": "yarn", "rope_theta": 150000.0, "factor": 4.0, "beta_fast": 32.0,

@@ -101,15 +101,30 @@ class ParamCounts:
         return asdict(self)
 
 
+def expert_parameters(model, num_experts: int | None) -> list[torch.Tensor]:
+    """The routed experts' tensors: parameters of transformers' ``experts`` modules that lead
+    with the expert axis (every supported MoE family keeps them so); none for a dense model."""
+    if not num_experts:
+        return []
+    return [p for name, module in model.named_modules() if name.rsplit(".", 1)[-1] == "experts"
+            for p in module.parameters() if p.shape[0] == num_experts]
+
+
 def param_counts(config, shape: ModelShape | None = None) -> ParamCounts:
     """:class:`ParamCounts` of the model ``config`` describes (reshaped to ``shape``), exact
-    (built on the meta device). Routed experts are transformers' ``experts`` modules, whose
-    tensors lead with the expert axis (every supported MoE family keeps them so)."""
+    (built on the meta device)."""
     model = _meta_model(config, shape)
     total = sum(p.numel() for p in model.parameters())
     num, top_k = getattr(config, "num_experts", None), getattr(config, "num_experts_per_tok", None)
-    experts = 0 if not num else sum(
-        p.numel() for name, module in model.named_modules() if name.rsplit(".", 1)[-1] == "experts"
-        for p in module.parameters() if p.shape[0] == num)
-    active = total if not num else total - experts * (num - min(top_k, num)) // num
-    return ParamCounts(total=total, active=active, experts=experts)
+    experts = sum(p.numel() for p in expert_parameters(model, num))
+    return ParamCounts(total=total, active=active_params(total, experts, num, top_k),
+                       experts=experts)
+
+
+def active_params(total: int, experts: int, num_experts: int | None,
+                  top_k: int | None) -> int:
+    """Parameters one token uses: ``total`` less the ``experts``' parameters of the routed
+    experts it does not use (``num_experts - top_k`` of every ``num_experts``)."""
+    if not num_experts:
+        return total
+    return total - experts * (num_experts - min(top_k, num_experts)) // num_experts

@@ -7,9 +7,10 @@ bytes of one ``[rows, cols]`` matrix: the values, one scale per block and per-te
 The quantization schemes pick their storage in ``quantize/schemes.py``; the counts are checked
 against what ``minitron quantize`` writes (``tests/test_weight_bytes.py``). They count tensor
 data only: a safetensors header and a GGUF file's tokenizer and metadata come on top.
-Mixture-of-experts expert tensors (``[E, ...]``, not ``nn.Linear``) are ``matrix``: 16-bit in
-every storage, as the compressed-tensors writer (linears only) leaves them; GGUF export, which
-would quantize them, refuses the MoE families.
+Mixture-of-experts expert tensors (``[E, ...]`` parameters of an ``experts`` module, not
+``nn.Linear``) have the role ``expert`` and are stored as ``matrix``: 16-bit in every storage,
+as the compressed-tensors writer (linears only) leaves them; GGUF export, which would quantize
+them, refuses the MoE families.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM
 
-from .shape import ModelShape, reshaped_config
+from .shape import ModelShape, expert_parameters, reshaped_config
 
 #: Roles of the tensors a checkpoint holds.
-ROLES = ("linear", "embedding", "lm_head", "vector", "matrix", "rope_freqs")
+ROLES = ("linear", "embedding", "lm_head", "vector", "matrix", "expert", "rope_freqs")
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Storage:
             return 4 * dims[0] if self.rope_freqs else 0
         if role == "vector":
             return self.vector_bytes * math.prod(dims)
-        layout = getattr(self, role)
+        layout = self.matrix if role == "expert" else getattr(self, role)
         return layout.nbytes(math.prod(dims[:-1]), dims[-1])
 
     def total(self, tensors: Counter) -> int:
@@ -84,7 +85,7 @@ class Storage:
 BF16 = Storage()
 
 
-def _role(param: torch.Tensor, linear_ids: set[int], model) -> str:
+def _role(param: torch.Tensor, linear_ids: set[int], expert_ids: set[int], model) -> str:
     out, inp = model.get_output_embeddings(), model.get_input_embeddings()
     if out is not None and param is out.weight:  # a tied embedding is the output projection
         return "lm_head"
@@ -92,6 +93,8 @@ def _role(param: torch.Tensor, linear_ids: set[int], model) -> str:
         return "embedding"
     if id(param) in linear_ids:
         return "linear"
+    if id(param) in expert_ids:
+        return "expert"
     return "vector" if param.ndim <= 1 else "matrix"
 
 
@@ -100,14 +103,17 @@ def weight_tensors(config, shape: ModelShape | None = None) -> Counter:
     ``shape``) holds, each shared tensor once; built on the meta device (no memory).
 
     Roles: ``linear`` (weights of ``nn.Linear`` modules but the output projection),
-    ``embedding``, ``lm_head``, ``vector`` (1-D: norms, biases), ``matrix`` (any other) and
-    ``rope_freqs`` (Llama 3.1 rope scaling, which GGUF stores as a tensor)."""
+    ``embedding``, ``lm_head``, ``vector`` (1-D: norms, biases), ``expert`` (the routed
+    experts' ``[E, ...]`` tensors), ``matrix`` (any other) and ``rope_freqs`` (Llama 3.1 rope
+    scaling, which GGUF stores as a tensor)."""
     if shape is not None:
         config = reshaped_config(config, shape)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     linear_ids = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
-    found = Counter((_role(p, linear_ids, model), tuple(p.shape)) for p in model.parameters())
+    expert_ids = {id(p) for p in expert_parameters(model, getattr(config, "num_experts", None))}
+    found = Counter((_role(p, linear_ids, expert_ids, model), tuple(p.shape))
+                    for p in model.parameters())
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     if rope.get("rope_type") == "llama3":
         head_dim = getattr(config, "head_dim", None) or (config.hidden_size

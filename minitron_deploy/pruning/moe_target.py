@@ -128,6 +128,11 @@ def _aligned(full: int, align: int) -> int:
     return math.lcm(align if full % align == 0 else common & -common, EXPERT_ALIGN)
 
 
+def expert_width_step(full: int, align: int) -> int:
+    """The rule's (and the search's) step for an expert width of ``full`` neurons."""
+    return search_step(full, _FFN_STEP_CAP, _aligned(full, align))
+
+
 def _fewest_experts(budget: _Budget, base: ModelShape, src: ExpertShape,
                     experts: ExpertShape) -> ExpertShape:
     """Rule step 1: the most experts (down to the floor) whose total meets the budget; the
@@ -156,7 +161,7 @@ def _width(budget: _Budget, src: ModelShape, base: ModelShape, src_ex: ExpertSha
     free_hidden = spec.hidden_size is None and not adapter.shape_error(config, smaller)
 
     def step_of(full: int) -> int:
-        return search_step(full, _FFN_STEP_CAP, _aligned(full, align.ffn))
+        return expert_width_step(full, align.ffn)
 
     def width_at(s: float) -> tuple[ModelShape, ExpertShape] | None:
         ex = dataclasses.replace(

@@ -24,7 +24,6 @@ from statistics import fmean
 import torch
 from tqdm.auto import tqdm
 
-from ..arch import MoEAdapter, get_adapter
 from ..arch.modeling import atomic_dir, check_output_dir, load_config, load_model
 from ..core.align import Alignment
 from ..core.artifacts import ARTIFACTS_DIR, SCORES
@@ -32,7 +31,6 @@ from ..core.errors import MinitronError
 from ..core.files import settings_hash, sha256_file, write_text_atomic
 from ..core.hub import resolve_model
 from ..core.precision import resolve_device, resolve_precision
-from ..core.shape import ModelShape
 from ..data.text import (
     calibration_batches,
     check_seq_len,
@@ -62,6 +60,7 @@ from .rank import (
 )
 from .report import ranked_stage, write_report
 from .settings import SearchSettings
+from .space import Student
 
 CACHE_DIR = "search"
 #: Share of the calibration documents held out when no held-out text is given.
@@ -81,42 +80,41 @@ class SearchResult:
 class SearchPlan:
     """Candidates and predictions, from the config alone."""
 
-    source: ModelShape
+    source: Student
     source_params: int
+    source_active_params: int
     goal: Goal
     candidates: list[Candidate]
     rule: dict | None
 
 
 def plan_search(config, settings: SearchSettings) -> SearchPlan:
-    """The candidates meeting the goal (no weights loaded) and the rule's shape for params.
-    Mixture-of-experts models are refused: the grid has no expert axes."""
-    if isinstance(get_adapter(config), MoEAdapter):
-        raise MinitronError(
-            f"minitron search has no expert axes for mixture-of-experts models "
-            f"({config.model_type}): prune with --num-experts / --moe-ffn-hidden-size, or a "
-            "--target-params / --target-active-params budget (docs/moe.md)")
+    """The candidates meeting the goal (no weights loaded) and the rule's shape for a
+    parameter goal."""
     predictor = Predictor(config, settings.deployment())
-    source_params = predictor.params(predictor.source)
-    goal = settings.goal().resolved(source_params)
-    if goal.kind == "params" and goal.value >= source_params:
-        raise MinitronError(f"target of {goal.value:,.0f} parameters is not smaller than the "
-                            f"source ({source_params:,})")
+    source = predictor.predict(predictor.source)
+    goal = settings.goal().resolved(source)
+    if goal.kind in ("params", "active_params") and goal.value >= goal.measure(source):
+        raise MinitronError(f"target of {goal.value:,.0f} {goal.kind.replace('_', ' ')} is not "
+                            f"smaller than the source's ({goal.measure(source):,.0f})")
     candidates = find_candidates(config, goal, predictor, settings.bounds(), settings.align,
                                  settings.max_candidates, settings.scheme_list)
-    return SearchPlan(predictor.source, source_params, goal, candidates,
+    return SearchPlan(predictor.source, source.params, source.active_params, goal, candidates,
                       _rule(config, goal, settings.align, predictor))
 
 
 def _rule(config, goal: Goal, align: Alignment, predictor: Predictor) -> dict | None:
-    """The shape the ``--target-params`` rule picks for a parameter goal (for comparison)."""
-    if goal.kind != "params":
+    """The student the ``--target-params`` (``--target-active-params``) rule picks for a
+    parameter goal (for comparison)."""
+    if goal.kind not in ("params", "active_params"):
         return None
     try:
-        shape = resolve_target(config, TargetSpec(target_params=goal.value, align=align)).shape
+        target = resolve_target(config, TargetSpec(**{f"target_{goal.kind}": goal.value},
+                                                   align=align))
     except MinitronError:
         return None
-    return {"shape": shape.as_dict(), **asdict(predictor.predict(shape))}
+    student = Student(target.shape, target.experts)
+    return {"shape": student.as_dict(), **asdict(predictor.predict(student))}
 
 
 def search_student(model: str | Path, out: str | Path, settings: SearchSettings | None = None,
@@ -202,7 +200,7 @@ def _search(model_dir: Path, out: Path, work: Path, plan: SearchPlan, settings: 
                     values["task"] = metric(student)
                 results[key] = cache.update(key, **values)
     best = _best(order, results, settings)
-    chosen = max((c for c in plan.candidates if c.shape == best.shape),
+    chosen = max((c for c in plan.candidates if c.student == best.student),
                  key=lambda c: c.prediction.weight_bytes)
     return _finish(model_dir, out, work, plan, settings, results, chosen, scores_path, device,
                    dtype)
@@ -231,11 +229,12 @@ def _scores(teacher, tokenizer, model_dir: Path, train_text: Path, plan: SearchP
     """One importance artifact for every candidate: the given one (checked against these
     settings and weights), the one an interrupted run computed with the same settings, or one
     calibration pass now."""
-    blocks = sorted({plan.source.num_layers - c.shape.num_layers for c in plan.candidates} - {0})
+    blocks = sorted({plan.source.shape.num_layers - c.shape.num_layers
+                     for c in plan.candidates} - {0})
     if settings.scores is not None:
         loaded = ImportanceScores.load(settings.scores)
         for block in blocks or [0]:
-            loaded.check_reuse(settings, plan.source, block)
+            loaded.check_reuse(settings, plan.source.shape, block)
         loaded.check_weights(teacher)
         return loaded.save(work / SCORES)
     path, stamp = work / SCORES, work / "scores-settings.json"
@@ -275,9 +274,9 @@ def _rows(plan: SearchPlan, results: dict[str, dict] | None,
     rows = []
     for c in plan.candidates:
         got = results.get(c.shape_key, {})
-        same = chosen is not None and c.shape == chosen.shape and c.key != chosen.key
+        same = chosen is not None and c.student == chosen.student and c.key != chosen.key
         rows.append({"key": c.key, "shape_key": c.shape_key, "axes": c.axes,
-                     "shape": c.shape.as_dict(), **asdict(c.prediction),
+                     "shape": c.student.as_dict(), **asdict(c.prediction),
                      "loss_pruned": got.get("loss_pruned"), "loss_kd": got.get("loss_kd"),
                      "task": got.get("task"),
                      **_gap(got, {} if same else reference, "pruned"),
@@ -311,6 +310,7 @@ def _report(plan: SearchPlan, settings: SearchSettings, model_dir: Path,
     rows = _rows(plan, results, chosen)
     return {"model": str(model_dir), "source_shape": plan.source.as_dict(),
             "source_params": plan.source_params,
+            "source_active_params": plan.source_active_params,
             "goal": {**asdict(plan.goal), "window": list(plan.goal.window())},
             "deployment": asdict(settings.deployment()),
             "gpu_numbers": GPU_LIMITS_SOURCE[settings.gpu], "settings": settings.record(),
@@ -325,13 +325,11 @@ def _report(plan: SearchPlan, settings: SearchSettings, model_dir: Path,
 def _dry_run(config, plan: SearchPlan, settings: SearchSettings, model_dir: Path,
              out: Path) -> SearchResult:
     """search.json / search.md / search.png and ``configs/<key>/config.json`` per candidate."""
-    from ..core.shape import reshaped_config
-
     report = _report(plan, settings, model_dir, None, None)
     with atomic_dir(out) as tmp:
         write_report(report, tmp)
         for c in shape_representatives(plan.candidates):
-            reshaped_config(config, c.shape).save_pretrained(str(tmp / "configs" / c.shape_key))
+            c.student.config(config).save_pretrained(str(tmp / "configs" / c.shape_key))
     return SearchResult(out, report, None)
 
 

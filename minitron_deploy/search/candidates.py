@@ -1,24 +1,35 @@
-"""Candidates: the pairs of a shape of the search space and a precision it is deployed in that
-meet the goal, closest to it first."""
+"""Candidates: the pairs of a student of the search space (a shape, and experts for a mixture
+of experts) and a precision it is deployed in that meet the goal, closest to it first."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tqdm.auto import tqdm
+
+from ..arch import ExpertShape
 from ..core.align import Alignment
 from ..core.errors import MinitronError
 from ..core.shape import ModelShape
 from ..quantize.schemes import UNQUANTIZED
 from .goal import Goal
 from .predict import Prediction, Predictor
-from .space import Bounds, enumerate_shapes, pruned_axes
+from .space import Bounds, Student, enumerate_students, pruned_axes
 
 
 @dataclass(frozen=True)
 class Candidate:
-    shape: ModelShape
+    student: Student
     prediction: Prediction
-    axes: str  # width, depth or mixed
+    axes: str  # width, depth or mixed; +experts where experts are removed
+
+    @property
+    def shape(self) -> ModelShape:
+        return self.student.shape
+
+    @property
+    def experts(self) -> ExpertShape | None:
+        return self.student.experts
 
     @property
     def scheme(self) -> str:
@@ -26,10 +37,8 @@ class Candidate:
 
     @property
     def shape_key(self) -> str:
-        """A file-name-safe identity of the shape (the key of its cached losses)."""
-        s = self.shape
-        return (f"h{s.hidden_size}-f{s.ffn_hidden_size}-a{s.num_heads}-kv{s.num_kv_heads}"
-                f"-l{s.num_layers}")
+        """A file-name-safe identity of the student (the key of its cached losses)."""
+        return self.student.key
 
     @property
     def key(self) -> str:
@@ -40,16 +49,18 @@ class Candidate:
 def find_candidates(config, goal: Goal, predictor: Predictor, bounds: Bounds = Bounds(),
                     align: Alignment = Alignment(), limit: int | None = None,
                     schemes: tuple[str, ...] = (UNQUANTIZED,)) -> list[Candidate]:
-    """Every pair of a grid shape and one of ``schemes`` meeting ``goal`` (a resolved one),
+    """Every pair of a grid student and one of ``schemes`` meeting ``goal`` (a resolved one),
     closest to the target first (ties: more parameters, then more weight bytes first), the
-    pairs of at most ``limit`` shapes; refuses when none does."""
-    src = ModelShape.from_config(config)
+    pairs of at most ``limit`` students; refuses when none does."""
+    src = predictor.source
     found = []
-    for shape in enumerate_shapes(config, bounds, align):
+    students = enumerate_students(config, bounds, align)
+    for student in tqdm(students, desc="predicting candidates", unit="student", leave=False,
+                        disable=len(students) < 500):
         for scheme in schemes:
-            prediction = predictor.predict(shape, scheme)
+            prediction = predictor.predict(student, scheme)
             if goal.meets(prediction):
-                found.append(Candidate(shape, prediction, pruned_axes(src, shape)))
+                found.append(Candidate(student, prediction, pruned_axes(src, student)))
     if not found:
         raise MinitronError(
             f"no shape within {bounds.max_width:.0%} width and {bounds.max_depth:.0%} depth "
@@ -57,18 +68,18 @@ def find_candidates(config, goal: Goal, predictor: Predictor, bounds: Bounds = B
             "pruning bounds (--max-width-prune, --max-depth-prune) or --schemes")
     found.sort(key=lambda c: (goal.distance(c.prediction), -c.prediction.params,
                               -c.prediction.weight_bytes, c.key))
-    shapes: set[ModelShape] = set()
+    kept_students: set[Student] = set()
     kept = []
     for c in found:
-        if c.shape in shapes or limit is None or len(shapes) < limit:
-            shapes.add(c.shape)
+        if c.student in kept_students or limit is None or len(kept_students) < limit:
+            kept_students.add(c.student)
             kept.append(c)
     return kept
 
 
 def shape_representatives(candidates: list[Candidate]) -> list[Candidate]:
-    """The first candidate of each shape, in order (each shape is pruned and ranked once)."""
-    seen: dict[ModelShape, Candidate] = {}
+    """The first candidate of each student, in order (each is pruned and ranked once)."""
+    seen: dict[Student, Candidate] = {}
     for c in candidates:
-        seen.setdefault(c.shape, c)
+        seen.setdefault(c.student, c)
     return list(seen.values())

@@ -1,4 +1,5 @@
-"""What the student must meet: a parameter, memory or speedup target, within a tolerance."""
+"""What the student must meet: a parameter (total or active), memory or speedup target, within
+a tolerance."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ from dataclasses import dataclass
 from ..core.errors import MinitronError
 from .predict import Prediction
 
-KINDS = ("params", "memory", "speedup")
+KINDS = ("params", "active_params", "memory", "speedup")
+_COUNTS = ("params", "active_params")
 
 
 @dataclass(frozen=True)
 class Goal:
-    """``params`` (a count, or a fraction of the source when <= 1), ``memory`` (GiB of weights
+    """``params`` or ``active_params`` (a count, or a fraction of the source's when <= 1; a
+    mixture of experts' active parameters are those one token uses), ``memory`` (GiB of weights
     plus KV cache) or ``speedup`` (predicted, over the source at the same batch).
 
-    A shape meets it when its value lies in ``[value * (1 - tolerance), value]`` (params,
+    A shape meets it when its value lies in ``[value * (1 - tolerance), value]`` (counts,
     memory: as large as allowed) or ``[value, value * (1 + tolerance)]`` (speedup)."""
 
     kind: str
@@ -32,15 +35,15 @@ class Goal:
         if not 0 < self.tolerance < 1:
             raise MinitronError(f"--tolerance must be in (0, 1), got {self.tolerance}")
 
-    def resolved(self, source_params: int) -> "Goal":
-        """A parameter fraction turned into a count."""
-        if self.kind == "params" and self.value <= 1:
-            return Goal("params", self.value * source_params, self.tolerance)
+    def resolved(self, source: Prediction) -> "Goal":
+        """A parameter fraction turned into a count of the ``source``'s."""
+        if self.kind in _COUNTS and self.value <= 1:
+            return Goal(self.kind, self.value * self.measure(source), self.tolerance)
         return self
 
     def measure(self, prediction: Prediction) -> float:
-        return {"params": prediction.params, "memory": prediction.memory_gib,
-                "speedup": prediction.speedup}[self.kind]
+        return {"params": prediction.params, "active_params": prediction.active_params,
+                "memory": prediction.memory_gib, "speedup": prediction.speedup}[self.kind]
 
     def window(self) -> tuple[float, float]:
         if self.kind == "speedup":
@@ -57,8 +60,9 @@ class Goal:
 
     def describe(self) -> str:
         low, high = self.window()
-        if self.kind == "params":
-            return f"{low:,.0f} to {high:,.0f} parameters"
+        if self.kind in _COUNTS:
+            what = "parameters" if self.kind == "params" else "active parameters"
+            return f"{low:,.0f} to {high:,.0f} {what}"
         if self.kind == "memory":
             return f"{low:.4g} to {high:.4g} GiB of weights and KV cache"
         return f"predicted speedup {low:.2f}x to {high:.2f}x"

@@ -32,11 +32,16 @@ from .candidates import Candidate
 
 
 def shape_spec(candidate: Candidate, align: Alignment = Alignment()) -> TargetSpec:
-    """The explicit ``minitron prune`` request for a candidate's shape."""
-    s = candidate.shape
-    return TargetSpec(hidden_size=s.hidden_size, ffn_hidden_size=s.ffn_hidden_size,
+    """The explicit ``minitron prune`` request for a candidate's shape (and experts)."""
+    s, ex = candidate.shape, candidate.experts
+    experts = {} if ex is None else {"num_experts": ex.num_experts,
+                                     "moe_ffn_hidden_size": ex.ffn,
+                                     "shared_expert_ffn_hidden_size": ex.shared_ffn}
+    # where the experts are the MLP width (Mixtral, OLMoE), moe_ffn_hidden_size names it
+    ffn = None if ex is not None and s.ffn_hidden_size == ex.ffn else s.ffn_hidden_size
+    return TargetSpec(hidden_size=s.hidden_size, ffn_hidden_size=ffn,
                       num_heads=s.num_heads, num_kv_heads=s.num_kv_heads,
-                      num_layers=s.num_layers, align=align)
+                      num_layers=s.num_layers, align=align, **experts)
 
 
 def pruned_copy(teacher: nn.Module, scores: ImportanceScores, candidate: Candidate,

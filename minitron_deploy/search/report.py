@@ -36,10 +36,12 @@ def _number(value: float | None, fmt: str) -> str:
 def markdown(report: dict) -> str:
     goal, d = report["goal"], report["deployment"]
     low, high = goal["window"]
+    moe = report.get("source_active_params", report["source_params"]) != report["source_params"]
+    active = f" ({report['source_active_params']:,} active)" if moe else ""
     lines = [f"# Student search: {Path(report['model']).name}", "",
              f"- goal: {goal['kind']} in [{low:,.4g}, {high:,.4g}] "
              f"(tolerance {goal['tolerance']:.0%}); source {report['source_params']:,} "
-             "parameters",
+             f"parameters{active}",
              f"- predictions: {d['gpu']} ({report['gpu_numbers']}), batch {d['batch']}, "
              f"isl {d['isl']}, osl {d['osl']}; weights as each scheme stores them, "
              f"{d['dtype_bytes']}-byte KV cache",
@@ -48,12 +50,19 @@ def markdown(report: dict) -> str:
              f"- ranked by {report['rank_by']} (top {report['top_k']} distilled for "
              f"{report['rank_tokens']:,} tokens)" if report["rank_by"] != "loss"
              else "- ranked by loss right after pruning"]
+    if moe:
+        lines.append("- mixture of experts: every expert stays in memory; a token computes with "
+                     "its top-k (active parameters); decode reads the experts the batch routes "
+                     "to (uniform routing assumed)")
     if report.get("rule"):
         rule = report["rule"]
         s = rule["shape"]
-        lines.append(f"- the --target-params rule picks hidden {s['hidden_size']}, FFN "
-                     f"{s['ffn_hidden_size']}, heads {s['num_heads']}, layers {s['num_layers']}"
-                     f" ({rule['params']:,} parameters, speedup {rule['speedup']:.2f}x)")
+        experts = (f", {s['num_experts']} experts of {s['moe_ffn_hidden_size']}"
+                   if "num_experts" in s else "")
+        lines.append(f"- the --target-{goal['kind'].replace('_', '-')} rule picks hidden "
+                     f"{s['hidden_size']}, FFN {s['ffn_hidden_size']}, heads {s['num_heads']}, "
+                     f"layers {s['num_layers']}{experts} ({rule['params']:,} parameters, "
+                     f"speedup {rule['speedup']:.2f}x)")
     schemes = report["schemes"]
     if schemes != ["bf16"]:
         lines.append(f"- precisions: {', '.join(schemes)}; a shape's precisions share its losses "
@@ -69,13 +78,18 @@ def markdown(report: dict) -> str:
                      "not separate them (more --rank-tokens or --heldout-seqs would)")
     stage = ranked_stage(report["rank_by"])
     has_task = any(r.get("task") is not None for r in report["candidates"])
-    lines += ["", "| candidate | axes | scheme | params | weights GiB | memory GiB | speedup | "
-              f"loss pruned | loss KD | loss {'KD' if stage == 'kd' else 'pruned'} - chosen |"
+    lines += ["", "| candidate | axes | scheme | params | "
+              + ("active params | expert GiB | " if moe else "")
+              + "weights GiB | memory GiB | speedup | loss pruned | loss KD | "
+              f"loss {'KD' if stage == 'kd' else 'pruned'} - chosen |"
               + (" task |" if has_task else ""),
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_task else "")]
+              "|---|---|---|---:|" + ("---:|---:|" if moe else "")
+              + "---:|---:|---:|---:|---:|---:|" + ("---:|" if has_task else "")]
     for r in report["candidates"]:
         name = f"**{r['key']}**" if r.get("chosen") else r["key"]
-        lines.append(f"| {name} | {r['axes']} | {r['scheme']} | {r['params']:,} | "
+        experts = (f"{r['active_params']:,} | {r['expert_bytes'] / 2**30:.3f} | "
+                   if moe else "")
+        lines.append(f"| {name} | {r['axes']} | {r['scheme']} | {r['params']:,} | {experts}"
                      f"{r['weight_bytes'] / 2**30:.3f} | {r['memory_gib']:.2f} | "
                      f"{r['speedup']:.2f} | {_number(r['loss_pruned'], '.4f')} | "
                      f"{_number(r['loss_kd'], '.4f')} | {_gap(r, stage)} |"

@@ -20,7 +20,7 @@ from .goal import Goal
 from .predict import Deployment
 from .space import Bounds
 
-TARGETS = ("target_params", "target_memory_gb", "target_speedup")
+TARGETS = ("target_params", "target_active_params", "target_memory_gb", "target_speedup")
 #: Precisions a candidate can be deployed in: the 16-bit checkpoint and every scheme.
 PRECISIONS = (UNQUANTIZED, *SCHEMES)
 _OTHER = "another target"
@@ -78,6 +78,10 @@ class SearchSettings(ScoringSettings):
     target_params: float | None = setting(
         None, "parameter budget: absolute (4.5e9) or a fraction of the source (0.5)",
         unset=_OTHER, check=positive)
+    target_active_params: float | None = setting(
+        None, "mixture-of-experts models: budget of the parameters one token uses (top-k of "
+        "the routed experts), absolute or a fraction of the source's", unset=_OTHER,
+        check=positive)
     target_memory_gb: float | None = setting(
         None, "GiB of weights (as each of schemes stores them) plus the 16-bit KV cache of "
         "at_batch sequences of isl + osl tokens", unset=_OTHER, check=positive)
@@ -101,6 +105,9 @@ class SearchSettings(ScoringSettings):
     max_width_prune: float = setting(0.4, "most pruning of hidden size, FFN size and heads per "
                                      "KV group", check=below_one)
     max_depth_prune: float = setting(0.2, "most pruning of layers", check=below_one)
+    max_expert_prune: float = setting(0.5, "mixture-of-experts models: most pruning of the "
+                                      "experts per layer (never below the experts per token)",
+                                      check=below_one)
     steps: tuple[int, int, int] | None = setting(
         None, "grid steps HIDDEN,FFN,LAYERS (multiples of align)",
         unset="hidden 256, FFN 512, 2 layers at 8B scale, smaller for smaller models",
@@ -161,6 +168,8 @@ class SearchSettings(ScoringSettings):
     def goal(self) -> Goal:
         if self.target_params is not None:
             return Goal("params", self.target_params, self.tolerance)
+        if self.target_active_params is not None:
+            return Goal("active_params", self.target_active_params, self.tolerance)
         if self.target_memory_gb is not None:
             return Goal("memory", self.target_memory_gb, self.tolerance)
         return Goal("speedup", self.target_speedup, self.tolerance)
@@ -169,7 +178,8 @@ class SearchSettings(ScoringSettings):
         return Deployment(self.gpu, self.at_batch or 1, self.isl, self.osl)
 
     def bounds(self) -> Bounds:
-        return Bounds(self.max_width_prune, self.max_depth_prune, *(self.steps or (None,) * 3))
+        return Bounds(self.max_width_prune, self.max_depth_prune, *(self.steps or (None,) * 3),
+                      max_experts=self.max_expert_prune)
 
     def kd_config(self, device: str, precision: str) -> DistillConfig:
         """The short distillation of every ranked candidate."""
