@@ -412,6 +412,23 @@ def test_each_shape_is_expanded_per_scheme_and_its_bytes_decide_memory_feasibili
     assert not any(c.scheme == "bf16" and c.shape == fp8_only[0].shape for c in plan.candidates)
 
 
+def test_a_scheme_pairs_only_with_shapes_whose_linears_it_can_split():
+    """w4a16 quantizes in groups of 128 input features: shapes with a hidden, attention or
+    FFN width that 128 does not divide stay 16-bit only."""
+    config = tiny_config("llama", hidden_size=256, intermediate_size=512,
+                         num_attention_heads=4, num_key_value_heads=2)
+    plan = plan_search(config, settings(target_params=0.9, tolerance=0.5, schemes="bf16,w4a16",
+                                        max_candidates=1000, align="8,8", max_width_prune=0.5))
+    by_scheme = {s: {c.shape for c in plan.candidates if c.scheme == s} for s in ("bf16", "w4a16")}
+    # a parameter goal counts the same parameters in either precision: every shape has a bf16
+    # pair, and a w4a16 pair exactly where 128 splits every linear's input features
+    assert by_scheme["w4a16"] and by_scheme["bf16"] > by_scheme["w4a16"]
+    for shape in by_scheme["bf16"]:
+        splits = all(n % 128 == 0 for n in (shape.hidden_size, shape.ffn_hidden_size,
+                                              shape.num_heads * shape.head_dim))
+        assert (shape in by_scheme["w4a16"]) == splits
+
+
 def test_default_scheme_predicts_what_the_16_bit_roofline_does():
     from minitron_deploy.bench.hardware import gpu_limits
     from minitron_deploy.bench.limits import ModelCost

@@ -83,7 +83,8 @@ class Study:
             return out
         init = self.moe_init()
         self.timed("distill moe", lambda: distill(
-            self.dense(), init, self.data, out, self.kd_config(self.args.moe_tokens),
+            self.dense(), init, self.data, out,
+            self.kd_config(self.args.moe_tokens, self.args.moe_lr),
             resume=work_dir_for(out.resolve()).exists()))
         return out
 
@@ -129,14 +130,14 @@ class Study:
             return out
         start = self.pruned(row)
         self.timed(f"kd {row.name}", lambda: distill(
-            self.moe(), start, self.data, out, self.kd_config(self.args.kd_tokens),
+            self.moe(), start, self.data, out, self.kd_config(self.args.kd_tokens, self.args.lr),
             resume=work_dir_for(out.resolve()).exists()))
         return out
 
-    def kd_config(self, tokens: int) -> DistillConfig:
+    def kd_config(self, tokens: int, lr: float) -> DistillConfig:
         a = self.args
         return DistillConfig(tokens=tokens, seq_len=a.seq_len, batch_size=a.batch_size,
-                             lr=a.lr, warmup_steps=1, precision="fp32", device="cpu",
+                             lr=lr, warmup_steps=1, precision="fp32", device="cpu",
                              seed=a.seed, checkpoint_every=10_000)
 
     def evaluate(self, name: str, model_dir: Path) -> dict:
@@ -229,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kd-tokens", type=int, default=8_192, help="KD tokens per pruned row")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate of each row's KD")
+    p.add_argument("--moe-lr", type=float, default=1e-3, help="learning rate making the MoE")
     p.add_argument("--calib-samples", type=int, default=16)
     p.add_argument("--ppl-seqs", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)

@@ -40,13 +40,12 @@ from compressed_tensors.quantization import (
 from compressed_tensors.quantization.utils import calculate_qparams
 
 from ..core.errors import MinitronError
+from .schemes import get_scheme
 
 #: scheme -> compressed-tensors preset.
 PRESETS = {"int8-w8a8": "W8A8", "fp8": "FP8_DYNAMIC", "fp8-block": "FP8_BLOCK", "w4a16": "W4A16"}
 IGNORE = ["lm_head"]
 TARGETS = ["Linear"]
-#: Columns (input features) a weight must divide into, per scheme.
-_COLUMN_MULTIPLE = {"fp8-block": 128, "w4a16": 128}
 
 
 def write_compressed(model, tokenizer, out: Path, scheme: str, calib: list[torch.Tensor],
@@ -80,8 +79,8 @@ def quantized_linears(model):
 
 def check_shapes(model, scheme: str) -> None:
     """Refuse a model with a quantized linear whose input features the scheme cannot split."""
-    multiple = _COLUMN_MULTIPLE.get(scheme)
-    if multiple is None:
+    multiple = get_scheme(scheme).column_multiple
+    if multiple == 1:
         return
     for name, module in quantized_linears(model):
         if module.in_features % multiple:

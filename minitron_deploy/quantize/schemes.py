@@ -46,14 +46,16 @@ _Q4_0 = Layout(4, (1, 32), scale_bytes=2, fallback=SIXTEEN)
 @dataclass(frozen=True)
 class Scheme:
     """One scheme: what it does, the formats it is written in (default first), how each
-    format stores the weights (``storages``, in the order of ``formats``) and the formats
-    whose writer calibrates on text (activation ranges, or error-correcting rounding)."""
+    format stores the weights (``storages``, in the order of ``formats``), the formats
+    whose writer calibrates on text (activation ranges, or error-correcting rounding), and the
+    multiple a quantized linear's input features must be (its blocks or groups)."""
 
     name: str
     description: str
     formats: tuple[str, ...]
     storages: tuple[Storage, ...]
     calibrated: tuple[str, ...] = ()
+    column_multiple: int = 1
 
     def __post_init__(self) -> None:
         if len(self.storages) != len(self.formats):
@@ -77,13 +79,14 @@ SCHEMES = {s.name: s for s in (
            (COMPRESSED, MODELOPT),
            (_PER_ROW_8, Storage(Layout(8, scale_bytes=4, extra=4))), calibrated=(MODELOPT,)),
     Scheme("fp8-block", "FP8 E4M3 weights in 128x128 blocks, activations per group of 128 at "
-           "run time", (COMPRESSED,), (Storage(Layout(8, (128, 128), scale_bytes=2)),)),
+           "run time", (COMPRESSED,), (Storage(Layout(8, (128, 128), scale_bytes=2)),),
+           column_multiple=128),
     Scheme("int8-w8a8", "INT8 weights per output channel, activations per token at run time",
            (COMPRESSED,), (_PER_ROW_8,)),
     Scheme("w4a16", "INT4 weights in groups of 128 rounded by GPTQ on calibration text, 16-bit "
            "activations; needs llm-compressor (pip install --no-deps llmcompressor)",
            (COMPRESSED,), (Storage(Layout(4, (1, 128), scale_bytes=2, extra=16)),),
-           calibrated=(COMPRESSED,)),
+           calibrated=(COMPRESSED,), column_multiple=128),
     Scheme("nvfp4", "NVFP4 (FP4 E2M1 in blocks of 16 with FP8 scales) weights and activations, "
            "calibrated; CUDA only", (MODELOPT,),
            (Storage(Layout(4, (1, 16), scale_bytes=1, extra=8)),), calibrated=(MODELOPT,)),

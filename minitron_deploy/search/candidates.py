@@ -49,7 +49,8 @@ class Candidate:
 def find_candidates(config, goal: Goal, predictor: Predictor, bounds: Bounds = Bounds(),
                     align: Alignment = Alignment(), limit: int | None = None,
                     schemes: tuple[str, ...] = (UNQUANTIZED,)) -> list[Candidate]:
-    """Every pair of a grid student and one of ``schemes`` meeting ``goal`` (a resolved one),
+    """Every pair of a grid student and one of ``schemes`` that can quantize it meeting
+    ``goal`` (a resolved one),
     closest to the target first (ties: more parameters, then more weight bytes first), the
     pairs of at most ``limit`` students; refuses when none does."""
     src = predictor.source
@@ -57,7 +58,7 @@ def find_candidates(config, goal: Goal, predictor: Predictor, bounds: Bounds = B
     students = enumerate_students(config, bounds, align)
     for student in tqdm(students, desc="predicting candidates", unit="student", leave=False,
                         disable=len(students) < 500):
-        for scheme in schemes:
+        for scheme in filter(lambda name: predictor.writable(student, name), schemes):
             prediction = predictor.predict(student, scheme)
             if goal.meets(prediction):
                 found.append(Candidate(student, prediction, pruned_axes(src, student)))

@@ -28,7 +28,7 @@ from ..bench.limits import ModelCost, decode_step_flops, prefill_flops
 from ..core.errors import MinitronError
 from ..core.shape import ModelShape, active_params
 from ..core.weight_bytes import weight_tensors
-from ..quantize.schemes import UNQUANTIZED, storage_of
+from ..quantize.schemes import UNQUANTIZED, get_scheme, storage_of
 from .space import Student
 
 GIB = 2**30
@@ -114,6 +114,15 @@ class Predictor:
         experts = sum(n * math.prod(dims) for (role, dims), n in self.tensors(s).items()
                       if role == "expert")
         return active_params(self.params(s), experts, s.experts.num_experts, s.experts.top_k)
+
+    def writable(self, student: ModelShape | Student, scheme: str) -> bool:
+        """Whether ``scheme`` can quantize every linear of ``student`` (its blocks or groups
+        divide the input features)."""
+        if scheme == UNQUANTIZED:
+            return True
+        multiple = get_scheme(scheme).column_multiple
+        return all(dims[-1] % multiple == 0 for role, dims in self.tensors(student)
+                   if role == "linear")
 
     def weight_bytes(self, student: ModelShape | Student, scheme: str = UNQUANTIZED) -> int:
         return storage_of(scheme).total(self.tensors(student))
