@@ -55,6 +55,20 @@ def test_prune_refuses_a_quantized_checkpoint(inputs, tmp_path, folder, label):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("command", ["score", "search"])
+def test_score_and_search_refuse_a_quantized_checkpoint(inputs, tmp_path, command):
+    from minitron_deploy.pruning.api import score_checkpoint
+    from minitron_deploy.search import search_student
+
+    calls = {"score": lambda: score_checkpoint(inputs / "int8", tmp_path / "scores.safetensors",
+                                               calib=inputs / "text.txt"),
+             "search": lambda: search_student(inputs / "int8", tmp_path / "out",
+                                              calib=inputs / "text.txt", target_params=0.5)}
+    one_line_refusal(calls[command], rf"the model .*int8 is already quantized .*: {command} "
+                                     "needs the 16-bit checkpoint")
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("role", ["student", "teacher"])
 def test_distill_refuses_a_quantized_student_or_teacher(inputs, tmp_path, role):
     pair = {"teacher": inputs / "plain", "student": inputs / "plain",

@@ -204,6 +204,7 @@ def score_checkpoint(model_dir: str | Path, out_path: str | Path,
     settings = ScoringSettings.make(settings, **overrides)
     device = resolve_device(device)
     model_dir = resolve_model(model_dir)
+    refuse_quantized("score", model=model_dir)
     dtype = resolve_precision(device, dtype)
     config = load_config(model_dir)
     check_not_inside(out_path, model_dir)

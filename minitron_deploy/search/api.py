@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..arch.modeling import atomic_dir, check_output_dir, load_config, load_model
+from ..arch.quantized import refuse_quantized
 from ..core.align import Alignment
 from ..core.artifacts import ARTIFACTS_DIR, SCORES
 from ..core.errors import MinitronError
@@ -134,6 +135,7 @@ def search_student(model: str | Path, out: str | Path, settings: SearchSettings 
     settings = SearchSettings.make(settings, **overrides)
     device = resolve_device(device)
     model_dir = resolve_model(model)
+    refuse_quantized("search", model=model_dir)
     config = load_config(model_dir)
     plan = plan_search(config, settings)
     out = check_output_dir(out, model_dir)
