@@ -102,3 +102,9 @@ def test_dry_run_plans_the_quantize_stage(tmp_path, capsys):
     assert main(args) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if "quantize" in x)
     assert "fp8 (compressed-tensors)" in line
+    # with QAD the last distillation writes the quantized student: no stage of its own
+    assert main([*args, "--set", "quantize.qad=true"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert not any(x.lstrip(" |").startswith("quantize") for x in lines)
+    distill = [x for x in lines if "writes fp8 (compressed-tensors)" in x]
+    assert len(distill) == 1 and distill[0].startswith("round 1 distill (QAD)")

@@ -172,12 +172,18 @@ def plan_recipe(recipe: Recipe, work_dir: str | Path, world: int = 1,
     for spec in recipe.export:
         plans.append(StagePlan(f"export {spec.format} {spec.dtype} tp{spec.tp}", "", final,
                                final * 4))
-    if recipe.quantize is not None:  # the fp32 student loaded, as export loads it
+    if recipe.quantize is not None:
         q = recipe.quantize
         disk = weight_bytes(config, q.scheme, q.resolved_format())
-        plans.append(StagePlan("quantize", f"{q.scheme} ({q.resolved_format()}): "
-                               f"{disk / GIB:.2f} GiB of weights on disk (predicted)", final,
-                               final * 4, disk_bytes=disk))
+        written = f"{q.scheme} ({q.resolved_format()}): {disk / GIB:.2f} GiB of weights on disk " \
+            "(predicted)"
+        if q.qad:  # no stage of its own: the last distillation writes the quantized student
+            last = next(p for p in reversed(plans) if p.name.endswith("distill"))
+            last.name += " (QAD)"
+            last.detail = f"{last.detail}; writes {written}".lstrip("; ")
+            last.disk_bytes = disk
+        else:  # the fp32 student loaded, as export loads it
+            plans.append(StagePlan("quantize", written, final, final * 4, disk_bytes=disk))
     plans.append(StagePlan("eval", ", ".join(recipe.eval.tasks), final, teacher_params * 4))
     for plan in plans:
         if plan.refusal is None and available is not None and plan.memory_bytes > available:
