@@ -238,6 +238,22 @@ def test_vllm_refuses_a_qwen2_moe_whose_head_dim_is_not_hidden_over_heads():
         vllm_overrides(pruned.config)
 
 
+@pytest.mark.parametrize("layers, limit, message", [
+    ([0, 1, 3], 7.0, "layer_types are sliding, full, full: drop layers in sliding/full pairs"),
+    ([0, 1, 2], 0.1, "clamps its SwiGLU at 7, this checkpoint at 0.1")])
+def test_vllm_refuses_a_gpt_oss_it_would_compute_otherwise(layers, limit, message):
+    from minitron_deploy.serve.vllm_env import vllm_overrides
+
+    model = tiny_model("gpt_oss", swiglu_limit=limit)
+    keep = KeepPlan.keep_all(ModelShape.from_config(model.config))
+    keep.layers = [0, 1, 2]
+    assert limit != 7.0 or vllm_overrides(trim_model(copy.deepcopy(model), keep).config) is None
+    keep.layers = layers
+    with pytest.raises(MinitronError, match=message) as err:
+        vllm_overrides(trim_model(model, keep).config)
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("family", MOE_EXTRA_FAMILIES)
 def test_prune_cli_writes_a_stock_checkpoint_equal_to_the_in_memory_trim(family, tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"

@@ -1,7 +1,7 @@
-"""vLLM serves pruned mixture-of-experts checkpoints (Qwen3-MoE, Mixtral, OLMoE with fewer,
-narrower experts) with transformers' greedy tokens on CPU, and ``bench`` times them on the
-vLLM and hf backends while the torch fast path refuses them in one line. The vLLM tests skip,
-saying why, when the vLLM environment (.ci/setup) is absent."""
+"""vLLM serves pruned mixture-of-experts checkpoints (Qwen3-MoE, Mixtral, OLMoE and gpt-oss
+with fewer, narrower experts) with transformers' greedy tokens on CPU, and ``bench`` times them
+on the vLLM and hf backends while the torch fast path refuses them in one line. The vLLM tests
+skip, saying why, when the vLLM environment (.ci/setup) is absent."""
 
 import json
 
@@ -40,22 +40,53 @@ def pruned_moe(family: str, seed: int = 0):
     return trim_model(model, plan)
 
 
+def pruned_gpt_oss(seed: int = 0):
+    """A tiny gpt-oss vLLM's CPU expert kernels take (hidden and expert width in multiples of
+    32, the released checkpoints' SwiGLU clamp of 7, which vLLM's kernel hard-codes), with
+    sliding layers whose 6-token window the test sequences exceed, pruned to hidden 128 of 192,
+    4 of 6 experts of 32 of 64 neurons, without layer 3 (sliding and full layers still
+    alternate, as vLLM assumes); norms and biases randomized."""
+    config = tiny_config("gpt_oss", hidden_size=192, intermediate_size=64, swiglu_limit=7.0)
+    config.head_dim = 32
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    plan = KeepPlan.keep_all(ModelShape.from_config(config))
+    plan.layers = [0, 1, 2]
+    g = torch.Generator().manual_seed(seed + 1)
+    plan.hidden = torch.randperm(192, generator=g)[:128].sort().values
+    for i in get_adapter(config).sparse_layers(config):
+        plan.experts[i] = torch.randperm(6, generator=g)[:4].sort().values
+        plan.expert_mlp[i] = torch.stack([torch.randperm(64, generator=g)[:32].sort().values
+                                          for _ in range(4)])
+    return trim_model(model, plan)
+
+
+FAMILIES = [*MOE_FAMILIES, "gpt_oss"]
+
+
 @pytest.fixture(scope="module")
 def parity(vllm_env, tmp_path_factory):  # noqa: F811
     """Every pruned MoE family through transformers and one vLLM engine process."""
     root = tmp_path_factory.mktemp("vllm-moe")
     dirs = {f: save(pruned_moe(f), root / f) for f in MOE_FAMILIES}
+    dirs["gpt_oss"] = save(pruned_gpt_oss(), root / "gpt_oss")
     results, failed, engine = greedy_parity([str(d) for d in dirs.values()], prompts(),
                                             NEW_TOKENS, threads=1)
     return dirs, results, failed, engine
 
 
-@pytest.mark.parametrize("family", MOE_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_pruned_moe_gives_transformers_greedy_tokens(parity, family):
     dirs, results, failed, engine = parity
     assert engine["device"] == "cpu"
     config = json.loads((dirs[family] / "config.json").read_text())
     assert config["num_hidden_layers"] == 3
+    if family == "gpt_oss":  # the window is exceeded: windowed layers are compared
+        assert config["sliding_window"] < min(map(len, prompts())) + NEW_TOKENS
     model = str(dirs[family])
     assert model not in failed, f"vLLM could not run {family}: {failed.get(model)}"
     mine = [p for p in results if p.model == model]

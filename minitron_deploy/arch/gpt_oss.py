@@ -21,10 +21,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..core.errors import MinitronError
 from .base import AttentionWeights
 from .moe import ExpertWeights, MoEAdapter
 
 MXFP4 = "mxfp4"
+#: The SwiGLU clamp vLLM's gpt-oss expert kernels hard-code (the released checkpoints' value).
+VLLM_SWIGLU_LIMIT = 7.0
 
 
 def mxfp4_dequantized(config) -> dict:
@@ -56,6 +59,25 @@ class GptOssAdapter(MoEAdapter):
     model_types = ("gpt_oss",)
     static_features = frozenset({"moe", "attention_sinks", "clamped_swiglu"})
     expert_ffn_field = "intermediate_size"
+
+    def vllm_overrides(self, config) -> dict | None:
+        """None; vLLM 0.32's gpt-oss slides the window on the even layers whatever
+        ``layer_types`` says, and clamps its SwiGLU at 7, so checkpoints that differ (a depth
+        pruning that broke the alternation, another ``swiglu_limit``) are refused."""
+        types = list(getattr(config, "layer_types", None) or [])
+        assumed = ["sliding_attention" if i % 2 == 0 else "full_attention"
+                   for i in range(len(types))]
+        if config.sliding_window and types != assumed:
+            raise MinitronError(
+                "vLLM's gpt-oss puts the sliding window on the even layers, but this "
+                f"checkpoint's layer_types are {', '.join(t.split('_')[0] for t in types)}: "
+                "drop layers in sliding/full pairs (--drop-layers) or serve it with "
+                "transformers")
+        if config.swiglu_limit != VLLM_SWIGLU_LIMIT:
+            raise MinitronError(f"vLLM's gpt-oss clamps its SwiGLU at {VLLM_SWIGLU_LIMIT:g}, "
+                                f"this checkpoint at {config.swiglu_limit:g}: serve it with "
+                                "transformers")
+        return None
 
     def load_options(self, config) -> dict:
         return mxfp4_dequantized(config)
