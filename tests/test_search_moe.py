@@ -157,3 +157,42 @@ def test_modelopt_mode_searches_moe_under_an_active_params_constraint():
             ModelShape.from_config(model.config)) == (best.experts.num_experts, best.experts.ffn,
                                                       best.shape)
     assert param_counts(model.config).active == best.prediction.active_params
+
+
+def test_moe_recipe_searches_distills_evaluates_and_exports(tmp_path):
+    """One command on a Qwen2-MoE teacher: the search picks experts and shape under an
+    active-parameter target, the student distills, is evaluated and exported to the same
+    logits."""
+    from tiny_models import logits, tiny_batch
+
+    from minitron_deploy.pipeline.recipe import load_recipe
+    from minitron_deploy.pipeline.run import run_pipeline
+
+    save_tiny_checkpoint("qwen2_moe", tmp_path / "teacher", mlp_only_layers=[])
+    (tmp_path / "train.txt").write_text(CALIB_TEXT)
+    (tmp_path / "held.txt").write_text(CALIB_TEXT[::-1])
+    recipe = tmp_path / "moe.yaml"
+    recipe.write_text(f"""
+name: moe
+teacher: {tmp_path / 'teacher'}
+data: {tmp_path / 'train.txt'}
+heldout: {tmp_path / 'held.txt'}
+prune: {{calib_samples: 8, seq_len: 32, batch_size: 4,
+        search: {{target_active_params: 0.8, tolerance: 0.3, max_depth_prune: 0.5,
+                  rank_by: loss, heldout_seqs: 4, max_candidates: 4}}}}
+distill: {{steps: 2, seq_len: 32, batch_size: 4, lr: 1.0e-3}}
+export: [{{format: hf, dtype: fp32}}]
+eval: {{tasks: [ppl], seq_len: 32, ppl_seqs: 4}}
+""")
+    result = run_pipeline(load_recipe(recipe), tmp_path / "work")
+    chosen = json.loads((result.pruned / "minitron" / "search.json").read_text())
+    row = next(r for r in chosen["candidates"] if r["chosen"])
+    student = AutoModelForCausalLM.from_pretrained(str(result.distilled)).eval()
+    assert student.config.num_experts == row["shape"]["num_experts"]
+    assert param_counts(student.config).active == row["active_params"]
+    assert set(result.results) == {"teacher", "pruned", "distilled"}
+    assert all(r["ppl"] > 1 for r in result.results.values())
+    exported = AutoModelForCausalLM.from_pretrained(
+        str(tmp_path / "work" / "export" / "export-hf-fp32-tp1")).eval()
+    x = tiny_batch()
+    assert torch.equal(logits(exported, x), logits(student, x))
