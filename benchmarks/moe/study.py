@@ -84,7 +84,8 @@ class Study:
         init = self.moe_init()
         self.timed("distill moe", lambda: distill(
             self.dense(), init, self.data, out,
-            self.kd_config(self.args.moe_tokens, self.args.moe_lr),
+            self.kd_config(self.args.moe_tokens, self.args.moe_lr,
+                           router_aux_loss_coef=self.args.moe_aux_loss_coef),
             resume=work_dir_for(out.resolve()).exists()))
         return out
 
@@ -134,10 +135,10 @@ class Study:
             resume=work_dir_for(out.resolve()).exists()))
         return out
 
-    def kd_config(self, tokens: int, lr: float) -> DistillConfig:
+    def kd_config(self, tokens: int, lr: float, **extra) -> DistillConfig:
         a = self.args
         return DistillConfig(tokens=tokens, seq_len=a.seq_len, batch_size=a.batch_size,
-                             lr=lr, warmup_steps=1, precision="fp32", device="cpu",
+                             lr=lr, warmup_steps=1, **extra, precision="fp32", device="cpu",
                              seed=a.seed, checkpoint_every=10_000)
 
     def evaluate(self, name: str, model_dir: Path) -> dict:
@@ -200,6 +201,7 @@ class Study:
             summary["moefy"] = json.loads((self.results / "moefy.json").read_text())
         write_text_atomic(self.results / "results.json", json.dumps(summary, indent=1) + "\n")
         write_text_atomic(self.results / "results.md", table(summary))
+        plot(summary, self.results / "results.png")
         return summary
 
 
@@ -214,6 +216,36 @@ def table(summary: dict) -> str:
     lines += [f"| {name} | {_ppl(r['pruned'])} | {_ppl(r['kd'])} |"
               for name, r in summary["rows"].items()]
     return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> Path:
+    """Held-out perplexity (log scale, ± standard error) of every row right after pruning and
+    after KD, with the unpruned MoE as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    rows = summary["rows"]
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (stage, label) in enumerate((("pruned", "right after pruning"),
+                                        ("kd", f"after KD ({summary['settings']['kd_tokens']:,} "
+                                               f"tokens, lr {summary['settings']['lr']:g})"))):
+        ax.bar([x + 0.4 * i - 0.2 for x in range(len(names))],
+               [rows[n][stage]["ppl"] for n in names], width=0.4,
+               yerr=[rows[n][stage]["se"] for n in names], label=label, capsize=3)
+    moe = summary["reference"]["moe (unpruned)"]
+    ax.axhline(moe["ppl"], color="k", ls="--", lw=1, label=f"unpruned MoE ({moe['ppl']:,.0f})")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("held-out perplexity (log)")
+    ax.set_title("half the experts, or half the expert width, removed")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -232,6 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate of each row's KD")
     p.add_argument("--moe-lr", type=float, default=1e-3, help="learning rate making the MoE")
+    p.add_argument("--moe-aux-loss-coef", type=float, default=0.0,
+                   help="router load-balancing loss while making the MoE (0: none)")
     p.add_argument("--calib-samples", type=int, default=16)
     p.add_argument("--ppl-seqs", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
