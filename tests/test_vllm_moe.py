@@ -18,18 +18,24 @@ from minitron_deploy.pruning.trim import KeepPlan, trim_model
 from minitron_deploy.serve.parity import greedy_parity
 
 
-def pruned_moe(family: str, seed: int = 0):
-    """A tiny ``family`` model vLLM's CPU attention takes (hidden 192, 6 heads of head_dim 32
-    over 2 KV groups), pruned to 4 of its 6 experts of 16 of their 24 neurons (seeded subsets,
-    each expert its own) and without layer 2; norms randomized."""
-    config = tiny_config(family, hidden_size=192)
-    config.head_dim = 32
+def random_model(config, seed: int):
+    """An eval-mode model of ``config`` with seeded random weights, norms and biases too."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name or name.endswith("bias"):
                 p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def pruned_moe(family: str, seed: int = 0):
+    """A tiny ``family`` model vLLM's CPU attention takes (hidden 192, 6 heads of head_dim 32
+    over 2 KV groups), pruned to 4 of its 6 experts of 16 of their 24 neurons (seeded subsets,
+    each expert its own) and without layer 2; norms randomized."""
+    config = tiny_config(family, hidden_size=192)
+    config.head_dim = 32
+    model = random_model(config, seed)
     plan = KeepPlan.keep_all(ModelShape.from_config(config))
     plan.layers = [0, 1, 3]
     g = torch.Generator().manual_seed(seed + 1)
@@ -48,12 +54,7 @@ def pruned_gpt_oss(seed: int = 0):
     alternate, as vLLM assumes); norms and biases randomized."""
     config = tiny_config("gpt_oss", hidden_size=192, intermediate_size=64, swiglu_limit=7.0)
     config.head_dim = 32
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
+    model = random_model(config, seed)
     plan = KeepPlan.keep_all(ModelShape.from_config(config))
     plan.layers = [0, 1, 2]
     g = torch.Generator().manual_seed(seed + 1)
