@@ -73,6 +73,7 @@ class Predictor:
                               adapter.expert_shape(config)
                               if isinstance(adapter, MoEAdapter) else None)
         self._terms: dict[Student, tuple[Counter, Counter]] = {}
+        self._costs: dict[Student, ModelCost] = {}
         self._uniform = not isinstance(adapter, MoEAdapter) or len(
             adapter.sparse_layers(config)) == config.num_hidden_layers
         self._source_s = self._run_s(self.source, UNQUANTIZED)
@@ -81,20 +82,24 @@ class Predictor:
         """A bare shape keeps the source's experts."""
         return shape if isinstance(shape, Student) else Student(shape, self.source.experts)
 
+    def _experts_config(self, s: Student):
+        """The source config with ``s``'s experts (its shape is applied by the caller)."""
+        return self.config if s.experts is None else get_adapter(
+            self.config).with_expert_shape(self.config, s.experts)
+
     def tensors(self, student: ModelShape | Student) -> Counter:
         """The tensors of ``student`` (see :func:`weight_tensors`): counted on the meta device
         at one and two layers (once per width) and extended linearly where every layer has the
         same shape; counted whole where dense and sparse layers mix (its first layers'
         layout: depth pruning keeps the dense layers the scores pick)."""
         s = self._student(student)
-        config = self.config if s.experts is None else get_adapter(
-            self.config).with_expert_shape(self.config, s.experts)
         if not self._uniform:
             if s not in self._terms:
-                self._terms[s] = (weight_tensors(config, s.shape), Counter())
+                self._terms[s] = (weight_tensors(self._experts_config(s), s.shape), Counter())
             return self._terms[s][0]
         width = dataclasses.replace(s, shape=dataclasses.replace(s.shape, num_layers=1))
         if width not in self._terms:
+            config = self._experts_config(s)
             one, two = (weight_tensors(config, dataclasses.replace(s.shape, num_layers=n))
                         for n in (1, 2))
             self._terms[width] = (one - (two - one), two - one)
@@ -145,7 +150,11 @@ class Predictor:
         return dense + touched * self.expert_bytes(student, scheme)
 
     def _cost(self, student: Student) -> ModelCost:
-        return ModelCost.of(student.config(self.config), params=self.active_params(student))
+        """The roofline's size terms of ``student`` (computed once per student)."""
+        if student not in self._costs:
+            self._costs[student] = ModelCost.of(student.config(self.config),
+                                                params=self.active_params(student))
+        return self._costs[student]
 
     def _run_s(self, student: Student, scheme: str) -> float:
         """``Limits.run_s`` with the decode step's weight bytes in ``scheme`` (compute on the
