@@ -8,25 +8,13 @@ import json
 import pytest
 import torch
 from test_vllm import NEW_TOKENS, TEXTS, prompts, save, vllm_env  # noqa: F401  (a fixture)
-from tiny_models import MOE_FAMILIES, tiny_config
-from transformers import AutoModelForCausalLM
+from tiny_models import MOE_FAMILIES, random_model, tiny_config
 
 from minitron_deploy.arch import get_adapter
 from minitron_deploy.cli import main
 from minitron_deploy.core.shape import ModelShape
 from minitron_deploy.pruning.trim import KeepPlan, trim_model
 from minitron_deploy.serve.parity import greedy_parity
-
-
-def random_model(config, seed: int):
-    """An eval-mode model of ``config`` with seeded random weights, norms and biases too."""
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    return model
 
 
 def pruned_moe(family: str, seed: int = 0):

@@ -87,9 +87,14 @@ MOE_EXTRA_FAMILIES = ["qwen2_moe", "gpt_oss"]
 
 def tiny_model(family: str, seed: int = 0, **overrides):
     """A float32 eval-mode model with random weights; norms and biases randomized too."""
+    return random_model(tiny_config(family, **overrides), seed, attn_implementation="eager")
+
+
+def random_model(config, seed: int = 0, **kwargs):
+    """An eval-mode model of ``config`` with seeded random weights, norms and biases too
+    (``kwargs`` go to ``from_config``)."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(family, **overrides),
-                                             attn_implementation="eager")
+    model = AutoModelForCausalLM.from_config(config, **kwargs)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name or name.endswith("bias"):
