@@ -282,10 +282,5 @@ def _register() -> None:
 
 _register()
 
-__all__ = [
-    "MODE_NAME",
-    "HFMinitronConfig",
-    "HFMinitronModeDescriptor",
-    "HFMinitronSearcher",
-    "modelopt_settings",
-]
+__all__ = ["HFMinitronConfig", "HFMinitronModeDescriptor", "HFMinitronSearcher", "MODE_NAME",
+           "modelopt_settings"]

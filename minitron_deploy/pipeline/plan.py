@@ -180,7 +180,7 @@ def plan_recipe(recipe: Recipe, work_dir: str | Path, world: int = 1,
         if q.qad:  # no stage of its own: the last distillation writes the quantized student
             last = next(p for p in reversed(plans) if p.name.endswith("distill"))
             last.name += " (QAD)"
-            last.detail = f"{last.detail}; writes {written}".lstrip("; ")
+            last.detail = "; ".join(filter(None, (last.detail, f"writes {written}")))
             last.disk_bytes = disk
         else:  # the fp32 student loaded, as export loads it
             plans.append(StagePlan("quantize", written, final, final * 4, disk_bytes=disk))
